@@ -1,0 +1,53 @@
+"""Elman recurrent network cell (Elman 1990) with tanh or ReLU."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnlab.cells.base import NO_CONTEXT, ParamSpec, Params, RecurrentCell, State, StepContext
+
+_NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class ElmanCell(RecurrentCell):
+    r"""Elman RNN cell (Elman 1990, "Finding Structure in Time").
+
+    .. math::
+        h_t = φ(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}), \qquad φ ∈ \{\tanh, \mathrm{ReLU}\}
+
+    Equals ``torch.nn.RNNCell`` with the same ``nonlinearity``.
+
+    Example:
+        >>> h = ElmanCell(3, 4, nonlinearity="relu")(torch.randn(2, 3))
+        >>> bool((h >= 0).all())
+        True
+    """
+
+    kind = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, nonlinearity: str = "tanh",
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        if nonlinearity not in _NONLINEARITIES:
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self._register_params()
+
+    def param_specs(self) -> list[ParamSpec]:
+        H, I = self.hidden_size, self.input_size
+        specs = [ParamSpec("weight_ih", (H, I)), ParamSpec("weight_hh", (H, H))]
+        if self.bias:
+            specs += [ParamSpec("bias_ih", (H,)), ParamSpec("bias_hh", (H,))]
+        return specs
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
+
+    def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
+        pre = xp_t + F.linear(ctx.drop(state[0]), p["weight_hh"], p.get("bias_hh"))
+        h = _NONLINEARITIES[self.nonlinearity](pre)
+        if ctx.record is not None:
+            ctx.emit("pre", pre)
+        return (h,)

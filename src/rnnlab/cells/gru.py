@@ -1,0 +1,75 @@
+"""Gated recurrent unit (Cho et al. 2014) in both forms: reset before or after the recurrent matmul."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnlab.cells.base import NO_CONTEXT, ParamSpec, Params, RecurrentCell, State, StepContext
+
+
+class GRUCell(RecurrentCell):
+    r"""Gated recurrent unit (Cho et al. 2014, "Learning Phrase Representations using RNN Encoder-Decoder").
+
+    .. math::
+        r_t &= σ(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t &= σ(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + r_t ⊙ (W_{hn} h_{t-1} + b_{hn}))
+               \quad \text{(reset\_after=True: cuDNN / torch.nn form)} \\
+        n_t &= \tanh(W_{in} x_t + b_{in} + W_{hn} (r_t ⊙ h_{t-1}) + b_{hn})
+               \quad \text{(reset\_after=False: the paper's form)} \\
+        h_t &= (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+
+    Weight rows are the blocks r, z, n as in ``torch.nn.GRUCell``; with ``reset_after=True`` (default) the
+    cell equals ``torch.nn.GRUCell``.  Deviation from the paper: the paper's z weights the *new* state
+    (h_t = z ⊙ h_{t-1} + (1 − z) ⊙ h̃ there too, with its z defined as the complement); we follow torch.
+
+    Example:
+        >>> h = GRUCell(3, 4, reset_after=False)(torch.randn(2, 3))
+        >>> tuple(h.shape)
+        (2, 4)
+    """
+
+    kind = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, reset_after: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after: expected bool, got {reset_after!r}")
+        self.reset_after = reset_after
+        self._register_params()
+
+    def param_specs(self) -> list[ParamSpec]:
+        H, I = self.hidden_size, self.input_size
+        specs = [ParamSpec("weight_ih", (3 * H, I)), ParamSpec("weight_hh", (3 * H, H))]
+        if self.bias:
+            specs += [ParamSpec("bias_ih", (3 * H,)), ParamSpec("bias_hh", (3 * H,))]
+        return specs
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
+        h = state[0]
+        H = self.hidden_size
+        x_r, x_z, x_n = xp_t.chunk(3, dim=-1)
+        w_hh, b_hh = p["weight_hh"], p.get("bias_hh")
+        hd = ctx.drop(h)
+        if self.reset_after:
+            h_r, h_z, h_n = F.linear(hd, w_hh, b_hh).chunk(3, dim=-1)
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * h_n)
+        else:
+            h_r, h_z = F.linear(hd, w_hh[: 2 * H], None if b_hh is None else b_hh[: 2 * H]).chunk(2, dim=-1)
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + F.linear(r * hd, w_hh[2 * H:], None if b_hh is None else b_hh[2 * H:]))
+        h_new = (1.0 - z) * n + z * h
+        if ctx.record is not None:
+            ctx.emit("r", r)
+            ctx.emit("z", z)
+            ctx.emit("n", n)
+        return (h_new,)

@@ -1,0 +1,1 @@
+"""Sub-commands of the `rnnlab` CLI; each module has register(subparsers, name) and sets args.func."""

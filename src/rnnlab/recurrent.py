@@ -1,0 +1,279 @@
+"""The one sequence wrapper: time order, direction, lengths, layers, dropout and state for any cell."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnlab.backends import LayerCall, run_layer
+from rnnlab.cells.base import RecurrentCell, State, check_positive_int
+from rnnlab.cells.registry import resolve_cell
+from rnnlab.sequence import repack, unpack
+from rnnlab.validation import check_finite, check_input, check_lengths, check_state
+
+CellFactory = Callable[..., RecurrentCell]
+
+
+class Recording:
+    """Per-step activations captured by :meth:`Recurrent.recording`.
+
+    ``gates[(layer, direction)][name]`` is a tensor shaped like the output's time/batch layout
+    ((B, T, H) when ``batch_first`` else (T, B, H)); names are the cell's gates (e.g. i, f, g, o, c for
+    LSTM, r, z, n for GRU) plus ``h``.  Padded steps are zero.
+    """
+
+    def __init__(self) -> None:
+        self.gates: dict[tuple[int, int], dict[str, Tensor]] = {}
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
+        return self.gates[key]
+
+    def __repr__(self) -> str:
+        return f"Recording({ {k: sorted(v) for k, v in self.gates.items()} })"
+
+
+class Recurrent(nn.Module):
+    r"""Runs any :class:`~rnnlab.cells.RecurrentCell` over sequences, like ``torch.nn.LSTM`` does for LSTM.
+
+    Args:
+        cell: a registered name (``"lstm"``, ``"gru"``, ``"peephole"``, ... see :func:`rnnlab.cell_names`),
+            a :class:`RecurrentCell` subclass, or a callable ``(input_size, hidden_size, bias, **kw) -> cell``.
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional: as in ``torch.nn.LSTM``.
+        recurrent_dropout: variational dropout on h where it enters the recurrent weights, one mask per
+            sequence for all steps (Gal & Ghahramani 2016); training only.
+        zoneout: each unit of h and c keeps its previous value with this probability (Krueger et al. 2016);
+            in eval the expectation is used.
+        backend: ``"auto"`` (fastest that supports the call), ``"reference"`` or a registered name.
+        check_finite: raise ``ValueError`` on NaN/inf in the input or initial state.
+        **cell_kwargs: options of the cell (e.g. ``proj_size``, ``peepholes``, ``reset_after``).
+
+    Parameters are named as in ``torch.nn`` (``weight_ih_l0``, ``bias_hh_l1_reverse``, ``weight_hr_l0``, plus
+    cell-specific names such as ``weight_ci_l0``), so ``state_dict`` moves between rnnlab and ``torch.nn``.
+
+    ``forward(input, hx=None, lengths=None)`` takes (T, B, I) (``batch_first``: (B, T, I)), an unbatched
+    (T, I) or a ``PackedSequence``; ``lengths`` (B,) marks valid steps of a padded batch.  It returns
+    ``(output, h_n)`` for single-state cells and ``(output, (h_n, c_n, ...))`` otherwise; output is
+    (T, B, D*H_out) and each final state (num_layers*D, B, S_k), taken at each sequence's last valid step.
+
+    Example:
+        >>> rnn = Recurrent("peephole", 8, 16, num_layers=2, batch_first=True)
+        >>> out, (h, c) = rnn(torch.randn(4, 10, 8), lengths=[10, 7, 3, 1])
+        >>> tuple(out.shape), tuple(h.shape)
+        ((4, 10, 16), (2, 4, 16))
+    """
+
+    def __init__(self, cell: str | type[RecurrentCell] | CellFactory, input_size: int, hidden_size: int,
+                 num_layers: int = 1, bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 backend: str = "auto", check_finite: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, **cell_kwargs: Any) -> None:
+        super().__init__()
+        factory = resolve_cell(cell)
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected bool, got {type(value).__name__} {value!r}")
+        for name, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("zoneout", zoneout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1",
+                          stacklevel=2)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend: expected a backend name, got {type(backend).__name__}")
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.zoneout = float(zoneout)
+        self.backend = backend
+        self.check_finite = check_finite
+        self.cell_kwargs = dict(cell_kwargs)
+        D = 2 if bidirectional else 1
+        # cells hold no parameters here: the wrapper owns them under torch.nn names, cells define the step
+        self._cells: list[list[RecurrentCell]] = []
+        self._param_names: list[list[list[str]]] = []
+        in_size = input_size
+        for layer in range(num_layers):
+            row, names_row = [], []
+            for direction in range(D):
+                c = factory(in_size, hidden_size, bias, device=device, dtype=dtype, **cell_kwargs)
+                if not isinstance(c, RecurrentCell):
+                    raise TypeError(f"cell: the factory must build a RecurrentCell, got {type(c).__name__}")
+                suffix = self._suffix(layer, direction)
+                names = list(c._parameters)
+                for pname in names:
+                    self.register_parameter(pname + suffix, c._parameters[pname])
+                c._parameters.clear()
+                row.append(c)
+                names_row.append(names)
+            in_size = D * row[0].output_size  # the next layer sees both directions' outputs
+            self._cells.append(row)
+            self._param_names.append(names_row)
+        self._recording: Recording | None = None
+
+    # --- structure --------------------------------------------------------------------------------------
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def cell(self) -> RecurrentCell:
+        """The first layer's cell (its definition; parameters live on this module)."""
+        return self._cells[0][0]
+
+    def cells(self) -> Iterator[tuple[int, int, RecurrentCell]]:
+        for layer, row in enumerate(self._cells):
+            for direction, c in enumerate(row):
+                yield layer, direction, c
+
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
+        """The parameters of one layer/direction under the cell's own names (``weight_ih``, ...)."""
+        suffix = self._suffix(layer, direction)
+        return {n: getattr(self, n + suffix) for n in self._param_names[layer][direction]}
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.cell.state_names
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Like ``torch.nn.LSTM.all_weights``: the parameters of each layer/direction, in order."""
+        return [list(self.layer_params(l, d).values()) for l, d, _ in self.cells()]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for drop-in compatibility with ``torch.nn.RNNBase``."""
+
+    def reset_parameters(self) -> None:
+        for layer, direction, c in self.cells():
+            c.init_parameters(self.layer_params(layer, direction))
+
+    def extra_repr(self) -> str:
+        s = f"{self.cell.__class__.__name__}, {self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("recurrent_dropout", 0.0), ("zoneout", 0.0), ("backend", "auto")):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        for k, v in self.cell_kwargs.items():
+            s += f", {k}={v!r}"
+        return s
+
+    def state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
+        """Shape of each part of ``hx`` / the final state: (num_layers*D, B, S_k)."""
+        LD = self.num_layers * self.num_directions
+        return [(LD, batch, s) for s in self.cell.state_sizes()]
+
+    # --- recording ----------------------------------------------------------------------------------------
+    @contextmanager
+    def recording(self) -> Iterator[Recording]:
+        """Record every gate's per-step activation during the forward calls inside the block.
+
+        Example:
+            >>> rnn = Recurrent("lstm", 3, 4)
+            >>> with rnn.recording() as rec:
+            ...     _ = rnn(torch.randn(5, 2, 3))
+            >>> tuple(rec[(0, 0)]["f"].shape)
+            (5, 2, 4)
+        """
+        previous, self._recording = self._recording, Recording()
+        try:
+            yield self._recording
+        finally:
+            self._recording = previous
+
+    # --- computation ----------------------------------------------------------------------------------------
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None,
+                lengths: Tensor | list[int] | None = None):
+        ref = next(iter(self.layer_params(0, 0).values()))
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence already carries its lengths; pass lengths=None")
+            x, lens = unpack(packed)
+            x, _ = check_input(x, self.input_size, False, ref)
+            unbatched = False
+        else:
+            x, unbatched = check_input(input, self.input_size, self.batch_first, ref)
+            lens = None if lengths is None else check_lengths(lengths, x.shape[1], x.shape[0])
+            if unbatched and lengths is not None:
+                raise ValueError("lengths: not supported for an unbatched (T, input_size) input")
+        if lens is not None and bool((lens == x.shape[0]).all()):
+            lens = None  # all sequences full: skip the masking work
+        T, B = x.shape[0], x.shape[1]
+        state0 = self._initial_state(hx, B, unbatched, x, ref)
+        if self.check_finite:
+            check_finite("input", x)
+            for name, s in zip(self.state_names, state0):
+                check_finite(f"hx ({name})", s)
+
+        finals: list[list[Tensor]] = [[] for _ in self.state_names]
+        lower_seq: list[State | None] = [None] * self.num_directions
+        record = self._recording is not None
+        D = self.num_directions
+        for layer in range(self.num_layers):
+            outs, next_lower = [], []
+            needs_states = layer + 1 < self.num_layers and self._cells[layer + 1][0].needs_lower
+            for direction in range(D):
+                c = self._cells[layer][direction]
+                k = layer * D + direction
+                rec_mask = None
+                if self.training and self.recurrent_dropout > 0:
+                    keep = 1.0 - self.recurrent_dropout
+                    rec_mask = torch.empty(B, c.output_size, dtype=x.dtype, device=x.device).bernoulli_(keep) / keep
+                call = LayerCall(cell=c, params=self.layer_params(layer, direction), x=x,
+                                 state=tuple(s[k] for s in state0), lengths=lens, reverse=bool(direction),
+                                 lower=lower_seq[direction] if c.needs_lower else None, rec_mask=rec_mask,
+                                 zoneout=self.zoneout, training=self.training, record=record,
+                                 want_states=needs_states)
+                res = run_layer(call, self.backend)
+                outs.append(res.output)
+                next_lower.append(res.states)
+                for acc, s in zip(finals, res.state):
+                    acc.append(s)
+                if record:
+                    gates = dict(res.records)
+                    gates["h"] = res.output
+                    if self.batch_first and not unbatched:
+                        gates = {n: v.transpose(0, 1) for n, v in gates.items()}
+                    elif unbatched:
+                        gates = {n: v.squeeze(1) for n, v in gates.items()}
+                    self._recording.gates[(layer, direction)] = gates  # type: ignore[union-attr]
+            x = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D*H_out)
+            lower_seq = next_lower
+            if self.dropout > 0 and self.training and layer + 1 < self.num_layers:
+                x = F.dropout(x, self.dropout, training=True)
+
+        h_n = tuple(torch.stack(parts) for parts in finals)  # each (num_layers*D, B, S_k)
+        if packed is not None:
+            output: Tensor | PackedSequence = repack(x, packed)
+        elif unbatched:
+            output = x.squeeze(1)
+            h_n = tuple(s.squeeze(1) for s in h_n)
+        else:
+            output = x.transpose(0, 1) if self.batch_first else x
+        return output, (h_n[0] if len(h_n) == 1 else h_n)
+
+    def _initial_state(self, hx, B: int, unbatched: bool, x: Tensor, ref: Tensor) -> State:
+        """hx in the caller's layout -> one (num_layers*D, B, S_k) tensor per state part."""
+        shapes = self.state_shapes(B)
+        if hx is None:
+            return tuple(torch.zeros(s, dtype=x.dtype, device=x.device) for s in shapes)
+        expected = [(s[0], s[2]) for s in shapes] if unbatched else shapes
+        parts = check_state("hx", hx, expected, ref, self.state_names)
+        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts

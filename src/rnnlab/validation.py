@@ -1,0 +1,126 @@
+"""Input checks with errors that name the argument, the expected and the received value."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rnnlab.cells.base import RecurrentCell, State
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_float_like(name: str, t: Tensor, ref: Tensor | None) -> None:
+    """``t`` must be floating point and, when ``ref`` (a parameter) is given, of its dtype and device."""
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype} "
+                        "(convert with .float(); token ids need an nn.Embedding first)")
+    if ref is None:
+        return
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name}: dtype {t.dtype} does not match the parameters' dtype {ref.dtype} "
+                        f"(convert the input or the module, e.g. module.to({t.dtype}))")
+    if t.device != ref.device:
+        raise ValueError(f"{name}: on device {t.device} but the parameters are on {ref.device}")
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    """Raise ``ValueError`` if ``t`` holds NaN or ±inf (the trainer calls this before it learns from data)."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf) out of {t.numel()}")
+
+
+def check_input(input: Tensor, input_size: int, batch_first: bool, ref: Tensor | None) -> tuple[Tensor, bool]:
+    """Validate a sequence input; return it time-major and batched (T, B, I) and whether it was unbatched."""
+    check_tensor("input", input)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"input: expected a 2-D (T, input_size) or 3-D "
+                         f"({'B, T' if batch_first else 'T, B'}, input_size) tensor, got shape {_shape(input)}")
+    check_float_like("input", input, ref)
+    if input.shape[-1] != input_size:
+        raise ValueError(f"input: expected input_size={input_size} features in the last dim, "
+                         f"got shape {_shape(input)}")
+    unbatched = input.dim() == 2
+    x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if batch_first else input)
+    if x.shape[0] == 0:
+        raise ValueError(f"input: empty sequence (0 time steps), got shape {_shape(input)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"input: empty batch (0 sequences), got shape {_shape(input)}")
+    return x, unbatched
+
+
+def check_lengths(lengths: object, batch: int, T: int) -> Tensor:
+    """Lengths as (B,) int64 on the CPU, each in [1, T]; any order is accepted."""
+    if isinstance(lengths, Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths: expected integer lengths, got dtype {lengths.dtype}")
+        lens = lengths.detach().to("cpu", torch.int64)
+    elif isinstance(lengths, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in lengths):
+        lens = torch.tensor(list(lengths), dtype=torch.int64)
+    else:
+        raise TypeError(f"lengths: expected a 1-D integer tensor or a list of ints, got {type(lengths).__name__}")
+    if lens.dim() != 1 or lens.shape[0] != batch:
+        raise ValueError(f"lengths: expected shape ({batch},) (one length per sequence), got {tuple(lens.shape)}")
+    lo, hi = int(lens.min()), int(lens.max())
+    if lo < 1 or hi > T:
+        raise ValueError(f"lengths: each length must be in [1, {T}] (the padded length), got min {lo}, max {hi}")
+    return lens
+
+
+def check_state(name: str, hx: object, expected: Sequence[tuple[int, ...]], ref: Tensor,
+                names: Sequence[str]) -> tuple[Tensor, ...]:
+    """``hx`` is one tensor (single-component states) or a tuple/list matching ``expected`` shapes."""
+    single = len(expected) == 1
+    if isinstance(hx, Tensor):
+        if not single:
+            raise TypeError(f"{name}: this cell's state has {len(expected)} parts {tuple(names)}; "
+                            f"pass a tuple of {len(expected)} tensors, got a single tensor")
+        parts: tuple = (hx,)
+    elif isinstance(hx, (tuple, list)):
+        parts = tuple(hx)
+        if len(parts) != len(expected):
+            raise ValueError(f"{name}: expected {len(expected)} tensor(s) {tuple(names)}, got {len(parts)}")
+    else:
+        raise TypeError(f"{name}: expected a tensor or a tuple of tensors, got {type(hx).__name__}")
+    for k, (part, shape) in enumerate(zip(parts, expected)):
+        label = name if single else f"{name}[{k}] ({names[k]})"
+        check_tensor(label, part)
+        check_float_like(label, part, ref)
+        if tuple(part.shape) != tuple(shape):
+            raise ValueError(f"{label}: expected shape {tuple(shape)}, got {_shape(part)}")
+    return parts
+
+
+def check_cell_call(cell: "RecurrentCell", input: Tensor, hx) -> tuple[Tensor, "State", bool]:
+    """Validate a single-step cell call; return (B, I) input, the batched state and whether unbatched."""
+    ref = next(cell.parameters(), None)
+    check_tensor("input", input)
+    if input.dim() not in (1, 2):
+        raise ValueError(f"input: expected a 1-D (input_size,) or 2-D (B, input_size) tensor for one step, "
+                         f"got shape {_shape(input)}")
+    check_float_like("input", input, ref)
+    if input.shape[-1] != cell.input_size:
+        raise ValueError(f"input: expected input_size={cell.input_size} features, got shape {_shape(input)}")
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    B = x.shape[0]
+    if hx is None:
+        return x, cell.init_state(B, dtype=x.dtype, device=x.device), unbatched
+    sizes = cell.state_sizes()
+    expected = [(s,) if unbatched else (B, s) for s in sizes]
+    parts = check_state("hx", hx, expected, ref if ref is not None else x, cell.state_names)
+    if unbatched:
+        parts = tuple(p.unsqueeze(0) for p in parts)
+    return x, parts, unbatched
