@@ -1,0 +1,79 @@
+"""SequenceModel: optional embedding, a Recurrent stack and a task head; built from a ModelConfig."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnlab.recurrent import Recurrent
+from rnnlab.tasks.base import Target
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`SequenceModel`; JSON-serialisable (saved beside every checkpoint)."""
+
+    cell: str = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    #: embedding width for token inputs (tasks with a vocab_size)
+    embedding_dim: int = 64
+    #: extra options of the cell (e.g. {"peepholes": "if"}, {"reset_after": False})
+    cell_options: dict[str, Any] = field(default_factory=dict)
+    backend: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {unknown}; expected {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+class SequenceModel(nn.Module):
+    """Embedding (token tasks) -> :class:`Recurrent` -> linear head.
+
+    ``forward(x, lengths=None, state=None)`` returns ``(output, state)``: output is (B, C) for the
+    ``"class"`` / ``"regression"`` targets (from the final state of the last layer, both directions) and
+    (B, T, C) for ``"seq_class"``; ``state`` is the final recurrent state to carry into the next chunk.
+    """
+
+    def __init__(self, config: ModelConfig, *, input_size: int, output_size: int, target: Target,
+                 vocab_size: int | None = None) -> None:
+        super().__init__()
+        if target not in ("class", "seq_class", "regression"):
+            raise ValueError(f"target: expected 'class', 'seq_class' or 'regression', got {target!r}")
+        self.config = config
+        self.target = target
+        self.input_size, self.output_size, self.vocab_size = input_size, output_size, vocab_size
+        self.embedding = nn.Embedding(vocab_size, config.embedding_dim) if vocab_size else None
+        rnn_in = config.embedding_dim if vocab_size else input_size
+        self.rnn = Recurrent(config.cell, rnn_in, config.hidden_size, config.num_layers, dropout=config.dropout,
+                             bidirectional=config.bidirectional, batch_first=True,
+                             recurrent_dropout=config.recurrent_dropout, zoneout=config.zoneout,
+                             backend=config.backend, **config.cell_options)
+        D = 2 if config.bidirectional else 1
+        self.head = nn.Linear(D * self.rnn.cell.output_size, output_size)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, state=None):
+        if self.embedding is not None:
+            if x.dtype != torch.int64:
+                raise TypeError(f"x: token inputs must be int64 ids, got dtype {x.dtype}")
+            x = self.embedding(x)  # (B, T) -> (B, T, E)
+        out, state = self.rnn(x, state, lengths=lengths)  # out (B, T, D*H)
+        if self.target == "seq_class":
+            return self.head(out), state
+        h_n = state if isinstance(state, Tensor) else state[0]  # (L*D, B, H)
+        D = self.rnn.num_directions
+        last = h_n[-D:].transpose(0, 1).reshape(h_n.shape[1], -1)  # (B, D*H): last layer, every direction
+        return self.head(last), state
