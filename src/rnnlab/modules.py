@@ -31,6 +31,7 @@ class LSTM(Recurrent):
                  **options: Any) -> None:
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype, **options)
+        self.mode = "LSTM"  # torch.nn.RNNBase attributes, read by code written for torch.nn
         self.proj_size = proj_size
 
 
@@ -46,6 +47,8 @@ class GRU(Recurrent):
                  **options: Any) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, **options)
+        self.mode = "GRU"
+        self.proj_size = 0
 
 
 class RNN(Recurrent):
@@ -61,3 +64,5 @@ class RNN(Recurrent):
         super().__init__("rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          nonlinearity=nonlinearity, device=device, dtype=dtype, **options)
         self.nonlinearity = nonlinearity
+        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        self.proj_size = 0

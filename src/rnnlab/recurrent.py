@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -11,13 +12,36 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnlab.backends import LayerCall, run_layer
+from rnnlab.backends import LayerCall, get_backend, run_layer
 from rnnlab.cells.base import RecurrentCell, State, check_positive_int
 from rnnlab.cells.registry import resolve_cell
 from rnnlab.sequence import repack, unpack
 from rnnlab.validation import check_finite, check_input, check_lengths, check_state
 
 CellFactory = Callable[..., RecurrentCell]
+
+
+def _cell_options(factory: CellFactory) -> list[str]:
+    """Keyword options a cell factory accepts beyond (input_size, hidden_size, bias, device, dtype)."""
+    import inspect
+
+    fixed = {"self", "input_size", "hidden_size", "bias", "device", "dtype"}
+    seen: list[str] = []
+    func = factory.func if isinstance(factory, functools.partial) else factory
+    preset = factory.keywords if isinstance(factory, functools.partial) else {}
+    classes = func.__mro__ if isinstance(func, type) else (func,)
+    for c in classes:  # subclasses pass **kwargs on to their base: collect along the MRO
+        target = c.__init__ if isinstance(c, type) else c
+        if target is object.__init__ or getattr(c, "__module__", "").startswith("torch"):
+            continue
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            continue
+        for p in params:
+            if p.kind is p.KEYWORD_ONLY and p.name not in fixed and p.name not in preset and p.name not in seen:
+                seen.append(p.name)
+    return seen
 
 
 class Recording:
@@ -81,15 +105,23 @@ class Recurrent(nn.Module):
         for name, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: expected bool, got {type(value).__name__} {value!r}")
-        for name, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("zoneout", zoneout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {value!r}")
+        # dropout=1 is allowed as in torch.nn; a recurrent mask or zoneout of 1 would freeze the state
+        for name, value, closed in (("dropout", dropout, True), ("recurrent_dropout", recurrent_dropout, False),
+                                    ("zoneout", zoneout, False)):
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+                interval = "[0, 1]" if closed else "[0, 1)"
+                raise ValueError(f"{name}: expected a probability in {interval}, got {value!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers=1",
                           stacklevel=2)
         if not isinstance(backend, str):
             raise TypeError(f"backend: expected a backend name, got {type(backend).__name__}")
+        if backend != "auto":
+            get_backend(backend)  # fail at construction, not at the first forward, on a misspelt name
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite: expected bool, got {type(check_finite).__name__} {check_finite!r}")
         self.bias = bias
         self.batch_first = batch_first
         self.dropout = float(dropout)
@@ -102,12 +134,21 @@ class Recurrent(nn.Module):
         D = 2 if bidirectional else 1
         # cells hold no parameters here: the wrapper owns them under torch.nn names, cells define the step
         self._cells: list[list[RecurrentCell]] = []
-        self._param_names: list[list[list[str]]] = []
+        # (cell's name, module attribute name) per layer/direction, built once instead of on every forward
+        self._param_names: list[list[list[tuple[str, str]]]] = []
         in_size = input_size
         for layer in range(num_layers):
             row, names_row = [], []
             for direction in range(D):
-                c = factory(in_size, hidden_size, bias, device=device, dtype=dtype, **cell_kwargs)
+                try:
+                    c = factory(in_size, hidden_size, bias, device=device, dtype=dtype, **cell_kwargs)
+                except TypeError as e:
+                    option = str(e).split()[-1].strip("'") if "unexpected keyword argument" in str(e) else None
+                    if option not in cell_kwargs:
+                        raise
+                    # name the option and the cell instead of a bare "__init__() got an unexpected keyword"
+                    raise TypeError(f"{option}: not an option of cell {cell!r}; expected one of "
+                                    f"{_cell_options(factory)}, got {option}={cell_kwargs[option]!r}") from None
                 if not isinstance(c, RecurrentCell):
                     raise TypeError(f"cell: the factory must build a RecurrentCell, got {type(c).__name__}")
                 suffix = self._suffix(layer, direction)
@@ -116,7 +157,7 @@ class Recurrent(nn.Module):
                     self.register_parameter(pname + suffix, c._parameters[pname])
                 c._parameters.clear()
                 row.append(c)
-                names_row.append(names)
+                names_row.append([(pname, pname + suffix) for pname in names])
             in_size = D * row[0].output_size  # the next layer sees both directions' outputs
             self._cells.append(row)
             self._param_names.append(names_row)
@@ -143,8 +184,8 @@ class Recurrent(nn.Module):
 
     def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """The parameters of one layer/direction under the cell's own names (``weight_ih``, ...)."""
-        suffix = self._suffix(layer, direction)
-        return {n: getattr(self, n + suffix) for n in self._param_names[layer][direction]}
+        # getattr, not self._parameters: torch.nn.utils.parametrize replaces parameters by properties
+        return {n: getattr(self, full) for n, full in self._param_names[layer][direction]}
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -200,7 +241,7 @@ class Recurrent(nn.Module):
     # --- computation ----------------------------------------------------------------------------------------
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None,
                 lengths: Tensor | list[int] | None = None):
-        ref = next(iter(self.layer_params(0, 0).values()))
+        ref = getattr(self, self._param_names[0][0][0][1])  # dtype/device every input must match
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
@@ -210,9 +251,10 @@ class Recurrent(nn.Module):
             unbatched = False
         else:
             x, unbatched = check_input(input, self.input_size, self.batch_first, ref)
-            lens = None if lengths is None else check_lengths(lengths, x.shape[1], x.shape[0])
             if unbatched and lengths is not None:
-                raise ValueError("lengths: not supported for an unbatched (T, input_size) input")
+                raise ValueError("lengths: not supported for an unbatched (T, input_size) input; "
+                                 "pass a (T, B, input_size) batch or lengths=None")
+            lens = None if lengths is None else check_lengths(lengths, x.shape[1], x.shape[0])
         if lens is not None and bool((lens == x.shape[0]).all()):
             lens = None  # all sequences full: skip the masking work
         T, B = x.shape[0], x.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -67,10 +68,13 @@ def check_lengths(lengths: object, batch: int, T: int) -> Tensor:
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths: expected integer lengths, got dtype {lengths.dtype}")
         lens = lengths.detach().to("cpu", torch.int64)
-    elif isinstance(lengths, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in lengths):
-        lens = torch.tensor(list(lengths), dtype=torch.int64)
+    elif isinstance(lengths, Sequence) and all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                               for v in lengths):
+        lens = torch.tensor([int(v) for v in lengths], dtype=torch.int64)
     else:
-        raise TypeError(f"lengths: expected a 1-D integer tensor or a list of ints, got {type(lengths).__name__}")
+        shown = repr(lengths) if len(repr(lengths)) <= 80 else repr(lengths)[:77] + "..."
+        raise TypeError(f"lengths: expected a 1-D integer tensor or a list of ints, "
+                        f"got {type(lengths).__name__} {shown}")
     if lens.dim() != 1 or lens.shape[0] != batch:
         raise ValueError(f"lengths: expected shape ({batch},) (one length per sequence), got {tuple(lens.shape)}")
     lo, hi = int(lens.min()), int(lens.max())

@@ -57,3 +57,13 @@ def select_backend(call: LayerCall, name: str = "auto") -> Backend:
 
 def run_layer(call: LayerCall, backend: str = "auto") -> LayerResult:
     return select_backend(call, backend).run(call)
+
+
+def _register_builtin() -> None:
+    # The fused C++ kernels: importing is cheap, they compile on first use and refuse calls if that fails.
+    from rnnlab.backends.cpp import CppBackend
+
+    register_backend(CppBackend())
+
+
+_register_builtin()

@@ -74,14 +74,19 @@ class ReferenceBackend:
         names = cell.state_names
         outs: list[Tensor] = []
         seq: list[list[Tensor]] = [[] for _ in state] if call.want_states else []
-        for t in range(xp.shape[0]):
-            if lower is not None:
-                ctx.lower = tuple(s[t] for s in lower)
-            new = cell.step(xp[t], state, p, ctx)
+        # unbind, not xp[t]: the backward of T separate selects would build T full-size (T, B, G*H) zero
+        # tensors (quadratic in T); unbind's backward is one stack
+        xs = xp.unbind(0)
+        masks = mask.unbind(0) if mask is not None else None
+        lowers = list(zip(*(s.unbind(0) for s in lower))) if lower is not None else None
+        for t, xp_t in enumerate(xs):
+            if lowers is not None:
+                ctx.lower = lowers[t]
+            new = cell.step(xp_t, state, p, ctx)
             if call.zoneout:
                 new = _zoneout(new, state, names, call.zoneout, call.training)
-            if mask is not None:
-                m = mask[t]  # (B, 1): padded sequences keep their state
+            if masks is not None:
+                m = masks[t]  # (B, 1): padded sequences keep their state
                 new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
             state = new
             outs.append(state[0])

@@ -1,0 +1,6 @@
+"""Fused C++ CPU kernels with hand-written BPTT (LSTM family, GRU, Elman), built on first use; see backend.py."""
+
+from rnnlab.backends.cpp.backend import CppBackend, kernel_for
+from rnnlab.backends.cpp.loader import load_kernels
+
+__all__ = ["CppBackend", "kernel_for", "load_kernels"]

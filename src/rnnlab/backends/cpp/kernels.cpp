@@ -1,0 +1,625 @@
+// Fused CPU recurrences with hand-written backpropagation through time (LSTM family, GRU both forms, Elman).
+//
+// Contract shared by every kernel (the Python side in rnnlab/backends/cpp/functions.py relies on it):
+// - xp (T, B, G*H) is the input projection of all steps (x @ W_ihᵀ + b_ih, plus every part of b_hh that
+//   does not sit behind a gate), computed by the caller as one GEMM; its gradient is returned as dxp so
+//   that dW_ih = dxpᵀ x and dx = dxp W_ih are again single GEMMs done by autograd.
+// - lengths (B,) int64 or an empty tensor: row b is active at step t iff t < lengths[b].  Reversal is done
+//   by the caller, so the valid steps of every row are a prefix; an inactive row keeps its state and
+//   outputs zero.  Hence the state before an active step t is output[t-1] (or the initial state).
+// - Forward per step: one recurrent GEMM (two for GRU reset_after=False, plus the projection for LSTMP)
+//   and one fused element-wise pass over all gates.  Backward per step: one fused element-wise pass for
+//   the gate derivatives and dh_{t-1} = dgates_t W_hh; weight gradients are ONE GEMM over all T*B rows.
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>  // Tensor <-> Python conversions (lighter than torch/extension.h)
+
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+
+// _Pragma, unlike #pragma, may appear inside the AT_DISPATCH macros' lambdas.
+#define SIMD _Pragma("omp simd")
+#define SIMD_SUM(s) _Pragma("omp simd reduction(+ : s)")
+
+namespace {
+
+// Products below this many multiply-adds use the inline loops: a library call costs microseconds of
+// dispatch, which dominates at small batch/hidden sizes (per-step overhead target: a few µs at B=1, H=32).
+constexpr int64_t kSmallGemm = 48 * 1024;
+
+template <typename T>
+inline T sigm(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+std::vector<int64_t> lengths_vec(const Tensor& lengths, int64_t T, int64_t B) {
+  std::vector<int64_t> len(B, T);
+  if (lengths.defined() && lengths.numel() > 0) {
+    auto l = lengths.contiguous().to(at::kLong);
+    const int64_t* p = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) len[b] = p[b];
+  }
+  return len;
+}
+
+// C (M, N) (+)= A (M, K) @ W (N, K)ᵀ, all row-major with leading dimensions (W is a torch weight layout).
+template <typename T>
+void small_nt(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int64_t ldw, int64_t M, int64_t N,
+              int64_t K, bool acc) {
+  for (int64_t m = 0; m < M; ++m) {
+    const T* a = A + m * lda;
+    T* c = C + m * ldc;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* w = W + n * ldw;
+      T s = 0;
+SIMD_SUM(s)
+      for (int64_t k = 0; k < K; ++k) s += a[k] * w[k];
+      c[n] = acc ? c[n] + s : s;
+    }
+  }
+}
+
+// C (M, K) = A (M, N) @ W (N, K).
+template <typename T>
+void small_nn(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int64_t ldw, int64_t M, int64_t N,
+              int64_t K) {
+  for (int64_t m = 0; m < M; ++m) {
+    T* c = C + m * ldc;
+    for (int64_t k = 0; k < K; ++k) c[k] = 0;
+    const T* a = A + m * lda;
+    for (int64_t n = 0; n < N; ++n) {
+      const T an = a[n];
+      const T* w = W + n * ldw;
+SIMD
+      for (int64_t k = 0; k < K; ++k) c[k] += an * w[k];
+    }
+  }
+}
+
+// A row-major (rows, cols) block of memory with leading dimension ld, as a tensor (no copy).
+template <typename T>
+Tensor wrap(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// C (M, N) (+)= A (M, K) @ W (N, K)ᵀ on raw row-major pointers: inline loops when small, else ATen's GEMM.
+template <typename T>
+void gemm_nt(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int64_t ldw, int64_t M, int64_t N, int64_t K,
+             bool acc) {
+  if (M * N * K <= kSmallGemm) return small_nt<T>(C, ldc, A, lda, W, ldw, M, N, K, acc);
+  Tensor c = wrap<T>(C, M, N, ldc);
+  if (acc) {
+    c.addmm_(wrap<T>(A, M, K, lda), wrap<T>(W, N, K, ldw).t());
+  } else {
+    at::mm_out(c, wrap<T>(A, M, K, lda), wrap<T>(W, N, K, ldw).t());
+  }
+}
+
+// C (M, K) = A (M, N) @ W (N, K).
+template <typename T>
+void gemm_nn(T* C, int64_t ldc, const T* A, int64_t lda, const T* W, int64_t ldw, int64_t M, int64_t N, int64_t K) {
+  if (M * N * K <= kSmallGemm) return small_nn<T>(C, ldc, A, lda, W, ldw, M, N, K);
+  Tensor c = wrap<T>(C, M, K, ldc);
+  at::mm_out(c, wrap<T>(A, M, N, lda), wrap<T>(W, N, K, ldw));
+}
+
+// dW (N, K) = sum over all T*B rows of g (T, B, N)ᵀ h (T, B, K): the weight gradient as one GEMM.
+Tensor grad_weight(const Tensor& g, const Tensor& h) {
+  return at::mm(g.reshape({-1, g.size(-1)}).t(), h.reshape({-1, h.size(-1)}));
+}
+
+// (T, B, F): the state before each step, i.e. [s0, seq[0], ..., seq[T-2]].
+Tensor shift_prev(const Tensor& s0, const Tensor& seq) {
+  return at::cat({s0.unsqueeze(0), seq.narrow(0, 0, seq.size(0) - 1)}, 0);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// LSTM with options.  flags bits: 0 has_i, 1 has_f, 2 has_o, 3 coupled (f = 1 - i), 4 tanh on g,
+// 5 tanh on c for h.  Peepholes come as peep (3, H) = [w_ci, w_cf, w_co] with zero rows for absent ones.
+enum : int64_t { HAS_I = 1, HAS_F = 2, HAS_O = 4, COUPLED = 8, IN_ACT = 16, OUT_ACT = 32 };
+
+struct GateOffsets {
+  int64_t i = -1, f = -1, g = -1, o = -1;
+};
+
+GateOffsets lstm_offsets(int64_t flags, int64_t H) {
+  GateOffsets off;
+  int64_t k = 0;
+  if (flags & HAS_I) off.i = (k++) * H;
+  if (flags & HAS_F) off.f = (k++) * H;
+  off.g = (k++) * H;
+  if (flags & HAS_O) off.o = (k++) * H;
+  return off;
+}
+
+template <typename T>
+void lstm_fwd_row(T* G, const GateOffsets& off, T* scratch, const T* __restrict wc, T* __restrict c,
+                  T* __restrict m, int64_t H, int64_t flags) {
+  // Absent gates point at separate scratch rows so that every pointer stays distinct (vectorisable).
+  T* __restrict gi = off.i >= 0 ? G + off.i : scratch;
+  T* __restrict gf = off.f >= 0 ? G + off.f : scratch + H;
+  T* __restrict gg = G + off.g;
+  T* __restrict go = off.o >= 0 ? G + off.o : scratch + 2 * H;
+  const T* __restrict wci = wc;
+  const T* __restrict wcf = wc + H;
+  const T* __restrict wco = wc + 2 * H;
+  const bool has_i = flags & HAS_I, has_f = flags & HAS_F, has_o = flags & HAS_O;
+  const bool coupled = flags & COUPLED, in_act = flags & IN_ACT, out_act = flags & OUT_ACT;
+SIMD
+  for (int64_t j = 0; j < H; ++j) {
+    const T cp = c[j];
+    const T i = has_i ? sigm(gi[j] + wci[j] * cp) : T(1);
+    const T f = coupled ? T(1) - i : (has_f ? sigm(gf[j] + wcf[j] * cp) : T(1));
+    const T g = in_act ? std::tanh(gg[j]) : gg[j];
+    const T cn = f * cp + i * g;
+    const T o = has_o ? sigm(go[j] + wco[j] * cn) : T(1);
+    const T a = out_act ? std::tanh(cn) : cn;
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = g;
+    go[j] = o;
+    c[j] = cn;
+    m[j] = o * a;
+  }
+}
+
+template <typename T>
+void lstm_bwd_row(const T* G, T* dG, const GateOffsets& off, T* scratch, const T* __restrict wc,
+                  const T* __restrict c, const T* __restrict cprev, const T* __restrict dm, T* __restrict dc,
+                  int64_t H, int64_t flags) {
+  const T* __restrict gi = off.i >= 0 ? G + off.i : scratch;
+  const T* __restrict gf = off.f >= 0 ? G + off.f : scratch;
+  const T* __restrict gg = G + off.g;
+  const T* __restrict go = off.o >= 0 ? G + off.o : scratch;
+  T* __restrict di_ = off.i >= 0 ? dG + off.i : scratch + H;
+  T* __restrict df_ = off.f >= 0 ? dG + off.f : scratch + 2 * H;
+  T* __restrict dg_ = dG + off.g;
+  T* __restrict do_ = off.o >= 0 ? dG + off.o : scratch + 3 * H;
+  const T* __restrict wci = wc;
+  const T* __restrict wcf = wc + H;
+  const T* __restrict wco = wc + 2 * H;
+  const bool has_i = flags & HAS_I, has_f = flags & HAS_F, has_o = flags & HAS_O;
+  const bool coupled = flags & COUPLED, in_act = flags & IN_ACT, out_act = flags & OUT_ACT;
+SIMD
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = has_i ? gi[j] : T(1);
+    const T f = coupled ? T(1) - i : (has_f ? gf[j] : T(1));
+    const T g = gg[j];
+    const T o = has_o ? go[j] : T(1);
+    const T cj = c[j], cp = cprev[j];
+    const T a = out_act ? std::tanh(cj) : cj;
+    const T dmj = dm[j];
+    const T dzo = has_o ? dmj * a * o * (T(1) - o) : T(0);
+    const T dct = dc[j] + dmj * o * (out_act ? T(1) - a * a : T(1)) + wco[j] * dzo;
+    const T dzg = dct * i * (in_act ? T(1) - g * g : T(1));
+    // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
+    const T di = dct * (coupled ? g - cp : g);
+    const T dzi = has_i ? di * i * (T(1) - i) : T(0);
+    const T dzf = has_f ? dct * cp * f * (T(1) - f) : T(0);
+    dc[j] = dct * f + wci[j] * dzi + wcf[j] * dzf;
+    di_[j] = dzi;
+    df_[j] = dzf;
+    dg_[j] = dzg;
+    do_[j] = dzo;
+  }
+}
+
+// Returns {out (T,B,R), h_T, c_T, gates (T,B,GH), cs (T,B,H), ms (T,B,H) or empty}.
+std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh_in,
+                                 const Tensor& peep_in, const Tensor& w_hr_in, const Tensor& lengths,
+                                 int64_t flags) {
+  const Tensor xp = xp_in.contiguous(), w_hh = w_hh_in.contiguous(), peep = peep_in.contiguous();
+  const bool proj = w_hr_in.defined() && w_hr_in.numel() > 0;
+  const Tensor w_hr = proj ? w_hr_in.contiguous() : w_hr_in;
+  const int64_t T = xp.size(0), B = xp.size(1), GH = xp.size(2), H = c0.size(1), R = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  const GateOffsets off = lstm_offsets(flags, H);
+  auto opts = xp.options();
+  Tensor out = at::empty({T, B, R}, opts);
+  Tensor gates = at::empty({T, B, GH}, opts);
+  Tensor cs = at::empty({T, B, H}, opts);
+  Tensor ms = proj ? at::empty({T, B, H}, opts) : Tensor();
+  Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  Tensor hp = proj ? at::empty({B, R}, opts) : Tensor();
+  Tensor scratch = at::zeros({4 * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_forward", [&] {
+    const scalar_t* wc = peep.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    const scalar_t* Wr = proj ? w_hr.data_ptr<scalar_t>() : nullptr;
+    scalar_t* C = c.data_ptr<scalar_t>();
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* S = scratch.data_ptr<scalar_t>();
+    scalar_t* HP = proj ? hp.data_ptr<scalar_t>() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      std::copy(xp.data_ptr<scalar_t>() + t * B * GH, xp.data_ptr<scalar_t>() + (t + 1) * B * GH, G);
+      gemm_nt<scalar_t>(G, GH, Hs, R, Wh, R, B, GH, R, true);  // all gates: xp_t + h_{t-1} W_hhᵀ
+      scalar_t* CS = cs.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* M = proj ? ms.data_ptr<scalar_t>() + t * B * H : out.data_ptr<scalar_t>() + t * B * R;
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < len[b]) {
+          lstm_fwd_row<scalar_t>(G + b * GH, off, S, wc, C + b * H, M + b * H, H, flags);
+          if (!proj) std::copy(M + b * H, M + (b + 1) * H, Hs + b * R);
+        } else {  // padding: state kept, output and saved gates zero
+          std::fill(G + b * GH, G + (b + 1) * GH, scalar_t(0));
+          std::fill(M + b * H, M + (b + 1) * H, scalar_t(0));
+        }
+        std::copy(C + b * H, C + (b + 1) * H, CS + b * H);
+      }
+      if (proj) {
+        gemm_nt<scalar_t>(HP, R, M, H, Wr, H, B, R, H, false);  // h_t = W_hr m_t
+        scalar_t* O = out.data_ptr<scalar_t>() + t * B * R;
+        for (int64_t b = 0; b < B; ++b) {
+          if (t < len[b]) {
+            std::copy(HP + b * R, HP + (b + 1) * R, Hs + b * R);
+            std::copy(HP + b * R, HP + (b + 1) * R, O + b * R);
+          } else {
+            std::fill(O + b * R, O + (b + 1) * R, scalar_t(0));
+          }
+        }
+      }
+    }
+  });
+  return {out, h, c, gates, cs, proj ? ms : at::empty({0}, opts)};
+}
+
+// Returns {dxp, dh0, dc0, dW_hh, dpeep (3,H), dW_hr or empty}.
+std::vector<Tensor> lstm_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& gcT, const Tensor& h0,
+                                  const Tensor& c0, const Tensor& w_hh_in, const Tensor& peep_in,
+                                  const Tensor& w_hr_in, const Tensor& lengths, int64_t flags, const Tensor& out,
+                                  const Tensor& gates, const Tensor& cs, const Tensor& ms) {
+  const Tensor gout = gout_in.contiguous(), w_hh = w_hh_in.contiguous(), peep = peep_in.contiguous();
+  const bool proj = w_hr_in.defined() && w_hr_in.numel() > 0;
+  const Tensor w_hr = proj ? w_hr_in.contiguous() : w_hr_in;
+  const int64_t T = gates.size(0), B = gates.size(1), GH = gates.size(2), H = c0.size(1), R = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  const GateOffsets off = lstm_offsets(flags, H);
+  auto opts = gates.options();
+  Tensor dgates = at::empty({T, B, GH}, opts);
+  Tensor dhs = proj ? at::empty({T, B, R}, opts) : Tensor();  // dL/dh_t, for dW_hr
+  Tensor dh = ghT.contiguous().clone(), dc = gcT.contiguous().clone();
+  Tensor dht = at::empty({B, R}, opts);
+  Tensor dm = proj ? at::empty({B, H}, opts) : dht;
+  Tensor tmp = at::empty({B, R}, opts);
+  Tensor cprev = shift_prev(c0.contiguous(), cs);
+  Tensor scratch = at::zeros({4 * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
+    const scalar_t* wc = peep.data_ptr<scalar_t>();
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DC = dc.data_ptr<scalar_t>();
+    scalar_t* DHT = dht.data_ptr<scalar_t>();
+    scalar_t* S = scratch.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    const scalar_t* Wr = proj ? w_hr.data_ptr<scalar_t>() : nullptr;
+    scalar_t* DM = dm.data_ptr<scalar_t>();
+    scalar_t* TM = tmp.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * R;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < R; ++j)
+          DHT[b * R + j] = t < len[b] ? DH[b * R + j] + GO[b * R + j] : scalar_t(0);
+      }
+      if (proj) {
+        std::copy(DHT, DHT + B * R, dhs.data_ptr<scalar_t>() + t * B * R);
+        gemm_nn<scalar_t>(DM, H, DHT, R, Wr, H, B, R, H);  // dm_t = dh_t W_hr
+      }
+      const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DG = dgates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* C = cs.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* CP = cprev.data_ptr<scalar_t>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < len[b]) {
+          lstm_bwd_row<scalar_t>(G + b * GH, DG + b * GH, off, S, wc, C + b * H, CP + b * H, DM + b * H,
+                                 DC + b * H, H, flags);
+        } else {
+          std::fill(DG + b * GH, DG + (b + 1) * GH, scalar_t(0));
+        }
+      }
+      gemm_nn<scalar_t>(TM, R, DG, GH, Wh, R, B, GH, R);  // dh_{t-1} = dgates_t W_hh
+      for (int64_t b = 0; b < B; ++b)
+        if (t < len[b]) std::copy(TM + b * R, TM + (b + 1) * R, DH + b * R);
+    }
+  });
+  Tensor hprev = shift_prev(h0.contiguous(), out);
+  Tensor dw_hh = grad_weight(dgates, hprev);
+  Tensor dpeep = at::zeros({3, H}, opts);
+  if (off.i >= 0) dpeep[0].copy_((dgates.narrow(2, off.i, H) * cprev).sum({0, 1}));
+  if (off.f >= 0) dpeep[1].copy_((dgates.narrow(2, off.f, H) * cprev).sum({0, 1}));
+  if (off.o >= 0) dpeep[2].copy_((dgates.narrow(2, off.o, H) * cs).sum({0, 1}));
+  Tensor dw_hr = proj ? grad_weight(dhs, ms) : at::empty({0}, opts);
+  return {dgates, dh, dc, dw_hh, dpeep, dw_hr};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// GRU.  reset_after=True (torch.nn form): n = tanh(x_n + r ⊙ (W_hn h + b_hn)); xp holds b_ih + b_hh[r, z].
+// reset_after=False (paper form): n = tanh(x_n + W_hn (r ⊙ h)); xp holds b_ih + b_hh entirely.
+
+// Returns {out, h_T, gates (T,B,3H) = [r, z, n], aux (T,B,H): W_hn h + b_hn (after) or r ⊙ h (before)}.
+std::vector<Tensor> gru_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh_in, const Tensor& b_hn,
+                                const Tensor& lengths, bool reset_after) {
+  const Tensor xp = xp_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = xp.options();
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor gates = at::empty({T, B, GH}, opts);
+  Tensor aux = at::empty({T, B, H}, opts);
+  Tensor h = h0.contiguous().clone();
+  Tensor gh = at::empty({B, reset_after ? GH : H}, opts);
+  const Tensor bn = (b_hn.defined() && b_hn.numel() > 0) ? b_hn.contiguous() : at::zeros({H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "gru_forward", [&] {
+    const scalar_t* __restrict BN = bn.data_ptr<scalar_t>();
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    scalar_t* GHp = gh.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* X = xp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* A = aux.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      if (reset_after) {
+        gemm_nt<scalar_t>(GHp, GH, Hs, H, Wh, H, B, GH, H, false);  // h_{t-1} W_hhᵀ for r, z, n at once
+        for (int64_t b = 0; b < B; ++b) {
+          if (t >= len[b]) continue;
+          const scalar_t* __restrict x = X + b * GH;
+          const scalar_t* __restrict q = GHp + b * GH;
+          scalar_t* __restrict g = G + b * GH;
+          scalar_t* __restrict a = A + b * H;
+          scalar_t* __restrict hb = Hs + b * H;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t r = sigm(x[j] + q[j]);
+            const scalar_t z = sigm(x[H + j] + q[H + j]);
+            const scalar_t hn = q[2 * H + j] + BN[j];
+            const scalar_t n = std::tanh(x[2 * H + j] + r * hn);
+            g[j] = r;
+            g[H + j] = z;
+            g[2 * H + j] = n;
+            a[j] = hn;
+            hb[j] = (scalar_t(1) - z) * n + z * hb[j];
+          }
+        }
+      } else {
+        for (int64_t b = 0; b < B; ++b) std::copy(X + b * GH, X + b * GH + 2 * H, G + b * GH);
+        gemm_nt<scalar_t>(G, GH, Hs, H, Wh, H, B, 2 * H, H, true);  // r, z pre-activations
+        for (int64_t b = 0; b < B; ++b) {
+          scalar_t* __restrict g = G + b * GH;
+          scalar_t* __restrict a = A + b * H;
+          const scalar_t* __restrict hb = Hs + b * H;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t r = sigm(g[j]);
+            g[j] = r;
+            g[H + j] = sigm(g[H + j]);
+            a[j] = r * hb[j];
+          }
+        }
+        gemm_nt<scalar_t>(GHp, H, A, H, Wh + 2 * H * H, H, B, H, H, false);  // W_hn (r ⊙ h)
+        for (int64_t b = 0; b < B; ++b) {
+          if (t >= len[b]) continue;
+          const scalar_t* __restrict x = X + b * GH;
+          const scalar_t* __restrict q = GHp + b * H;
+          scalar_t* __restrict g = G + b * GH;
+          scalar_t* __restrict hb = Hs + b * H;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t z = g[H + j];
+            const scalar_t n = std::tanh(x[2 * H + j] + q[j]);
+            g[2 * H + j] = n;
+            hb[j] = (scalar_t(1) - z) * n + z * hb[j];
+          }
+        }
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < len[b]) {
+          std::copy(Hs + b * H, Hs + (b + 1) * H, O + b * H);
+        } else {  // padding: zero output, zero saved values so that weight-gradient GEMMs see finite zeros
+          std::fill(O + b * H, O + (b + 1) * H, scalar_t(0));
+          std::fill(G + b * GH, G + (b + 1) * GH, scalar_t(0));
+          std::fill(A + b * H, A + (b + 1) * H, scalar_t(0));
+        }
+      }
+    }
+  });
+  return {out, h, gates, aux};
+}
+
+// Returns {dxp, dh0, dW_hh, db_hn (reset_after) or empty}.
+std::vector<Tensor> gru_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& h0, const Tensor& w_hh_in,
+                                 const Tensor& lengths, bool reset_after, const Tensor& out, const Tensor& gates,
+                                 const Tensor& aux) {
+  const Tensor gout = gout_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = gates.options();
+  Tensor dxp = at::empty({T, B, GH}, opts);
+  // reset_after: gradient of the recurrent pre-activations [r, z, W_hn h + b_hn] (differs from dxp in n)
+  Tensor dgh = reset_after ? at::empty({T, B, GH}, opts) : Tensor();
+  Tensor dh = ghT.contiguous().clone();
+  Tensor dht = at::empty({B, H}, opts);
+  Tensor dacc = at::empty({B, H}, opts);  // part of dh_{t-1} that does not go through W_hh
+  Tensor tmp = at::empty({B, H}, opts);
+  Tensor hprev = shift_prev(h0.contiguous(), out);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DHT = dht.data_ptr<scalar_t>();
+    scalar_t* DA = dacc.data_ptr<scalar_t>();
+    scalar_t* TM = tmp.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* A = aux.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* HP = hprev.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DG = reset_after ? dgh.data_ptr<scalar_t>() + t * B * GH : nullptr;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      if (reset_after) {
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* __restrict g = G + b * GH;
+          const scalar_t* __restrict hn = A + b * H;
+          const scalar_t* __restrict hp = HP + b * H;
+          const scalar_t* __restrict d = DHT + b * H;
+          scalar_t* __restrict dx = DX + b * GH;
+          scalar_t* __restrict dg = DG + b * GH;
+          scalar_t* __restrict da = DA + b * H;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j];
+            const scalar_t dzn = d[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+            const scalar_t dzz = d[j] * (hp[j] - n) * z * (scalar_t(1) - z);
+            const scalar_t dzr = dzn * hn[j] * r * (scalar_t(1) - r);
+            dx[j] = dzr;
+            dx[H + j] = dzz;
+            dx[2 * H + j] = dzn;
+            dg[j] = dzr;
+            dg[H + j] = dzz;
+            dg[2 * H + j] = dzn * r;
+            da[j] = d[j] * z;
+          }
+        }
+        gemm_nn<scalar_t>(TM, H, DG, GH, Wh, H, B, GH, H);
+      } else {
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* __restrict g = G + b * GH;
+          const scalar_t* __restrict hp = HP + b * H;
+          const scalar_t* __restrict d = DHT + b * H;
+          scalar_t* __restrict dx = DX + b * GH;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t z = g[H + j], n = g[2 * H + j];
+            dx[H + j] = d[j] * (hp[j] - n) * z * (scalar_t(1) - z);
+            dx[2 * H + j] = d[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+          }
+        }
+        gemm_nn<scalar_t>(TM, H, DX + 2 * H, GH, Wh + 2 * H * H, H, B, H, H);  // d(r ⊙ h) = dz_n W_hn
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* __restrict g = G + b * GH;
+          const scalar_t* __restrict hp = HP + b * H;
+          const scalar_t* __restrict d = DHT + b * H;
+          const scalar_t* __restrict drh = TM + b * H;
+          scalar_t* __restrict dx = DX + b * GH;
+          scalar_t* __restrict da = DA + b * H;
+SIMD
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t r = g[j], z = g[H + j];
+            dx[j] = drh[j] * hp[j] * r * (scalar_t(1) - r);
+            da[j] = d[j] * z + drh[j] * r;
+          }
+        }
+        gemm_nn<scalar_t>(TM, H, DX, GH, Wh, H, B, 2 * H, H);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < len[b]) {
+          for (int64_t j = 0; j < H; ++j) DH[b * H + j] = TM[b * H + j] + DA[b * H + j];
+        } else {  // padding: state was kept, its gradient passes through unchanged
+          std::fill(DX + b * GH, DX + (b + 1) * GH, scalar_t(0));
+          if (reset_after) {
+            std::fill(DG + b * GH, DG + (b + 1) * GH, scalar_t(0));
+          }
+        }
+      }
+    }
+  });
+  Tensor dw_hh;
+  Tensor db_hn = at::empty({0}, opts);
+  if (reset_after) {
+    dw_hh = grad_weight(dgh, hprev);
+    db_hn = dgh.narrow(2, 2 * H, H).sum({0, 1});
+  } else {
+    dw_hh = at::cat({grad_weight(dxp.narrow(2, 0, 2 * H), hprev), grad_weight(dxp.narrow(2, 2 * H, H), aux)}, 0);
+  }
+  return {dxp, dh, dw_hh, db_hn};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Elman: h_t = φ(xp_t + W_hh h_{t-1}), φ = tanh (relu=false) or ReLU.  Returns {out, h_T}.
+std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh_in,
+                                  const Tensor& lengths, bool relu) {
+  const Tensor xp = xp_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  Tensor out = at::empty({T, B, H}, xp.options());
+  Tensor h = h0.contiguous().clone();
+  Tensor pre = at::empty({B, H}, xp.options());
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "elman_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* P = pre.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy(xp.data_ptr<scalar_t>() + t * B * H, xp.data_ptr<scalar_t>() + (t + 1) * B * H, P);
+      gemm_nt<scalar_t>(P, H, Hs, H, Wh, H, B, H, H, true);
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* __restrict o = O + b * H;
+        if (t >= len[b]) {
+          std::fill(o, o + H, scalar_t(0));
+          continue;
+        }
+        const scalar_t* __restrict p = P + b * H;
+        scalar_t* __restrict hb = Hs + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t v = relu ? (p[j] > scalar_t(0) ? p[j] : scalar_t(0)) : std::tanh(p[j]);
+          hb[j] = v;
+          o[j] = v;
+        }
+      }
+    }
+  });
+  return {out, h};
+}
+
+// Returns {dxp, dh0, dW_hh}.
+std::vector<Tensor> elman_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& h0, const Tensor& w_hh_in,
+                                   const Tensor& lengths, bool relu, const Tensor& out) {
+  const Tensor gout = gout_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = out.size(0), B = out.size(1), H = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  Tensor dxp = at::empty({T, B, H}, out.options());
+  Tensor dh = ghT.contiguous().clone();
+  Tensor tmp = at::empty({B, H}, out.options());
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* TM = tmp.data_ptr<scalar_t>();
+    const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* __restrict dx = DX + b * H;
+        if (t >= len[b]) {
+          std::fill(dx, dx + H, scalar_t(0));
+          continue;
+        }
+        const scalar_t* __restrict o = O + b * H;
+        const scalar_t* __restrict go = GO + b * H;
+        const scalar_t* __restrict d = DH + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t deriv = relu ? (o[j] > scalar_t(0) ? scalar_t(1) : scalar_t(0)) : scalar_t(1) - o[j] * o[j];
+          dx[j] = (d[j] + go[j]) * deriv;
+        }
+      }
+      gemm_nn<scalar_t>(TM, H, DX, H, Wh, H, B, H, H);
+      for (int64_t b = 0; b < B; ++b)
+        if (t < len[b]) std::copy(TM + b * H, TM + (b + 1) * H, DH + b * H);
+    }
+  });
+  Tensor dw_hh = grad_weight(dxp, shift_prev(h0.contiguous(), out));
+  return {dxp, dh, dw_hh};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rnnlab fused recurrent kernels with hand-written BPTT";
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+  m.def("elman_forward", &elman_forward);
+  m.def("elman_backward", &elman_backward);
+}

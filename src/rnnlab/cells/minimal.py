@@ -1,0 +1,156 @@
+"""minGRU and minLSTM (Feng et al. 2024): gates from x_t only, so the whole sequence is one parallel scan."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from rnnlab.cells.base import NO_CONTEXT, ParamSpec, Params, RecurrentCell, State, StepContext
+
+
+def g(x: Tensor) -> Tensor:
+    """The paper's positive candidate map: x + 0.5 for x >= 0, σ(x) otherwise (continuous at 0)."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_g(x: Tensor) -> Tensor:
+    """log g(x), computed without forming g(x) for negative x (log σ(x) = -softplus(-x))."""
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+
+
+def linear_scan(log_a: Tensor, log_b: Tensor, h0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    r"""All steps of :math:`h_t = a_t ⊙ h_{t-1} + b_t` with a, b > 0 given in log space, any-sign h_0.
+
+    ``log_a``, ``log_b`` are (T, B, H), ``h0`` (B, H), ``mask`` (T, B, 1) bool or ``None``.  Padded steps get
+    a = 1, b = 0 so they keep the state.  By linearity :math:`h_t = A_t h_0 + A_t \sum_{s \le t} b_s / A_s`
+    with :math:`A_t = \prod_{s \le t} a_s`; the sum is a ``logcumsumexp`` (Feng et al. 2024, appendix; Heinsen
+    2023) and the h_0 term is added outside the log so h_0 may be negative or zero.
+    Returns the outputs (T, B, H) with padded steps zeroed and the final state (B, H).
+    """
+    if mask is not None:
+        log_a = log_a.masked_fill(~mask, 0.0)
+        log_b = log_b.masked_fill(~mask, float("-inf"))
+    log_A = torch.cumsum(log_a, dim=0)  # (T, B, H)
+    h = torch.exp(log_A) * h0 + torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=0))
+    final = h[-1]  # padded steps carried the state to the end
+    if mask is not None:
+        h = h.masked_fill(~mask, 0.0)
+    return h, final
+
+
+class MinGRUCell(RecurrentCell):
+    r"""minGRU (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were RNNs All We Needed?").
+
+    .. math::
+        z_t &= σ(W_{iz} x_t + b_{iz}) \\
+        \tilde h_t &= g(W_{ih} x_t + b_{ih}), \quad g(v) = v + 0.5\ (v \ge 0),\ σ(v)\ (v < 0) \\
+        h_t &= (1 - z_t) ⊙ h_{t-1} + z_t ⊙ \tilde h_t
+
+    Parameters: ``weight_ih`` (2H, I) and ``bias_ih`` (2H,) with blocks z, h; there are no recurrent weights,
+    so ``recurrent_dropout`` has nothing to act on and is ignored.  :meth:`sequence` computes every step at
+    once with a log-space parallel scan (:func:`linear_scan`); :meth:`step` is the same recurrence one step at
+    a time (used with zoneout, recurrent dropout or when states are recorded per step).
+
+    Deviations: the paper's log-space version (with g keeping :math:`\tilde h_t > 0`) is used in both paths;
+    an arbitrary initial state (any sign) is allowed: the scan adds its decayed contribution
+    :math:`\prod_s (1 - z_s) ⊙ h_0` outside the log instead of requiring :math:`h_0 > 0`.
+
+    Example:
+        >>> cell = MinGRUCell(3, 4)
+        >>> h = cell(torch.randn(2, 3), torch.zeros(2, 4))
+        >>> bool((h > 0).all())  # h_0 = 0 and h̃ > 0
+        True
+    """
+
+    kind = "mingru"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self._register_params()
+
+    def param_specs(self) -> list[ParamSpec]:
+        H, I = self.hidden_size, self.input_size
+        specs = [ParamSpec("weight_ih", (2 * H, I))]
+        if self.bias:
+            specs.append(ParamSpec("bias_ih", (2 * H,)))
+        return specs
+
+    def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
+        k_z, k_h = xp_t.chunk(2, dim=-1)
+        z = torch.sigmoid(k_z)
+        h_tilde = g(k_h)
+        if ctx.record is not None:
+            ctx.emit("z", z)
+            ctx.emit("h_tilde", h_tilde)
+        return ((1.0 - z) * state[0] + z * h_tilde,)
+
+    def sequence(self, xp: Tensor, state: State, p: Params, mask: Tensor | None,
+                 record: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, State]:
+        k_z, k_h = xp.chunk(2, dim=-1)  # each (T, B, H)
+        log_a = -F.softplus(k_z)  # log(1 - z)
+        log_b = -F.softplus(-k_z) + log_g(k_h)  # log(z ⊙ h̃)
+        out, final = linear_scan(log_a, log_b, state[0], mask)
+        if record is not None:
+            record["z"] = torch.sigmoid(k_z)  # type: ignore[assignment]  # whole (T, B, H) tensors
+            record["h_tilde"] = g(k_h)  # type: ignore[assignment]
+        return out, (final,)
+
+
+class MinLSTMCell(RecurrentCell):
+    r"""minLSTM (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were RNNs All We Needed?").
+
+    .. math::
+        f_t &= σ(W_{if} x_t + b_{if}), \quad i_t = σ(W_{ii} x_t + b_{ii}) \\
+        f'_t &= f_t / (f_t + i_t), \quad i'_t = i_t / (f_t + i_t) \\
+        \tilde h_t &= g(W_{ih} x_t + b_{ih}) \\
+        h_t &= f'_t ⊙ h_{t-1} + i'_t ⊙ \tilde h_t
+
+    (the paper's length-independent normalisation of f and i; g as in :class:`MinGRUCell`).  Parameters:
+    ``weight_ih`` (3H, I) and ``bias_ih`` (3H,) with blocks f, i, h; no recurrent weights (so no recurrent
+    dropout).  :meth:`sequence` is the log-space parallel scan with
+    :math:`\log f' = -\mathrm{softplus}(\mathrm{softplus}(-k_f) - \mathrm{softplus}(-k_i))`; deviations
+    and the handling of an arbitrary h_0 as in :class:`MinGRUCell`.
+
+    Example:
+        >>> h = MinLSTMCell(3, 4)(torch.randn(2, 3))
+        >>> tuple(h.shape)
+        (2, 4)
+    """
+
+    kind = "minlstm"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self._register_params()
+
+    def param_specs(self) -> list[ParamSpec]:
+        H, I = self.hidden_size, self.input_size
+        specs = [ParamSpec("weight_ih", (3 * H, I))]
+        if self.bias:
+            specs.append(ParamSpec("bias_ih", (3 * H,)))
+        return specs
+
+    def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
+        k_f, k_i, k_h = xp_t.chunk(3, dim=-1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        f_n, i_n = f / (f + i), i / (f + i)
+        h_tilde = g(k_h)
+        if ctx.record is not None:
+            ctx.emit("f", f_n)
+            ctx.emit("i", i_n)
+            ctx.emit("h_tilde", h_tilde)
+        return (f_n * state[0] + i_n * h_tilde,)
+
+    def sequence(self, xp: Tensor, state: State, p: Params, mask: Tensor | None,
+                 record: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, State]:
+        k_f, k_i, k_h = xp.chunk(3, dim=-1)  # each (T, B, H)
+        diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
+        log_f = -F.softplus(diff)  # log f'
+        log_i = -F.softplus(-diff)  # log i'
+        out, final = linear_scan(log_f, log_i + log_g(k_h), state[0], mask)
+        if record is not None:
+            record["f"] = torch.exp(log_f)  # type: ignore[assignment]  # whole (T, B, H) tensors
+            record["i"] = torch.exp(log_i)  # type: ignore[assignment]
+            record["h_tilde"] = g(k_h)  # type: ignore[assignment]
+        return out, (final,)

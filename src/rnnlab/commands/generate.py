@@ -1,0 +1,58 @@
+"""`rnnlab generate`: sample text from a character language model checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from rnnlab.cli import UserError
+
+
+def register(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="generate text from a char-LM checkpoint",
+                       description="Sample characters from a model trained on the charlm task: the model reads "
+                       "--prime, then writes --length characters one at a time with its state carried along.",
+                       epilog='example: rnnlab generate runs/charlm-lstm --prime "ROMEO:" --length 300 '
+                              "--temperature 0.8 --top-k 20 --seed 1")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a charlm run directory or checkpoint")
+    p.add_argument("--prime", default="\n", help="text the model reads first (default: a newline)")
+    p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; 0 = greedy, < 1 = safer, > 1 = wilder (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely characters")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (same seed, same text)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnlab.tasks.charlm import generate
+    from rnnlab.train.checkpoint import CheckpointError, load_model
+    from rnnlab.train.runner import make_task
+
+    if args.length < 0:
+        raise UserError(f"--length: expected an integer >= 0, got {args.length}")
+    if args.temperature < 0 or args.temperature != args.temperature:
+        raise UserError(f"--temperature: expected a number >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k: expected an integer >= 1, got {args.top_k}")
+    if not args.prime:
+        raise UserError("--prime: expected a non-empty string")
+    try:
+        model, config = load_model(args.checkpoint)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    if config["task"]["name"] != "charlm":
+        raise UserError(f"{args.checkpoint}: generate needs a charlm model, this one was trained on "
+                        f"{config['task']['name']!r}")
+    try:
+        task = make_task("charlm", config["task"]["options"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{args.checkpoint}: cannot rebuild the charlm vocabulary: {e}") from None
+    if task.vocab_size != model.vocab_size:
+        raise UserError(f"{args.checkpoint}: the text now gives a vocabulary of {task.vocab_size} characters, "
+                        f"the model has {model.vocab_size} (did the text file change?)")
+    text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                    generator=torch.Generator().manual_seed(args.seed))
+    print(args.prime + text)
+    return 0
