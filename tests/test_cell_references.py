@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 import rnnlab
 from rnnlab import Recurrent
@@ -291,8 +290,9 @@ def step_loop(cell, xp: Tensor, h0: Tensor, p, mask: Tensor | None) -> tuple[Ten
 
 @pytest.mark.parametrize("cls", [MinGRUCell, MinLSTMCell])
 @pytest.mark.parametrize("scale", [1.0, 8.0], ids=["normal", "saturated"])
-def test_parallel_scan_equals_step_loop_with_padding_and_gradients(cls, scale):
-    cell = cls(3, 4, dtype=F64)
+@pytest.mark.parametrize("scan", ["log", "sequential"])
+def test_sequence_scan_equals_step_loop_with_padding_and_gradients(cls, scale, scan):
+    cell = cls(3, 4, dtype=F64, scan=scan)
     p = {n: t for n, t in cell.named_parameters()}
     x = (scale * torch.randn(7, B, 3, dtype=F64)).requires_grad_()
     h0 = torch.randn(B, 4, dtype=F64, requires_grad=True)
@@ -315,10 +315,11 @@ def test_parallel_scan_equals_step_loop_with_padding_and_gradients(cls, scale):
 
 
 @pytest.mark.parametrize("kind", ["mingru", "minlstm"])
-def test_wrapper_scan_equals_wrapper_step_loop_bidirectional_with_lengths(kind, monkeypatch):
+@pytest.mark.parametrize("scan", ["log", "sequential"])
+def test_wrapper_scan_equals_wrapper_step_loop_bidirectional_with_lengths(kind, scan, monkeypatch):
     """Through Recurrent (reverse within lengths, two layers): the sequence() fast path and the step loop
     give the same outputs, final states and parameter gradients."""
-    rnn = Recurrent(kind, 3, 4, num_layers=2, bidirectional=True, dtype=F64)
+    rnn = Recurrent(kind, 3, 4, num_layers=2, bidirectional=True, dtype=F64, scan=scan)
     x = torch.randn(T, B, 3, dtype=F64)
     hx = torch.randn(4, B, 4, dtype=F64)
     lengths = [6, 2, 4]
@@ -339,9 +340,10 @@ def test_wrapper_scan_equals_wrapper_step_loop_bidirectional_with_lengths(kind, 
 
 
 @pytest.mark.parametrize("cls", [MinGRUCell, MinLSTMCell])
-def test_parallel_scan_long_float32_sequence_stays_close_to_float64_loop(cls):
+@pytest.mark.parametrize("scan", ["log", "sequential"])
+def test_scan_long_float32_sequence_stays_close_to_float64_loop(cls, scan):
     cell64 = cls(8, 16, dtype=F64)
-    cell32 = cls(8, 16)
+    cell32 = cls(8, 16, scan=scan)
     cell32.load_state_dict({k: v.float() for k, v in cell64.state_dict().items()})
     x = torch.randn(2048, 2, 8, dtype=F64)
     h0 = torch.randn(2, 16, dtype=F64)
@@ -352,6 +354,27 @@ def test_parallel_scan_long_float32_sequence_stays_close_to_float64_loop(cls):
                                  (h0.float(),), dict(cell32.named_parameters()), None)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+@pytest.mark.parametrize("scan", ["log", "sequential"])
+def test_scan_gradcheck_with_lengths_and_any_sign_initial_state(kind, scan):
+    cell = resolve_cell(kind)(2, 3, dtype=F64, scan=scan)
+    p = dict(cell.named_parameters())
+    mask = (torch.arange(5).unsqueeze(1) < torch.tensor([5, 2])).unsqueeze(-1)
+    xp = torch.randn(5, 2, p["weight_ih"].shape[0], dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda xp, h0: (lambda o, s: (o, *s))(*cell.sequence(xp, (h0,), p, mask)),
+                                    (xp, h0))
+
+
+def test_scan_option_is_validated_and_auto_picks_the_cpu_loop():
+    with pytest.raises(ValueError, match="scan"):
+        MinGRUCell(3, 4, scan="parallel")
+    cell = MinGRUCell(3, 4)
+    xp = cell.project_input(torch.randn(4, 2, 3), dict(cell.named_parameters()))
+    out, _ = cell.sequence(xp, (torch.zeros(2, 4),), dict(cell.named_parameters()), None)
+    assert "SequentialScan" in type(out.grad_fn).__name__ or "SequentialScan" in str(out.grad_fn.next_functions)
 
 
 # --- layer-normalised LSTM / GRU: Ba, Kiros & Hinton (2016) -----------------------------------------------------

@@ -142,6 +142,8 @@ def test_cue_task_country_decides_the_language():
         assert not set(words[6:-4]) & set(task.countries)  # the filler never names a country
     base = task.baseline("test")
     assert base["accuracy"] == pytest.approx(0.2, abs=0.07)
+    narrow = make_task("cue", lag=30, filler_words=2, n_train=50, n_val=5, n_test=5)
+    assert set(narrow.decode(narrow.split_tensors("train")[0][:, 6:-4].flatten())) == {"the", "weather"}
 
 
 # ------------------------------------------------------------------ char LM

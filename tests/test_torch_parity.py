@@ -35,9 +35,10 @@ def make_pair(kind: str, seed: int = 0, from_ours: bool = False, **options) -> t
     cls, extra = KINDS[kind]
     kw = {**extra, **options}
     torch.manual_seed(seed)
+    backend = kw.pop("backend", "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropout with num_layers=1, oneDNN projection notice
-        ref, ours = getattr(nn, cls)(I, H, **kw), getattr(rnnlab, cls)(I, H, **kw)
+        ref, ours = getattr(nn, cls)(I, H, **kw), getattr(rnnlab, cls)(I, H, backend=backend, **kw)
     if from_ours:
         ref.load_state_dict(ours.state_dict())
     else:
@@ -117,16 +118,22 @@ def assert_same_packed(ours: PackedSequence, ref: PackedSequence) -> None:
     assert_close(ours.data, ref.data, "output.data")
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("batch_first", [False, True], ids=["tb", "bt"])
+# batch_first only changes dense input; packed and unbatched inputs ignore it, as in torch.nn
+LAYOUTS = [pytest.param(m, bf, id=f"{m}-{'bt' if bf else 'tb'}") for m in MODES
+           for bf in ((False, True) if m.startswith("dense") else (False,))]
+
+
+@pytest.mark.parametrize("mode, batch_first", LAYOUTS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["l1", "l2"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_forward_and_gradients_match_torch(kind, num_layers, bidirectional, batch_first, mode):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_forward_and_gradients_match_torch(backend, kind, num_layers, bidirectional, batch_first, mode):
+    # "auto" takes the fastest backend (fused kernels where built), "reference" the definition
     # two-layer stacks also carry dropout, which must be inactive in eval exactly as in torch.nn
     dropout = 0.3 if num_layers == 2 else 0.0
     ref, ours = make_pair(kind, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                          dropout=dropout)
+                          dropout=dropout, backend=backend)
     if dropout:
         ref.eval(), ours.eval()
     D = 2 if bidirectional else 1

@@ -78,7 +78,7 @@ def test_lr_schedules():
 def test_optimizers_train(name, cls):
     assert isinstance(build_optimizer(sign_model().parameters(), TrainConfig(optimizer=name)), cls)
     lr = 0.05 if name in ("sgd",) else 0.01
-    task = SignTask(T=4, n=64)
+    task = SignTask(T=2, n=128)
     out = Trainer(sign_model(), task, TrainConfig(epochs=6, batch_size=16, optimizer=name, lr=lr)).fit()
     assert out["best_metric"] > task.baseline("val")["accuracy"] + 0.1
 

@@ -295,9 +295,10 @@ def test_recording_does_not_change_outputs_and_is_complete(cell):
     plain_out, plain_h = rnn(x, lengths=LENGTHS)
     with rnn.recording() as rec:
         out, h = rnn(x, lengths=LENGTHS)
-    assert torch.equal(out, plain_out)
+    # recording may move the call from a fused backend to the reference one: equal up to float64 rounding
+    torch.testing.assert_close(out, plain_out, atol=1e-12, rtol=1e-12)
     for a, b in zip(parts(h), parts(plain_h)):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
     assert set(rec.gates) == {(0, 0), (0, 1), (1, 0), (1, 1)}
     for key, gates in rec.gates.items():
         if cell in GATES:

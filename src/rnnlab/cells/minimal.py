@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from rnnlab.cells.base import NO_CONTEXT, ParamSpec, Params, RecurrentCell, State, StepContext
@@ -19,7 +20,7 @@ def log_g(x: Tensor) -> Tensor:
     return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
 
 
-def linear_scan(log_a: Tensor, log_b: Tensor, h0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def log_linear_scan(log_a: Tensor, log_b: Tensor, h0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     r"""All steps of :math:`h_t = a_t ⊙ h_{t-1} + b_t` with a, b > 0 given in log space, any-sign h_0.
 
     ``log_a``, ``log_b`` are (T, B, H), ``h0`` (B, H), ``mask`` (T, B, 1) bool or ``None``.  Padded steps get
@@ -39,6 +40,65 @@ def linear_scan(log_a: Tensor, log_b: Tensor, h0: Tensor, mask: Tensor | None) -
     return h, final
 
 
+class _SequentialScan(torch.autograd.Function):
+    """h_t = a_t ⊙ h_{t-1} + b_t as one autograd node: a T-step elementwise loop forwards and backwards.
+
+    One node instead of T keeps autograd from materialising a (T, B, H) gradient per step; the backward is
+    the adjoint recurrence dh_t = g_t + a_{t+1} ⊙ dh_{t+1}, da_t = dh_t ⊙ h_{t-1}, db_t = dh_t.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        out = torch.empty_like(b)  # (T, B, H)
+        h = h0
+        for t in range(a.shape[0]):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, out, h0 = ctx.saved_tensors
+        T = a.shape[0]
+        dh = torch.empty_like(grad)  # dh[t] = dL/dh_t through every path, = dL/db_t
+        dh[T - 1] = grad[T - 1]
+        for t in range(T - 2, -1, -1):
+            torch.addcmul(grad[t], a[t + 1], dh[t + 1], out=dh[t])
+        prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t-1}
+        return dh * prev, dh, a[0] * dh[0]
+
+
+def sequential_linear_scan(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The same recurrence as :func:`log_linear_scan` with a, b given directly, evaluated step by step.
+
+    Exact for any a, b, h_0 and the fastest form on a CPU (O(T·B·H) multiply-adds, no exp/log).  Not twice
+    differentiable.  Returns the outputs (T, B, H) with padded steps zeroed and the final state (B, H).
+    """
+    if mask is not None:
+        a = a.masked_fill(~mask, 1.0)
+        b = b.masked_fill(~mask, 0.0)
+    h = _SequentialScan.apply(a.contiguous(), b.contiguous(), h0.contiguous())
+    final = h[-1]
+    if mask is not None:
+        h = h.masked_fill(~mask, 0.0)
+    return h, final
+
+
+_SCANS = ("auto", "log", "sequential")
+
+
+def _check_scan(scan: object) -> str:
+    if scan not in _SCANS:
+        raise ValueError(f"scan: expected one of {_SCANS}, got {scan!r}")
+    return scan  # type: ignore[return-value]
+
+
+def _use_log_scan(scan: str, x: Tensor) -> bool:
+    # the log-space scan is parallel over T (GPU); on a CPU the elementwise loop does less work and is exact
+    return scan == "log" or (scan == "auto" and x.device.type != "cpu")
+
+
 class MinGRUCell(RecurrentCell):
     r"""minGRU (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were RNNs All We Needed?").
 
@@ -48,9 +108,12 @@ class MinGRUCell(RecurrentCell):
         h_t &= (1 - z_t) ⊙ h_{t-1} + z_t ⊙ \tilde h_t
 
     Parameters: ``weight_ih`` (2H, I) and ``bias_ih`` (2H,) with blocks z, h; there are no recurrent weights,
-    so ``recurrent_dropout`` has nothing to act on and is ignored.  :meth:`sequence` computes every step at
-    once with a log-space parallel scan (:func:`linear_scan`); :meth:`step` is the same recurrence one step at
-    a time (used with zoneout, recurrent dropout or when states are recorded per step).
+    so ``recurrent_dropout`` has nothing to act on and is ignored.  :meth:`sequence` computes the whole
+    sequence after one input GEMM: ``scan="log"`` is the paper's log-space parallel scan
+    (:func:`log_linear_scan`), ``scan="sequential"`` a single-autograd-node elementwise loop
+    (:func:`sequential_linear_scan`, exact, not twice differentiable), ``scan="auto"`` (default) the log scan
+    on GPUs and the loop on CPUs, where it is several times faster than ``logcumsumexp``.  :meth:`step` is
+    the same recurrence one step at a time (used with zoneout, or when states are recorded per step).
 
     Deviations: the paper's log-space version (with g keeping :math:`\tilde h_t > 0`) is used in both paths;
     an arbitrary initial state (any sign) is allowed: the scan adds its decayed contribution
@@ -65,9 +128,14 @@ class MinGRUCell(RecurrentCell):
 
     kind = "mingru"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, scan: str = "auto",
+                 device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.scan = _check_scan(scan)
         self._register_params()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
 
     def param_specs(self) -> list[ParamSpec]:
         H, I = self.hidden_size, self.input_size
@@ -88,9 +156,13 @@ class MinGRUCell(RecurrentCell):
     def sequence(self, xp: Tensor, state: State, p: Params, mask: Tensor | None,
                  record: dict[str, list[Tensor]] | None = None) -> tuple[Tensor, State]:
         k_z, k_h = xp.chunk(2, dim=-1)  # each (T, B, H)
-        log_a = -F.softplus(k_z)  # log(1 - z)
-        log_b = -F.softplus(-k_z) + log_g(k_h)  # log(z ⊙ h̃)
-        out, final = linear_scan(log_a, log_b, state[0], mask)
+        if _use_log_scan(self.scan, xp):
+            log_a = -F.softplus(k_z)  # log(1 - z)
+            log_b = -F.softplus(-k_z) + log_g(k_h)  # log(z ⊙ h̃)
+            out, final = log_linear_scan(log_a, log_b, state[0], mask)
+        else:
+            z = torch.sigmoid(k_z)
+            out, final = sequential_linear_scan(1.0 - z, z * g(k_h), state[0], mask)
         if record is not None:
             record["z"] = torch.sigmoid(k_z)  # type: ignore[assignment]  # whole (T, B, H) tensors
             record["h_tilde"] = g(k_h)  # type: ignore[assignment]
@@ -108,9 +180,9 @@ class MinLSTMCell(RecurrentCell):
 
     (the paper's length-independent normalisation of f and i; g as in :class:`MinGRUCell`).  Parameters:
     ``weight_ih`` (3H, I) and ``bias_ih`` (3H,) with blocks f, i, h; no recurrent weights (so no recurrent
-    dropout).  :meth:`sequence` is the log-space parallel scan with
-    :math:`\log f' = -\mathrm{softplus}(\mathrm{softplus}(-k_f) - \mathrm{softplus}(-k_i))`; deviations
-    and the handling of an arbitrary h_0 as in :class:`MinGRUCell`.
+    dropout).  :meth:`sequence`: the log-space scan uses
+    :math:`\log f' = -\mathrm{softplus}(\mathrm{softplus}(-k_f) - \mathrm{softplus}(-k_i))`; ``scan``,
+    deviations and the handling of an arbitrary h_0 as in :class:`MinGRUCell`.
 
     Example:
         >>> h = MinLSTMCell(3, 4)(torch.randn(2, 3))
@@ -120,9 +192,14 @@ class MinLSTMCell(RecurrentCell):
 
     kind = "minlstm"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, scan: str = "auto",
+                 device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.scan = _check_scan(scan)
         self._register_params()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
 
     def param_specs(self) -> list[ParamSpec]:
         H, I = self.hidden_size, self.input_size
@@ -148,7 +225,10 @@ class MinLSTMCell(RecurrentCell):
         diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
         log_f = -F.softplus(diff)  # log f'
         log_i = -F.softplus(-diff)  # log i'
-        out, final = linear_scan(log_f, log_i + log_g(k_h), state[0], mask)
+        if _use_log_scan(self.scan, xp):
+            out, final = log_linear_scan(log_f, log_i + log_g(k_h), state[0], mask)
+        else:
+            out, final = sequential_linear_scan(torch.exp(log_f), torch.exp(log_i) * g(k_h), state[0], mask)
         if record is not None:
             record["f"] = torch.exp(log_f)  # type: ignore[assignment]  # whole (T, B, H) tensors
             record["i"] = torch.exp(log_i)  # type: ignore[assignment]

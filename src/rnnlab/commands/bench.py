@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         shapes = bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES
     report = bench.run_bench(cells=cells, shapes=shapes, repeats=repeats, threads=args.threads,
-                             overhead_steps=200 if args.quick else 1000,
+                             overhead_steps=100 if args.quick else 1000,
                              progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
     print(bench.format_table(report))
     if args.out:

@@ -29,14 +29,14 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                               "--out runs/compare")
     p.add_argument("--task", default="cue", help="a task with a lag option: cue, copy or adding")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cell names (see `rnnlab cells`)")
-    p.add_argument("--lags", type=_int_list, default=[5, 20, 40], help="comma-separated lags")
+    p.add_argument("--lags", type=_int_list, default=[5, 10, 20], help="comma-separated lags")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (mean ± std in the table)")
     p.add_argument("--hidden-size", type=int, default=32, help="units of every model")
     p.add_argument("--embedding-dim", type=int, default=16, help="token embedding width")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs per run")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per run")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per run")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
-    p.add_argument("--n-train", type=int, default=2000, help="training sequences per run")
+    p.add_argument("--n-train", type=int, default=4000, help="training sequences per run")
     p.add_argument("--forget-bias", type=float, default=1.0,
                    help="initial forget-gate bias of LSTM-family cells (Jozefowicz et al. 2015)")
     p.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="extra task option (repeatable)")
@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {getattr(args, flag)}")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     options = {"n_train": args.n_train, **parse_key_values(args.option, "--option")}
+    if args.task == "cue":
+        options.setdefault("n_countries", 4)  # chance 0.25; the memory, not the vocabulary, is under test
     lstm_like = {"lstm", "peephole", "cifg"}
     spec = GridSpec(task=args.task, cells=cells, lags=args.lags, seeds=args.seeds, task_options=options,
                     model={"hidden_size": args.hidden_size, "embedding_dim": args.embedding_dim},

@@ -194,6 +194,8 @@ class CueConfig:
 
     lag: int = 20
     n_countries: int = 8
+    #: how many distinct filler words are drawn from (fewer = less noise a model can memorise)
+    filler_words: int = len(FILLER)
     n_train: int = 2000
     n_val: int = 500
     n_test: int = 500
@@ -204,6 +206,9 @@ class CueConfig:
         positive_int("n_countries", self.n_countries, minimum=2)
         if self.n_countries > len(COUNTRIES):
             raise ValueError(f"n_countries: expected at most {len(COUNTRIES)}, got {self.n_countries!r}")
+        positive_int("filler_words", self.filler_words)
+        if self.filler_words > len(FILLER):
+            raise ValueError(f"filler_words: expected at most {len(FILLER)}, got {self.filler_words!r}")
         _check_counts(self)
 
 
@@ -243,8 +248,8 @@ class CueTask(ClassificationMixin, TensorTask):
 
     def _make(self, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         y = torch.randint(0, self.output_size, (n,), generator=g)
-        filler_ids = self.encode(list(FILLER))
-        filler = filler_ids[torch.randint(0, len(FILLER), (n, self.config.lag), generator=g)]  # (N, lag)
+        filler_ids = self.encode(list(FILLER[:self.config.filler_words]))
+        filler = filler_ids[torch.randint(0, len(filler_ids), (n, self.config.lag), generator=g)]  # (N, lag)
         prefix = self.encode(list(PREFIX)).expand(n, -1)  # (N, 4)
         country = torch.tensor([self._ids[c] for c in self.countries])[y].unsqueeze(1)  # (N, 1)
         dot = torch.full((n, 1), self._ids["."], dtype=torch.int64)

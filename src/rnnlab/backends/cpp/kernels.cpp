@@ -132,10 +132,20 @@ GateOffsets lstm_offsets(int64_t flags, int64_t H) {
   return off;
 }
 
+// Options enter as 0/1 multipliers instead of branches: GCC then vectorises the loops (with branches it
+// gives up on the masked loads), at the price of computing an absent gate's activation and discarding it.
+template <typename T>
+struct LstmMasks {
+  T mi, mf, mo, cpl, ia, oa;
+  explicit LstmMasks(int64_t flags)
+      : mi(flags & HAS_I ? 1 : 0), mf(flags & HAS_F ? 1 : 0), mo(flags & HAS_O ? 1 : 0),
+        cpl(flags & COUPLED ? 1 : 0), ia(flags & IN_ACT ? 1 : 0), oa(flags & OUT_ACT ? 1 : 0) {}
+};
+
 template <typename T>
 void lstm_fwd_row(T* G, const GateOffsets& off, T* scratch, const T* __restrict wc, T* __restrict c,
-                  T* __restrict m, int64_t H, int64_t flags) {
-  // Absent gates point at separate scratch rows so that every pointer stays distinct (vectorisable).
+                  T* __restrict m, int64_t H, const LstmMasks<T>& k) {
+  // Absent gates point at separate scratch rows so that every pointer stays distinct.
   T* __restrict gi = off.i >= 0 ? G + off.i : scratch;
   T* __restrict gf = off.f >= 0 ? G + off.f : scratch + H;
   T* __restrict gg = G + off.g;
@@ -143,17 +153,18 @@ void lstm_fwd_row(T* G, const GateOffsets& off, T* scratch, const T* __restrict 
   const T* __restrict wci = wc;
   const T* __restrict wcf = wc + H;
   const T* __restrict wco = wc + 2 * H;
-  const bool has_i = flags & HAS_I, has_f = flags & HAS_F, has_o = flags & HAS_O;
-  const bool coupled = flags & COUPLED, in_act = flags & IN_ACT, out_act = flags & OUT_ACT;
+  const T mi = k.mi, mf = k.mf, mo = k.mo, cpl = k.cpl, ia = k.ia, oa = k.oa;
+  const T one = 1, nf = T(1) - mf - cpl;  // f = 1 when there is neither a forget gate nor coupling
 SIMD
   for (int64_t j = 0; j < H; ++j) {
     const T cp = c[j];
-    const T i = has_i ? sigm(gi[j] + wci[j] * cp) : T(1);
-    const T f = coupled ? T(1) - i : (has_f ? sigm(gf[j] + wcf[j] * cp) : T(1));
-    const T g = in_act ? std::tanh(gg[j]) : gg[j];
+    const T i = mi * sigm(gi[j] + wci[j] * cp) + (one - mi);
+    const T f = cpl * (one - i) + mf * sigm(gf[j] + wcf[j] * cp) + nf;
+    const T zg = gg[j];
+    const T g = ia * std::tanh(zg) + (one - ia) * zg;
     const T cn = f * cp + i * g;
-    const T o = has_o ? sigm(go[j] + wco[j] * cn) : T(1);
-    const T a = out_act ? std::tanh(cn) : cn;
+    const T o = mo * sigm(go[j] + wco[j] * cn) + (one - mo);
+    const T a = oa * std::tanh(cn) + (one - oa) * cn;
     gi[j] = i;
     gf[j] = f;
     gg[j] = g;
@@ -166,7 +177,7 @@ SIMD
 template <typename T>
 void lstm_bwd_row(const T* G, T* dG, const GateOffsets& off, T* scratch, const T* __restrict wc,
                   const T* __restrict c, const T* __restrict cprev, const T* __restrict dm, T* __restrict dc,
-                  int64_t H, int64_t flags) {
+                  int64_t H, const LstmMasks<T>& k) {
   const T* __restrict gi = off.i >= 0 ? G + off.i : scratch;
   const T* __restrict gf = off.f >= 0 ? G + off.f : scratch;
   const T* __restrict gg = G + off.g;
@@ -178,24 +189,23 @@ void lstm_bwd_row(const T* G, T* dG, const GateOffsets& off, T* scratch, const T
   const T* __restrict wci = wc;
   const T* __restrict wcf = wc + H;
   const T* __restrict wco = wc + 2 * H;
-  const bool has_i = flags & HAS_I, has_f = flags & HAS_F, has_o = flags & HAS_O;
-  const bool coupled = flags & COUPLED, in_act = flags & IN_ACT, out_act = flags & OUT_ACT;
+  const T mi = k.mi, mf = k.mf, mo = k.mo, cpl = k.cpl, ia = k.ia, oa = k.oa;
+  const T one = 1, nf = T(1) - mf - cpl;
 SIMD
   for (int64_t j = 0; j < H; ++j) {
-    const T i = has_i ? gi[j] : T(1);
-    const T f = coupled ? T(1) - i : (has_f ? gf[j] : T(1));
+    const T i = mi * gi[j] + (one - mi);
+    const T f = cpl * (one - i) + mf * gf[j] + nf;
     const T g = gg[j];
-    const T o = has_o ? go[j] : T(1);
+    const T o = mo * go[j] + (one - mo);
     const T cj = c[j], cp = cprev[j];
-    const T a = out_act ? std::tanh(cj) : cj;
+    const T a = oa * std::tanh(cj) + (one - oa) * cj;
     const T dmj = dm[j];
-    const T dzo = has_o ? dmj * a * o * (T(1) - o) : T(0);
-    const T dct = dc[j] + dmj * o * (out_act ? T(1) - a * a : T(1)) + wco[j] * dzo;
-    const T dzg = dct * i * (in_act ? T(1) - g * g : T(1));
+    const T dzo = mo * dmj * a * o * (one - o);
+    const T dct = dc[j] + dmj * o * (one - oa * a * a) + wco[j] * dzo;
+    const T dzg = dct * i * (one - ia * g * g);
     // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
-    const T di = dct * (coupled ? g - cp : g);
-    const T dzi = has_i ? di * i * (T(1) - i) : T(0);
-    const T dzf = has_f ? dct * cp * f * (T(1) - f) : T(0);
+    const T dzi = mi * dct * (g - cpl * cp) * i * (one - i);
+    const T dzf = mf * dct * cp * f * (one - f);
     dc[j] = dct * f + wci[j] * dzi + wcf[j] * dzf;
     di_[j] = dzi;
     df_[j] = dzf;
@@ -224,6 +234,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
   Tensor scratch = at::zeros({4 * H}, opts);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_forward", [&] {
     const scalar_t* wc = peep.data_ptr<scalar_t>();
+    const LstmMasks<scalar_t> masks(flags);
     const scalar_t* Wh = w_hh.data_ptr<scalar_t>();
     const scalar_t* Wr = proj ? w_hr.data_ptr<scalar_t>() : nullptr;
     scalar_t* C = c.data_ptr<scalar_t>();
@@ -238,7 +249,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xp_in, const Tensor& h0, const Te
       scalar_t* M = proj ? ms.data_ptr<scalar_t>() + t * B * H : out.data_ptr<scalar_t>() + t * B * R;
       for (int64_t b = 0; b < B; ++b) {
         if (t < len[b]) {
-          lstm_fwd_row<scalar_t>(G + b * GH, off, S, wc, C + b * H, M + b * H, H, flags);
+          lstm_fwd_row<scalar_t>(G + b * GH, off, S, wc, C + b * H, M + b * H, H, masks);
           if (!proj) std::copy(M + b * H, M + (b + 1) * H, Hs + b * R);
         } else {  // padding: state kept, output and saved gates zero
           std::fill(G + b * GH, G + (b + 1) * GH, scalar_t(0));
@@ -285,6 +296,7 @@ std::vector<Tensor> lstm_backward(const Tensor& gout_in, const Tensor& ghT, cons
   Tensor scratch = at::zeros({4 * H}, opts);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     const scalar_t* wc = peep.data_ptr<scalar_t>();
+    const LstmMasks<scalar_t> masks(flags);
     scalar_t* DH = dh.data_ptr<scalar_t>();
     scalar_t* DC = dc.data_ptr<scalar_t>();
     scalar_t* DHT = dht.data_ptr<scalar_t>();
@@ -310,7 +322,7 @@ std::vector<Tensor> lstm_backward(const Tensor& gout_in, const Tensor& ghT, cons
       for (int64_t b = 0; b < B; ++b) {
         if (t < len[b]) {
           lstm_bwd_row<scalar_t>(G + b * GH, DG + b * GH, off, S, wc, C + b * H, CP + b * H, DM + b * H,
-                                 DC + b * H, H, flags);
+                                 DC + b * H, H, masks);
         } else {
           std::fill(DG + b * GH, DG + (b + 1) * GH, scalar_t(0));
         }

@@ -1,0 +1,224 @@
+"""The fused C++ kernels (backend "cpp") against the reference backend, float64 gradcheck, fallback, refusals."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from rnnlab import Recurrent
+from rnnlab.backends import LayerCall, select_backend
+from rnnlab.backends.cpp import CppBackend, load_kernels
+from rnnlab.backends.cpp import loader
+from rnnlab.backends.cpp.functions import ElmanFunction, GRUFunction, LSTMFunction
+from rnnlab.backends.cpp.backend import lstm_flags
+from rnnlab.cells.gru import GRUCell
+from rnnlab.cells.lstm import LSTMCell
+
+ATOL = RTOL = 1e-5
+I, H, B, T = 4, 6, 3, 7
+LENGTHS = [7, 2, 5]  # unsorted, one full-length sequence
+
+# (cell name, options) for every kernel and every LSTM option the kernel implements
+CASES = {
+    "lstm": ("lstm", {}),
+    "lstm_proj": ("lstm", {"proj_size": 3}),
+    "peephole": ("peephole", {}),
+    "cifg": ("cifg", {}),
+    "greff_nig": ("greff_nig", {}),
+    "greff_nfg": ("greff_nfg", {}),
+    "greff_nog": ("greff_nog", {}),
+    "greff_niaf": ("greff_niaf", {}),
+    "greff_noaf": ("greff_noaf", {}),
+    "lstm_peep_f_proj": ("lstm", {"peepholes": "f", "proj_size": 2}),
+    "gru": ("gru", {}),
+    "gru_before": ("gru", {"reset_after": False}),
+    "rnn_tanh": ("rnn", {}),
+    "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+}
+
+needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
+
+
+def _run(mod: Recurrent, backend: str, x, hx, lengths=None, packed=False, batch_first=False):
+    """Outputs, final states and every gradient (input, initial state, parameters) of a fixed random loss."""
+    mod.backend = backend
+    mod.zero_grad()
+    x = x.clone().requires_grad_()
+    hx = tuple(h.clone().requires_grad_() for h in hx)
+    inp = x
+    if packed:
+        inp = pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False)
+        out, hn = mod(inp, hx if len(hx) > 1 else hx[0])
+        out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first)[0]
+    else:
+        lens = None if lengths is None else torch.tensor(lengths)
+        out, hn = mod(inp, hx if len(hx) > 1 else hx[0], lengths=lens)
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    loss = (out * w).sum() + sum((s * (k + 2)).sum() for k, s in enumerate(hn))
+    loss.backward()
+    grads = [x.grad] + [h.grad for h in hx] + [p.grad for p in mod.parameters()]
+    return [out, *hn], grads
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("layout", ["plain", "bidir_lengths", "packed_batch_first"])
+def test_kernel_equals_reference(case: str, layout: str) -> None:
+    cell, opts = CASES[case]
+    torch.manual_seed(0)
+    batch_first = layout == "packed_batch_first"
+    mod = Recurrent(cell, I, H, num_layers=2, bidirectional=layout != "plain", batch_first=batch_first, **opts)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I))
+    hx = tuple(torch.randn(s) for s in mod.state_shapes(B))
+    lengths = None if layout == "plain" else LENGTHS
+    packed = layout == "packed_batch_first"
+    # the call really goes to the kernels
+    call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),
+                     state=tuple(s[0] for s in hx))
+    assert select_backend(call).name == "cpp"
+    ref_out, ref_grads = _run(mod, "reference", x, hx, lengths, packed, batch_first)
+    out, grads = _run(mod, "cpp", x, hx, lengths, packed, batch_first)
+    for a, b in zip(out + grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+@needs_kernels
+def test_kernel_unbatched_and_default_state() -> None:
+    torch.manual_seed(0)
+    mod = Recurrent("lstm", I, H, proj_size=2)
+    x = torch.randn(T, I)
+    mod.backend = "reference"
+    ref = mod(x)
+    mod.backend = "cpp"
+    got = mod(x)
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got[1], ref[1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", ["lstm_proj", "peephole", "cifg", "greff_noaf", "greff_niaf", "greff_nog",
+                                  "gru", "gru_before", "rnn_tanh"])
+def test_gradcheck_float64(case: str) -> None:
+    """The hand-written backward against finite differences, through the autograd Functions directly."""
+    ext = load_kernels()
+    cell, opts = CASES[case]
+    torch.manual_seed(0)
+    mod = Recurrent(cell, 3, 4, **opts).double()
+    c, p = mod.cell, mod.layer_params(0, 0)
+    Tg, Bg = 4, 3
+    lens = torch.tensor([4, 2, 3])
+    d = dict(dtype=torch.float64, requires_grad=True)
+    xp = torch.randn(Tg, Bg, c.param_specs()[0].shape[0], **d)
+    shapes = c.state_sizes()
+    h0 = torch.randn(Bg, shapes[0], **d)
+    w_hh = p["weight_hh"].detach().clone().requires_grad_()
+    if isinstance(c, LSTMCell):
+        c0 = torch.randn(Bg, shapes[1], **d)
+        peep = torch.randn(3, c.hidden_size, **d)
+        w_hr = (p["weight_hr"].detach().clone().requires_grad_() if c.proj_size
+                else torch.empty(0, dtype=torch.float64))
+        flags = lstm_flags(c)
+        inputs = [xp, h0, c0, w_hh, peep] + ([w_hr] if c.proj_size else [])
+
+        def f(xp, h0, c0, w_hh, peep, *rest):
+            return LSTMFunction.apply(ext, lens, flags, xp, h0, c0, w_hh, peep, rest[0] if rest else w_hr)
+    elif isinstance(c, GRUCell):
+        # b_hn sits behind the reset gate only in the reset_after form; otherwise it is folded into xp
+        b_hn = torch.randn(c.hidden_size, **d) if c.reset_after else torch.empty(0, dtype=torch.float64)
+        inputs = [xp, h0, w_hh] + ([b_hn] if c.reset_after else [])
+
+        def f(xp, h0, w_hh, *rest):
+            return GRUFunction.apply(ext, lens, c.reset_after, xp, h0, w_hh, rest[0] if rest else b_hn)
+    else:
+        inputs = [xp, h0, w_hh]
+
+        def f(xp, h0, w_hh):
+            return ElmanFunction.apply(ext, lens, c.nonlinearity == "relu", xp, h0, w_hh)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_fallback_when_build_fails(monkeypatch, caplog) -> None:
+    """A failed build warns once on the 'rnnlab.backends' logger and every call runs on the reference."""
+    saved = dict(loader._state)
+
+    def broken():
+        raise RuntimeError("simulated: no C++ compiler")
+
+    monkeypatch.setattr(loader, "_compile", broken)
+    loader.reset()
+    try:
+        torch.manual_seed(0)
+        mod = Recurrent("lstm", I, H)
+        x = torch.randn(T, B, I)
+        with caplog.at_level(logging.WARNING, logger="rnnlab.backends"):
+            out = mod(x)[0]
+            mod(x)
+        warnings = [r for r in caplog.records if r.name == "rnnlab.backends" and "C++ kernels" in r.message]
+        assert len(warnings) == 1 and "simulated" in warnings[0].getMessage()
+        call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
+                         state=mod.cell.init_state(B, dtype=x.dtype, device=x.device))
+        assert select_backend(call).name == "reference"
+        mod.backend = "reference"
+        torch.testing.assert_close(out, mod(x)[0], atol=0, rtol=0)
+    finally:
+        loader._state.clear()
+        loader._state.update(saved)
+
+
+def test_env_switch_disables(monkeypatch) -> None:
+    monkeypatch.setenv("RNNLAB_BACKEND", "reference")
+    mod = Recurrent("gru", I, H)
+    call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),
+                     state=mod.cell.init_state(B, dtype=torch.float32, device=torch.device("cpu")))
+    assert not CppBackend().supports(call)
+
+
+@needs_kernels
+@pytest.mark.parametrize("change", ["record", "rec_mask", "zoneout", "want_states", "fgr", "float16", "int"])
+def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
+    cell = "greff_fgr" if change == "fgr" else "lstm"
+    mod = Recurrent(cell, I, H)
+    x = torch.randn(T, B, I)
+    state = mod.cell.init_state(B, dtype=x.dtype, device=x.device)
+    base = dict(cell=mod.cell, params=mod.layer_params(0, 0), x=x, state=state)
+    assert change == "fgr" or CppBackend().supports(LayerCall(**base))
+    if change == "record":
+        base["record"] = True
+    elif change == "rec_mask":
+        base["rec_mask"] = torch.ones(B, H)
+    elif change == "zoneout":
+        base["zoneout"] = 0.1
+    elif change == "want_states":
+        base["want_states"] = True
+    elif change == "float16":
+        base["x"] = x.half()
+    elif change == "int":
+        base["x"] = x.long()
+    call = LayerCall(**base)
+    assert not CppBackend().supports(call)
+    if change in ("record", "rec_mask", "zoneout", "want_states", "fgr"):
+        assert select_backend(call).name == "reference"
+
+
+@needs_kernels
+def test_recording_and_dropout_use_reference_silently() -> None:
+    """The wrapper still works (on the reference) with options the kernels refuse."""
+    torch.manual_seed(0)
+    mod = Recurrent("lstm", I, H, recurrent_dropout=0.3, zoneout=0.1)
+    mod.train()
+    out, _ = mod(torch.randn(T, B, I))
+    assert out.shape == (T, B, H)
+    mod.eval()
+    with mod.recording() as rec:
+        mod(torch.randn(T, B, I))
+    assert "i" in rec.gates[(0, 0)]
+
+
+def test_cache_dir_respects_env(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    d = loader.cache_dir()
+    assert d.parent == tmp_path and d.name.startswith("kernels-") and len(d.name) == len("kernels-") + 16
