@@ -35,10 +35,10 @@ browser:
 	else echo "chromium not found and not root: the browser test will be skipped"; fi
 
 test: install browser
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
 
 bench: install
 	$(BIN)/rnnlab bench --quick

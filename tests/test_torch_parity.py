@@ -252,3 +252,21 @@ def test_module_pickles_and_deep_copies():
     for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
         assert_close(clone(x)[0], ours(x)[0], "output of the copy")
         assert list(clone.state_dict()) == list(ref.state_dict())
+
+
+def test_weight_norm_parametrization_matches_torch():
+    # torch.nn.utils.parametrize turns a parameter into a property: the wrapper must read it by attribute
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ref, ours = make_pair("gru", num_layers=2)
+    for m in (ref, ours):
+        weight_norm(m, "weight_hh_l1")
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(T, B, I)
+    out_r, _ = ref(x)
+    out_o, _ = ours(x)
+    assert_close(out_o, out_r, "output")
+    loss_of(out_r, out_r[-1], "gru").backward()
+    loss_of(out_o, out_o[-1], "gru").backward()
+    for (name, p_r), (_, p_o) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert_close(p_o.grad, p_r.grad, f"grad {name}")

@@ -333,6 +333,18 @@ def test_recorded_lstm_gates_equal_the_published_equations():
                                                msg=lambda m: f"dir {d} seq {b} step {t} gate {name}: {m}")
 
 
+def test_recording_of_packed_input_equals_lengths_mode():
+    rnn = build("lstm", bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with rnn.recording() as rec_len:
+        rnn(x, lengths=LENGTHS)
+    with rnn.recording() as rec_packed:
+        rnn(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False))
+    for key in rec_len.gates:
+        for name, v in rec_len[key].items():
+            assert torch.equal(rec_packed[key][name], v), f"{key} {name}"
+
+
 def test_recording_unbatched_layout_and_scope():
     rnn = build("gru")
     x = torch.randn(T, I, dtype=torch.float64)

@@ -48,8 +48,10 @@ class Recording:
     """Per-step activations captured by :meth:`Recurrent.recording`.
 
     ``gates[(layer, direction)][name]`` is a tensor shaped like the output's time/batch layout
-    ((B, T, H) when ``batch_first`` else (T, B, H)); names are the cell's gates (e.g. i, f, g, o, c for
-    LSTM, r, z, n for GRU) plus ``h``.  Padded steps are zero.
+    ((B, T, H) when ``batch_first`` else (T, B, H); (T, H) for an unbatched input; a PackedSequence input is
+    recorded padded, in the module's layout); names are the cell's gates (e.g. i, f, g, o, c for LSTM,
+    r, z, n for GRU) plus ``h``.  Padded steps are zero.  Each forward call inside the block overwrites
+    the previous call's records.
     """
 
     def __init__(self) -> None:

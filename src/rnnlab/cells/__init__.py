@@ -22,6 +22,7 @@ register_cell("gru_paper", GRUCell, "GRU, reset before the recurrent matmul (Cho
 for _variant in GREFF_VARIANTS:
     register_cell(f"greff_{_variant.lower()}", GreffLSTMCell, f"Greff et al. 2015 LSTM variant {_variant}",
                   variant=_variant)
+register_cell("greff", GreffLSTMCell, "Greff et al. 2015 LSTM, any variant via variant=... (default V)")
 register_cell("mut1", MUT1Cell, "MUT1 (Jozefowicz, Zaremba & Sutskever 2015)")
 register_cell("mut2", MUT2Cell, "MUT2 (Jozefowicz, Zaremba & Sutskever 2015)")
 register_cell("mut3", MUT3Cell, "MUT3 (Jozefowicz, Zaremba & Sutskever 2015)")

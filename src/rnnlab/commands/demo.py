@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 
 from rnnlab.cli import UserError
 
+#: the comparison of part 1; chosen so that on 2 CPU cores the Elman RNN is at chance at lag 20 while the
+#: LSTM (forget bias 2: it keeps its cell from the first step) and the GRU (epoch 4-5) reach accuracy 1.0
+CUE_OPTIONS = {"n_countries": 4, "n_train": 4000, "n_val": 300, "n_test": 300}
+CUE_MODEL = {"hidden_size": 32, "embedding_dim": 16}
+CUE_TRAIN = {"epochs": 8, "batch_size": 32, "lr": 1e-2}
+LSTM_FORGET_BIAS = 2.0
+#: the first 400k characters of the Shakespeare texts: All's Well That Ends Well and part of Antony and
+#: Cleopatra, whose speaker lines look like "KING." (so the prime is one of them)
+LM_OPTIONS = {"max_chars": 400_000}
+
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="the five-minute tour (make demo)", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="1) trains the Elman RNN, LSTM and GRU on the cue-at-distance task at growing "
-                       "lags and prints the comparison table (plot saved as PNG); 2) trains a small character "
-                       "LSTM on Shakespeare for a few hundred steps and prints text it generates.  About five "
-                       "minutes on two CPU cores.")
+                       description="1) trains the Elman RNN, LSTM and GRU on the cue-at-distance task "
+                       "('i grew up in france . <lag filler words> so i speak fluent' -> french; 4 countries, "
+                       "chance 0.25) at growing lags and prints the comparison table (plot saved as PNG); "
+                       "2) trains a small character LSTM on Shakespeare and prints text it generates.  About "
+                       "four to five minutes on two CPU cores.")
     p.add_argument("--out", default="runs/demo", help="where the table, plot and checkpoints go")
     p.add_argument("--lags", default="5,20", help="comma-separated lags of the comparison")
-    p.add_argument("--lm-steps", type=int, default=120, help="training steps of the char LSTM")
+    p.add_argument("--lm-steps", type=int, default=1000, help="training steps of the char LSTM (batch 32 x 64 chars)")
+    p.add_argument("--lm-hidden", type=int, default=128, help="units of the char LSTM")
+    p.add_argument("--prime", default="KING.", help="the speaker line the generated text starts from")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="comparison runs in parallel")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the char LSTM (its matrices are small: more threads gain little "
+                        "and lose a lot when the cores are shared)")
     p.add_argument("--skip-lm", action="store_true", help="only the comparison")
     p.set_defaults(func=run)
 
@@ -29,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.compare import GridSpec, compare
     from rnnlab.models import ModelConfig
     from rnnlab.tasks.charlm import generate
+    from rnnlab.train.checkpoint import load_model
     from rnnlab.train.config import TrainConfig
     from rnnlab.train.runner import format_result, make_task, train_run
 
@@ -36,43 +54,47 @@ def run(args: argparse.Namespace) -> int:
         lags = [int(v) for v in args.lags.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--lags: expected comma-separated integers, got {args.lags!r}") from None
-    if args.lm_steps < 1 or args.jobs < 1:
-        raise UserError(f"--lm-steps/--jobs: expected integers >= 1, got {args.lm_steps}/{args.jobs}")
+    if not lags or min(lags) < 0:
+        raise UserError(f"--lags: expected integers >= 0, got {args.lags!r}")
+    for flag in ("lm_steps", "lm_hidden", "jobs", "threads"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {getattr(args, flag)}")
+    if not args.prime:
+        raise UserError("--prime: expected a non-empty string, got ''")
     t0 = time.perf_counter()
-    print("== 1. Memory across a lag: 'I grew up in France ... I speak fluent ___' ==", flush=True)
-    spec = GridSpec(task="cue", cells=["rnn", "lstm", "gru"], lags=lags, seeds=[0],
-                    task_options={"n_train": 4000, "n_countries": 4, "n_val": 300, "n_test": 300},
-                    model={"hidden_size": 32, "embedding_dim": 16}, cell_options={"lstm": {"forget_bias": 1.0}},
-                    train={"epochs": 8, "batch_size": 32, "lr": 1e-2})
+    print("== 1. Memory across a lag: 'i grew up in france . <lag words> so i speak fluent ___' ==", flush=True)
+    spec = GridSpec(task="cue", cells=["rnn", "lstm", "gru"], lags=lags, seeds=[0], task_options=dict(CUE_OPTIONS),
+                    model=dict(CUE_MODEL), cell_options={"lstm": {"forget_bias": LSTM_FORGET_BIAS}},
+                    train=dict(CUE_TRAIN))
     rows, files = compare(spec, os.path.join(args.out, "compare"), jobs=args.jobs,
                           log=lambda s: print(s, flush=True))
     print()
     print(files["table"].read_text(encoding="utf-8"))
     print("plot: " + str(files.get("plot", "(matplotlib not installed)")), flush=True)
-    print(f"[{time.perf_counter() - t0:.0f}s]")
+    t_compare = time.perf_counter() - t0
+    print(f"[comparison: {t_compare:.0f}s]")
     if args.skip_lm:
+        print(f"demo finished in {t_compare:.0f}s; outputs in {args.out}")
         return 0
 
-    print("\n== 2. A character LSTM on Shakespeare ==", flush=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    options = {"max_chars": 400_000}
+    print(f"\n== 2. A character LSTM on Shakespeare ({args.lm_steps} steps) ==", flush=True)
+    t1 = time.perf_counter()
     try:
-        task = make_task("charlm", options)
+        task = make_task("charlm", LM_OPTIONS)
     except (ValueError, TypeError) as e:
         raise UserError(f"charlm: {e}") from None
-    model_cfg = ModelConfig(cell="lstm", hidden_size=128, embedding_dim=32)
-    train_cfg = TrainConfig(epochs=1, max_steps=args.lm_steps, batch_size=32, bptt=64, lr=4e-3, clip_norm=1.0,
-                            eval_every=args.lm_steps, schedule="cosine", warmup_steps=20)
+    model_cfg = ModelConfig(cell="lstm", hidden_size=args.lm_hidden, embedding_dim=32)
+    train_cfg = TrainConfig(epochs=100, max_steps=args.lm_steps, batch_size=32, bptt=64, lr=4e-3, clip_norm=1.0,
+                            eval_every=args.lm_steps, schedule="cosine", warmup_steps=20, threads=args.threads)
     lm_dir = os.path.join(args.out, "charlm")
-    import shutil
-
-    shutil.rmtree(lm_dir, ignore_errors=True)
-    result = train_run("charlm", options, model_cfg, train_cfg, run_dir=lm_dir, task=task, quiet=False)
+    shutil.rmtree(lm_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    result = train_run("charlm", LM_OPTIONS, model_cfg, train_cfg, run_dir=lm_dir, task=task, quiet=False)
     print(format_result(result))
-    from rnnlab.train.checkpoint import load_model
-
     model, _ = load_model(lm_dir)
-    text = generate(model, task, "ROMEO:\n", 300, temperature=0.7, top_k=10, generator=torch.Generator().manual_seed(0))
-    print("\n--- generated (prime 'ROMEO:') ---\nROMEO:\n" + text + "\n---")
-    print(f"demo finished in {time.perf_counter() - t0:.0f}s; outputs in {args.out}")
+    prime = args.prime if args.prime.endswith("\n") else args.prime + "\n"
+    text = generate(model, task, prime, 400, temperature=0.7, top_k=10, generator=torch.Generator().manual_seed(0))
+    print(f"\n--- generated (temperature 0.7) ---\n{prime}{text}\n---")
+    t_lm = time.perf_counter() - t1
+    print(f"demo finished in {time.perf_counter() - t0:.0f}s (comparison {t_compare:.0f}s, char LSTM "
+          f"{t_lm:.0f}s); outputs in {args.out}")
     return 0
