@@ -7,7 +7,7 @@ import json
 from rnnlab import bench
 from rnnlab.cli import main
 
-ROW_KEYS = {"cell", "T", "B", "H", "mode", "ours_ms", "eager_ms", "lstm_ms", "gru_ms", "vs_lstm", "vs_gru",
+ROW_KEYS = {"cell", "backend", "T", "B", "H", "mode", "ours_ms", "eager_ms", "lstm_ms", "gru_ms", "vs_lstm", "vs_gru",
             "speedup_vs_eager", "gflops", "peak_fraction"}
 
 
@@ -22,7 +22,9 @@ def test_run_bench_report_is_well_formed() -> None:
         assert r["ours_ms"] > 0 and r["vs_lstm"] > 0 and r["speedup_vs_eager"] > 0
         assert 0 < r["peak_fraction"] < 10
     assert set(report["overhead"]) == {"gru", "rnn"}
-    assert set(report["summary"]["gru"]) >= {"train_vs_lstm", "infer_vs_lstm", "train_speedup_vs_eager"}
+    assert set(report["summary"]["gru"]) >= {"train_vs_lstm", "infer_vs_lstm", "train_speedup_vs_eager",
+                                              "meets_vs_lstm", "meets_vs_eager", "backend"}
+    assert report["summary"]["gru"]["target_train_vs_lstm"] == bench.TARGET_VS_LSTM_OTHER
     json.dumps(report)  # serialisable
     table = bench.format_table(report)
     assert "GEMM peak" in table and "per-step overhead" in table and table.count("\ngru ") == 2
@@ -42,3 +44,28 @@ def test_cli_rejects_bad_arguments(capsys) -> None:
     assert "--shapes" in capsys.readouterr().err
     assert main(["bench", "--cells", "nope"]) == 2
     assert "--cells" in capsys.readouterr().err
+
+
+def test_cells_all_expands_to_every_registered_cell(monkeypatch, capsys) -> None:
+    from rnnlab.cells import cell_names
+
+    seen = {}
+    real = bench.run_bench
+
+    def fake_run_bench(cells, **kw):  # records the expansion, then measures one tiny cell only
+        seen["cells"] = list(cells)
+        return real(cells=["rnn"], shapes=[(2, 1, 4)], repeats=1, overhead_steps=2)
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    assert main(["bench", "--cells", "all", "--quick"]) == 0
+    assert seen["cells"] == list(cell_names())
+    assert "median over the grid" in capsys.readouterr().out
+
+
+def test_backend_column_names_the_backend_that_ran() -> None:
+    report = bench.run_bench(cells=["mut2", "greff_fgr"], shapes=[(3, 2, 8)], repeats=1, overhead_steps=2)
+    backends = {r["cell"]: r["backend"] for r in report["rows"]}
+    from rnnlab.backends.cpp import load_kernels
+
+    assert backends["greff_fgr"] == "reference"  # no fused kernel: it must say so, not pretend
+    assert backends["mut2"] == ("cpp" if load_kernels() is not None else "reference")

@@ -12,10 +12,13 @@ from rnnlab import Recurrent
 from rnnlab.backends import LayerCall, select_backend
 from rnnlab.backends.cpp import CppBackend, load_kernels
 from rnnlab.backends.cpp import loader
-from rnnlab.backends.cpp.functions import ElmanFunction, GRUFunction, LSTMFunction
+from rnnlab.backends.cpp.functions import (ElmanFunction, GRUFunction, LNGRUFunction, LNLSTMFunction, LSTMFunction,
+                                          MUTFunction, ScanFunction)
 from rnnlab.backends.cpp.backend import lstm_flags
 from rnnlab.cells.gru import GRUCell
+from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.lstm import LSTMCell
+from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 
 ATOL = RTOL = 1e-5
 I, H, B, T = 4, 6, 3, 7
@@ -37,6 +40,20 @@ CASES = {
     "gru_before": ("gru", {"reset_after": False}),
     "rnn_tanh": ("rnn", {}),
     "rnn_relu": ("rnn", {"nonlinearity": "relu"}),
+    "mut1": ("mut1", {}),  # layer 1 of the plain layout has I == H: the paper's raw-x term
+    "mut2": ("mut2", {}),
+    "mut3": ("mut3", {}),
+    "mut2_nobias": ("mut2", {"bias": False}),
+    "ln_gru": ("ln_gru", {}),
+    "ln_gru_nobias": ("ln_gru", {"bias": False}),
+    "ln_lstm": ("ln_lstm", {"forget_bias": 1.0}),
+    "ln_lstm_nobias": ("ln_lstm", {"bias": False, "eps": 1e-3}),
+    "clockwork": ("clockwork", {"periods": (1, 2, 4)}),
+    "clockwork_default": ("clockwork", {}),
+    "depth_gated_1layer": ("depth_gated", {"num_layers": 1}),
+    "depth_gated_nopeep": ("depth_gated", {"num_layers": 1, "peepholes": False, "forget_bias": 1.0}),
+    "mingru": ("mingru", {}),
+    "minlstm": ("minlstm", {"scan": "sequential"}),
 }
 
 needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
@@ -71,7 +88,8 @@ def test_kernel_equals_reference(case: str, layout: str) -> None:
     cell, opts = CASES[case]
     torch.manual_seed(0)
     batch_first = layout == "packed_batch_first"
-    mod = Recurrent(cell, I, H, num_layers=2, bidirectional=layout != "plain", batch_first=batch_first, **opts)
+    opts = {"num_layers": 2, **opts}
+    mod = Recurrent(cell, I, H, bidirectional=layout != "plain", batch_first=batch_first, **opts)
     x = torch.randn((B, T, I) if batch_first else (T, B, I))
     hx = tuple(torch.randn(s) for s in mod.state_shapes(B))
     lengths = None if layout == "plain" else LENGTHS
@@ -82,8 +100,10 @@ def test_kernel_equals_reference(case: str, layout: str) -> None:
     assert select_backend(call).name == "cpp"
     ref_out, ref_grads = _run(mod, "reference", x, hx, lengths, packed, batch_first)
     out, grads = _run(mod, "cpp", x, hx, lengths, packed, batch_first)
+    # float32 layer norm over a few units amplifies rounding (float64 agrees to 1e-14, see the gradchecks)
+    tol = 1e-4 if cell.startswith("ln_") else ATOL
     for a, b in zip(out + grads, ref_out + ref_grads):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
 @needs_kernels
@@ -101,7 +121,8 @@ def test_kernel_unbatched_and_default_state() -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("case", ["lstm_proj", "peephole", "cifg", "greff_noaf", "greff_niaf", "greff_nog",
-                                  "gru", "gru_before", "rnn_tanh"])
+                                  "gru", "gru_before", "rnn_tanh", "mut1", "mut2", "mut3", "ln_gru", "ln_gru_nobias",
+                                  "ln_lstm", "ln_lstm_nobias"])
 def test_gradcheck_float64(case: str) -> None:
     """The hand-written backward against finite differences, through the autograd Functions directly."""
     ext = load_kernels()
@@ -133,6 +154,30 @@ def test_gradcheck_float64(case: str) -> None:
 
         def f(xp, h0, w_hh, *rest):
             return GRUFunction.apply(ext, lens, c.reset_after, xp, h0, w_hh, rest[0] if rest else b_hn)
+    elif isinstance(c, LayerNormGRUCell):
+        ln_w = torch.randn(3 * c.hidden_size, **d)
+        ln_b = torch.randn(3 * c.hidden_size, **d) if c.bias else torch.empty(0, dtype=torch.float64)
+        inputs = [xp, h0, w_hh, ln_w] + ([ln_b] if c.bias else [])
+
+        def f(xp, h0, w_hh, ln_w, *rest):
+            return LNGRUFunction.apply(ext, lens, c.eps, xp, h0, w_hh, ln_w, rest[0] if rest else ln_b)
+    elif isinstance(c, LayerNormLSTMCell):
+        Hc = c.hidden_size
+        c0 = torch.randn(Bg, Hc, **d)
+        e = torch.empty(0, dtype=torch.float64)
+        a2, a3 = torch.randn(4 * Hc, **d), torch.randn(Hc, **d)
+        b2, b3 = (torch.randn(4 * Hc, **d), torch.randn(Hc, **d)) if c.bias else (e, e)
+        inputs = [xp, h0, c0, w_hh, a2, a3] + ([b2, b3] if c.bias else [])
+
+        def f(xp, h0, c0, w_hh, a2, a3, *rest):
+            bb2, bb3 = rest if rest else (b2, b3)
+            return LNLSTMFunction.apply(ext, lens, c.eps, xp, h0, c0, w_hh, a2, bb2, a3, bb3)
+    elif isinstance(c, (MUT1Cell, MUT2Cell, MUT3Cell)):
+        inputs = [xp, h0, w_hh]
+        mode = int(c.kind[-1])
+
+        def f(xp, h0, w_hh):
+            return MUTFunction.apply(ext, lens, mode, xp, h0, w_hh)
     else:
         inputs = [xp, h0, w_hh]
 
@@ -222,3 +267,59 @@ def test_cache_dir_respects_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     d = loader.cache_dir()
     assert d.parent == tmp_path and d.name.startswith("kernels-") and len(d.name) == len("kernels-") + 16
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,Hl,Bl", [(c, 256, 64) for c in ("lstm", "gru", "gru_paper", "rnn", "mut1", "mut2", "mut3",
+                                                                 "ln_gru", "ln_lstm", "clockwork")]
+                         + [("lstm", 512, 16)])
+@pytest.mark.parametrize("gemm", ["onednn", "aten"])
+def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm: str) -> None:
+    """Per-step products of >= 4M multiply-adds run on oneDNN (forward; backward too from H=512 for an LSTM)
+    or ATen, not the inline loops: same results as the reference."""
+    ext = load_kernels()
+    ext.set_gemm_backend(gemm)
+    try:
+        assert ext.gemm_backend() in (gemm, "aten")
+        torch.manual_seed(0)
+        mod = Recurrent(cell, Hl, Hl)
+        x = torch.randn(3, Bl, Hl)
+        hx = tuple(torch.randn(s) for s in mod.state_shapes(Bl))
+        lengths = [3, 1, 2] * (Bl // 3) + [3] * (Bl % 3)
+        ref_out, ref_grads = _run(mod, "reference", x, hx, lengths)
+        out, grads = _run(mod, "cpp", x, hx, lengths)
+        for a, b in zip(out + grads, ref_out + ref_grads):
+            torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    finally:
+        ext.set_gemm_backend("onednn")
+
+
+@needs_kernels
+def test_scan_gradcheck_float64_and_log_scan_refused() -> None:
+    ext = load_kernels()
+    d = dict(dtype=torch.float64, requires_grad=True)
+    a, b, h0 = torch.rand(5, 3, 4, **d), torch.randn(5, 3, 4, **d), torch.randn(3, 4, **d)
+    lens = torch.tensor([5, 2, 4])
+    assert torch.autograd.gradcheck(lambda a, b, h0: ScanFunction.apply(ext, lens, a, b, h0), [a, b, h0],
+                                    eps=1e-6, atol=1e-6)
+    mod = Recurrent("mingru", I, H, scan="log")
+    call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),
+                     state=mod.cell.init_state(B, dtype=torch.float32, device=torch.device("cpu")))
+    assert not CppBackend().supports(call)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", ["clockwork", "minlstm", "mingru"])
+def test_gradcheck_float64_through_the_wrapper(cell: str) -> None:
+    """Cells whose kernel inputs are formed in Python (masks, scan coefficients): gradcheck the whole layer."""
+    torch.manual_seed(0)
+    mod = Recurrent(cell, 3, 4, backend="cpp", dtype=torch.float64)
+    lens = torch.tensor([4, 2, 3])
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.randn(s, dtype=torch.float64, requires_grad=True) for s in mod.state_shapes(3))
+
+    def f(x, *hx):
+        out, hn = mod(x, hx if len(hx) > 1 else hx[0], lengths=lens)
+        return (out, *(hn if isinstance(hn, tuple) else (hn,)))
+
+    assert torch.autograd.gradcheck(f, (x, *hx), eps=1e-6, atol=1e-6)

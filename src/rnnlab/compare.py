@@ -145,7 +145,7 @@ def plot(rows: list[dict[str, Any]], metric: str, path: str | Path, title: str =
     base = [next((r["baseline"] for r in rows if r["lag"] == lag and r.get("baseline") is not None), None)
             for lag in lags]
     if all(b is not None for b in base):
-        ax.plot(lags, base, "k--", label="baseline (chance)")
+        ax.plot(lags, base, "k--", label="baseline (no memory)")
     ax.set_xlabel("lag (steps between cue and answer)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title or f"{metric} vs lag")

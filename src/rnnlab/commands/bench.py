@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         "(medians of interleaved repeats), GFLOP/s as a fraction of this machine's measured GEMM peak, and "
         "the per-step overhead at B=1, H=32. Example: rnnlab bench --quick --cells lstm gru --out bench.json")
     p.add_argument("--cells", nargs="+", default=None, metavar="CELL",
-                   help="cells to benchmark (names from `rnnlab cells`; default: lstm gru rnn)")
-    p.add_argument("--quick", action="store_true", help="a small grid that finishes in under a minute")
+                   help="cells to benchmark (names from `rnnlab cells`, or 'all' for every registered cell; "
+                   "default: lstm gru rnn)")
+    p.add_argument("--quick", action="store_true",
+                   help="two shapes (50,1,64) and (30,32,256), 3 repeats: under a minute even with --cells all")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats per measurement, medians are reported (default 5, quick 3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.cli import UserError
 
     cells = args.cells or list(bench.DEFAULT_CELLS)
+    if "all" in cells:
+        cells = bench.all_cells()
     known = cell_names()
     bad = [c for c in cells if c not in known]
     if bad:

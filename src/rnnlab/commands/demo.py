@@ -15,9 +15,9 @@ CUE_OPTIONS = {"n_countries": 4, "n_train": 4000, "n_val": 300, "n_test": 300}
 CUE_MODEL = {"hidden_size": 32, "embedding_dim": 16}
 CUE_TRAIN = {"epochs": 8, "batch_size": 32, "lr": 1e-2}
 LSTM_FORGET_BIAS = 2.0
-#: the first 400k characters of the Shakespeare texts: All's Well That Ends Well and part of Antony and
-#: Cleopatra, whose speaker lines look like "KING." (so the prime is one of them)
-LM_OPTIONS = {"max_chars": 400_000}
+#: the first million characters of the Shakespeare texts (All's Well That Ends Well to Hamlet in
+#: alphabetical order, then the start of Henry IV Part 1), whose speaker lines look like "KING." (so the prime is one of them)
+LM_OPTIONS = {"max_chars": 1_000_000}
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        "2) trains a small character LSTM on Shakespeare and prints text it generates.  About "
                        "four to five minutes on two CPU cores.")
     p.add_argument("--out", default="runs/demo", help="where the table, plot and checkpoints go")
-    p.add_argument("--lags", default="5,20", help="comma-separated lags of the comparison")
-    p.add_argument("--lm-steps", type=int, default=1000, help="training steps of the char LSTM (batch 32 x 64 chars)")
-    p.add_argument("--lm-hidden", type=int, default=128, help="units of the char LSTM")
+    p.add_argument("--lags", default="5,10,20", help="comma-separated lags of the comparison")
+    p.add_argument("--lm-steps", type=int, default=1500, help="training steps of the char LSTM (batch 32 x 64 chars)")
+    p.add_argument("--lm-hidden", type=int, default=256, help="units of the char LSTM")
     p.add_argument("--prime", default="KING.", help="the speaker line the generated text starts from")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="comparison runs in parallel")
     p.add_argument("--threads", type=int, default=1,

@@ -190,13 +190,18 @@ FILLER = ("the", "weather", "was", "often", "rainy", "and", "we", "walked", "to"
 
 @dataclass
 class CueConfig:
-    """Options of :class:`CueTask`; ``lag`` is the number of filler words between the cue and the question."""
+    """Options of :class:`CueTask`; ``lag`` is the number of filler words between the cue and the question.
+
+    The defaults (4 countries: chance 0.25; 4,000 training sequences) are the ones where, at lag 20, a
+    32-unit LSTM (forget bias 2) or GRU reaches accuracy 1.0 in 8-10 epochs of Adam at lr 1e-2 while the
+    Elman RNN stays at chance; with 8 countries and 2,000 sequences even the LSTM does not find the cue.
+    """
 
     lag: int = 20
-    n_countries: int = 8
+    n_countries: int = 4
     #: how many distinct filler words are drawn from (fewer = less noise a model can memorise)
     filler_words: int = len(FILLER)
-    n_train: int = 2000
+    n_train: int = 4000
     n_val: int = 500
     n_test: int = 500
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Fused C++ CPU kernels with hand-written BPTT (LSTM family, GRU, Elman), built on first use; see backend.py."""
+"""Fused C++ CPU kernels with hand-written BPTT (LSTM family, GRU, Elman, MUT1-3, LN cells), built on first use."""
 
 from rnnlab.backends.cpp.backend import CppBackend, kernel_for
 from rnnlab.backends.cpp.loader import load_kernels

@@ -1,10 +1,24 @@
-"""The ``"cpp"`` backend: fused C++ recurrences (LSTM with its options, GRU both forms, Elman) on the CPU.
+"""The ``"cpp"`` backend: fused C++ recurrences on the CPU for every cell except the Greff FGR variant.
 
-``supports`` accepts exactly what the kernels implement: an unmodified :class:`~rnnlab.cells.LSTMCell`
-(any of its options except ``full_gate_recurrence``, including the peephole / CIFG / Greff subclasses that
-only set options), :class:`~rnnlab.cells.GRUCell`, :class:`~rnnlab.cells.ElmanCell`; float32 or float64
-CPU tensors; no recording, recurrent dropout, zoneout, layer-below input or per-step states.  Everything else
-goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+``supports`` accepts exactly what the kernels implement:
+
+- :class:`~rnnlab.cells.LSTMCell` with any option except ``full_gate_recurrence`` (also the peephole /
+  CIFG / Greff subclasses that only set options), :class:`~rnnlab.cells.GRUCell` (both forms),
+  :class:`~rnnlab.cells.ElmanCell`, :class:`~rnnlab.cells.MUT1Cell` / ``MUT2Cell`` / ``MUT3Cell`` (raw-x or
+  projected input), :class:`~rnnlab.cells.LayerNormLSTMCell`, :class:`~rnnlab.cells.LayerNormGRUCell`;
+- :class:`~rnnlab.cells.ClockworkCell` (the clock runs inside the kernel, +1.0 per valid step like the cell);
+- :class:`~rnnlab.cells.MinGRUCell` / ``MinLSTMCell`` with the element-wise scan (a and b are formed with
+  autograd exactly as the cells' ``sequence`` does on a CPU; ``scan="log"`` is refused);
+- :class:`~rnnlab.cells.DepthGatedLSTMCell` on its first layer only (no layer below: a peephole LSTM; upper
+  layers need the lower layer's per-step states, which this backend does not return);
+
+on float32 / float64 CPU tensors, without recording, recurrent dropout, zoneout, layer-below input or
+per-step states.  Everything else, and subclasses that change the math, goes to the next backend (the
+reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+
+Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
+otherwise, to inline loops when tiny; the measurements behind that choice are in kernels.cpp.
+``load_kernels().set_gemm_backend("aten")`` switches oneDNN off (benchmarks compare both in one process).
 
 Example:
     >>> import torch, rnnlab
@@ -21,12 +35,18 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnlab.backends.base import LayerCall, LayerResult
-from rnnlab.backends.cpp.functions import ElmanFunction, GRUFunction, LSTMFunction
+from rnnlab.backends.cpp.functions import (ClockworkFunction, ElmanFunction, GRUFunction, LNGRUFunction,
+                                          LNLSTMFunction, LSTMFunction, MUTFunction, ScanFunction)
 from rnnlab.backends.cpp.loader import kernels_failed, load_kernels
 from rnnlab.cells.base import RecurrentCell
+from rnnlab.cells.clockwork import ClockworkCell
+from rnnlab.cells.depth_gated import DepthGatedLSTMCell
 from rnnlab.cells.elman import ElmanCell
 from rnnlab.cells.gru import GRUCell
+from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.lstm import LSTMCell
+from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell, g
+from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 from rnnlab.sequence import reverse_within_lengths
 
 # LSTM kernel flags (must match kernels.cpp)
@@ -42,13 +62,31 @@ def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
 
 
 def kernel_for(cell: RecurrentCell) -> str | None:
-    """Which fused kernel computes this cell exactly: ``"lstm"``, ``"gru"``, ``"elman"`` or ``None``."""
+    """Which fused kernel computes this cell exactly: ``"lstm"``, ``"gru"``, ``"elman"``, ``"mut1"``-``"mut3"``,
+    ``"ln_gru"``, ``"ln_lstm"``, ``"clockwork"``, ``"mingru"``, ``"minlstm"``, ``"depth_gated"`` (first layer
+    only: without a layer below it is a peephole LSTM; ``supports`` refuses calls with ``lower``), or ``None``."""
     if _same_math(cell, LSTMCell):
         return None if cell.full_gate_recurrence else "lstm"  # type: ignore[attr-defined]
     if _same_math(cell, GRUCell):
         return "gru"
     if _same_math(cell, ElmanCell):
         return "elman"
+    for mut in (MUT1Cell, MUT2Cell, MUT3Cell):
+        if _same_math(cell, mut):
+            return mut.kind
+    if _same_math(cell, LayerNormGRUCell):
+        return "ln_gru"
+    if _same_math(cell, LayerNormLSTMCell):
+        return "ln_lstm"
+    if _same_math(cell, ClockworkCell):
+        return "clockwork"
+    if _same_math(cell, DepthGatedLSTMCell):
+        return "depth_gated"
+    # the log-space scan ("log") rounds differently from the element-wise loop; only the loop is fused
+    if _same_math(cell, MinGRUCell) and cell.scan != "log":  # type: ignore[attr-defined]
+        return "mingru"
+    if _same_math(cell, MinLSTMCell) and cell.scan != "log":  # type: ignore[attr-defined]
+        return "minlstm"
     return None
 
 
@@ -97,8 +135,20 @@ class CppBackend:
             out, state = self._lstm(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
         elif kind == "gru":
             out, state = self._gru(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        else:
+        elif kind == "elman":
             out, state = self._elman(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        elif kind == "ln_gru":
+            out, state = self._ln_gru(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        elif kind == "ln_lstm":
+            out, state = self._ln_lstm(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        elif kind == "depth_gated":
+            out, state = self._depth_gated(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        elif kind == "clockwork":
+            out, state = self._clockwork(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        elif kind in ("mingru", "minlstm"):
+            out, state = self._min(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        else:
+            out, state = self._mut(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
         return LayerResult(out, state)
@@ -111,8 +161,11 @@ class CppBackend:
             b = p["bias_ih"] + p["bias_hh"]
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, G*H)
         H = cell.hidden_size
-        rows = [p[f"weight_c{g}"] if g in cell.peepholes else x.new_zeros(H) for g in ("i", "f", "o")]
-        peep = torch.stack(rows)  # (3, H)
+        if cell.peepholes:
+            rows = [p[f"weight_c{g}"] if g in cell.peepholes else x.new_zeros(H) for g in ("i", "f", "o")]
+            peep = torch.stack(rows)  # (3, H)
+        else:  # the common case: one allocation instead of three and a stack (per-call overhead at small sizes)
+            peep = x.new_zeros(3, H)
         w_hr = p["weight_hr"] if cell.proj_size else x.new_empty(0)
         out, h, c = LSTMFunction.apply(ext, lens, lstm_flags(cell), xp, state[0], state[1], p["weight_hh"], peep,
                                        w_hr)
@@ -139,3 +192,73 @@ class CppBackend:
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, H)
         out, h = ElmanFunction.apply(ext, lens, cell.nonlinearity == "relu", xp, state[0], p["weight_hh"])
         return out, (h,)
+
+    @staticmethod
+    def _mut(ext, cell, p, x: Tensor, state, lens: Tensor):
+        # The cell's own projection (raw-x block, MUT1's tanh) plus every recurrent bias: none sits behind a
+        # gate (W_hh (r ⊙ h) + b_h adds b_h outside the reset), so all of them fold into xp.
+        xp = cell.project_input(x, p)  # (T, B, 3H) blocks z, r, h
+        if "bias_hh" in p:
+            b = p["bias_hh"]
+            xp = xp + (torch.cat([b.new_zeros(cell.hidden_size), b]) if cell.kind == "mut1" else b)
+        mode = int(cell.kind[-1])
+        out, h = MUTFunction.apply(ext, lens, mode, xp, state[0], p["weight_hh"])
+        return out, (h,)
+
+    @staticmethod
+    def _ln_gru(ext, cell: LayerNormGRUCell, p, x: Tensor, state, lens: Tensor):
+        xp = cell.project_input(x, p)  # (T, B, 3H) = LN(W_ih x), autograd through F.layer_norm
+        ln_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
+        out, h = LNGRUFunction.apply(ext, lens, cell.eps, xp, state[0], p["weight_hh"], p["weight_ln_hh"], ln_b)
+        return out, (h,)
+
+    @staticmethod
+    def _ln_lstm(ext, cell: LayerNormLSTMCell, p, x: Tensor, state, lens: Tensor):
+        xp = cell.project_input(x, p)  # (T, B, 4H) = LN(W_ih x)
+        lnh_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
+        lnc_b = p["bias_ln_c"] if "bias_ln_c" in p else x.new_empty(0)
+        out, h, c = LNLSTMFunction.apply(ext, lens, cell.eps, xp, state[0], state[1], p["weight_hh"],
+                                         p["weight_ln_hh"], lnh_b, p["weight_ln_c"], lnc_b)
+        return out, (h, c)
+
+    @staticmethod
+    def _min(ext, cell, p, x: Tensor, state, lens: Tensor):
+        # a, b exactly as MinGRUCell/MinLSTMCell.sequence form them for the element-wise scan
+        xp = cell.project_input(x, p)
+        if cell.kind == "mingru":
+            k_z, k_h = xp.chunk(2, dim=-1)  # each (T, B, H)
+            z = torch.sigmoid(k_z)
+            a, b = 1.0 - z, z * g(k_h)
+        else:
+            k_f, k_i, k_h = xp.chunk(3, dim=-1)
+            diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
+            a, b = torch.exp(-F.softplus(diff)), torch.exp(-F.softplus(-diff)) * g(k_h)
+        out, h = ScanFunction.apply(ext, lens, a, b, state[0])
+        return out, (h,)
+
+    @staticmethod
+    def _clockwork(ext, cell: ClockworkCell, p, x: Tensor, state, lens: Tensor):
+        xp = cell.project_input(x, p)  # (T, B, H)
+        if "bias_hh" in p:
+            xp = xp + p["bias_hh"]  # inside the tanh, outside any gate
+        w_hh = p["weight_hh"] * cell.recurrent_mask(x.dtype, x.device)  # autograd masks the gradient
+        periods = torch.tensor([P for P, size in zip(cell.periods, cell.module_sizes) for _ in range(size)],
+                               dtype=x.dtype)
+        out, h, n = ClockworkFunction.apply(ext, lens, periods, xp, state[0], state[1], w_hh)
+        return out, (h, n)
+
+    @staticmethod
+    def _depth_gated(ext, cell: DepthGatedLSTMCell, p, x: Tensor, state, lens: Tensor):
+        # No layer below: the depth gate and its input block (rows 4H: of weight_ih) are unused, what is left
+        # is an LSTM with peepholes i, f on c_{t-1} and o on c_t (or none) and b_hh outside the gates.
+        H = cell.hidden_size
+        b = p["bias_ih"][: 4 * H] + p["bias_hh"] if "bias_ih" in p else None
+        xp = F.linear(x, p["weight_ih"][: 4 * H], b)  # (T, B, 4H)
+        if cell.peepholes:
+            peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]])  # (3, H)
+        else:
+            peep = x.new_zeros(3, H)
+        flags = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
+        out, h, c = LSTMFunction.apply(ext, lens, flags, xp, state[0], state[1], p["weight_hh"], peep,
+                                       x.new_empty(0))
+        return out, (h, c)

@@ -1,4 +1,5 @@
-// Fused CPU recurrences with hand-written backpropagation through time (LSTM family, GRU both forms, Elman).
+// Fused CPU recurrences with hand-written backpropagation through time (LSTM family, GRU both forms, Elman,
+// MUT1-3, layer-normalised LSTM and GRU, clockwork RNN, the element-wise scan of minGRU / minLSTM).
 //
 // Contract shared by every kernel (the Python side in rnnlab/backends/cpp/functions.py relies on it):
 // - xp (T, B, G*H) is the input projection of all steps (x @ W_ihᵀ + b_ih, plus every part of b_hh that
@@ -7,8 +8,9 @@
 // - lengths (B,) int64 or an empty tensor: row b is active at step t iff t < lengths[b].  Reversal is done
 //   by the caller, so the valid steps of every row are a prefix; an inactive row keeps its state and
 //   outputs zero.  Hence the state before an active step t is output[t-1] (or the initial state).
-// - Forward per step: one recurrent GEMM (two for GRU reset_after=False, plus the projection for LSTMP)
-//   and one fused element-wise pass over all gates.  Backward per step: one fused element-wise pass for
+// - Forward per step: one recurrent GEMM (two for GRU reset_after=False and MUT, three for MUT3, plus the
+//   projection for LSTMP) and one fused element-wise pass over all gates (parallel over the batch rows when
+//   B * H is large).  Backward per step: one fused element-wise pass for
 //   the gate derivatives and dh_{t-1} = dgates_t W_hh; weight gradients are ONE GEMM over all T*B rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -92,15 +94,24 @@ Tensor wrap(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 
 // ---- GEMM selection ---------------------------------------------------------------------------------------
 // Measured on the 2-core AMD Zen 5 dev machine (torch 2.13 CPU wheel, MKL 2024.2 + oneDNN 3.12), per-step
-// recurrent products, interleaved medians, time(oneDNN packed) / time(ATen mm = MKL):
-//   (B, H, 4H) = (16, 128): 1.26 fwd / 1.75 bwd     (16, 256): 0.80 / 1.04     (128, 256): 0.74 / 1.02
-//                (32, 512): 0.66 / 0.75             (64, 1024): 0.55 / 0.60
-// (MKL takes a generic code path on AMD CPUs.)  So products of at least kOneDnnGemm multiply-adds go to
-// oneDNN's inner-product primitive with the weight reordered ONCE per kernel call
-// (mkldnn::_reorder_linear_weight, then mkldnn::_linear_pointwise per step, both looked up through the c10
-// dispatcher); smaller ones to ATen mm, tiny ones to the inline loops.  float64, a torch build without the
-// mkldnn ops, or set_gemm_backend("aten") use ATen throughout.
+// recurrent products at B x H x 4H, 50 steps, interleaved medians of 9, time(oneDNN packed) / time(ATen mm =
+// MKL), forward h W_hhᵀ (nt) / backward dgates W_hh (nn):
+//   (B, H) = (16, 128): 1.32 / 1.86     (16, 256): 0.80 / 1.08     (64, 256): 0.88 / 1.11
+//            (128, 256): 0.87 / 1.17    (32, 512): 0.74 / 0.88    (64, 1024): 0.78 / 0.82
+// Whole training step (fwd + bwd, T x B x H), same process, set_gemm_backend toggled, interleaved medians,
+// time(oneDNN) / time(ATen):  LSTM (50,64,256) 0.72, (30,32,512) 0.76, (20,64,1024) 0.81;
+//                              GRU  (50,64,256) 0.55, (30,32,512) 0.96, (20,64,1024) 0.80.
+// So forward products of at least kOneDnnGemm multiply-adds, and backward ones whose weight also has at
+// least kOneDnnNNWeight entries (H >= 512 for an LSTM), go to oneDNN's inner-product primitive with the
+// weight reordered ONCE per kernel call (mkldnn::_reorder_linear_weight, then mkldnn::_linear_pointwise per
+// step, both looked up through the c10 dispatcher); smaller ones to ATen mm, tiny ones to the inline loops.
+// float64, a torch build without the mkldnn ops, or set_gemm_backend("aten") use ATen throughout.
+// Not taken: oneDNN for the big once-per-call GEMMs (input projection, dx, weight gradients): there MKL was
+// as fast or faster (oneDNN/MKL 1.06-1.13 forward, 1.03-1.37 dx, 1.19-1.65 dW at T*B = 960-6400, H 256-1024,
+// packing included); torch.ops.aten.mkldnn_rnn_layer for the plain LSTM (our kernel already trains at
+// 0.47-0.78x nn.LSTM at those shapes); a PyPI OpenBLAS (one more link dependency for what oneDNN serves).
 constexpr int64_t kOneDnnGemm = 4 * 1024 * 1024;
+constexpr int64_t kOneDnnNNWeight = 1024 * 1024;
 
 struct OneDnnOps {
   std::optional<c10::OperatorHandle> linear, reorder;
@@ -144,7 +155,7 @@ struct Lin {
     out = nn ? w.size(1) : w.size(0);
     in = nn ? w.size(0) : w.size(1);
     if (std::is_same<T, float>::value && g_use_onednn.load() && onednn_ops().ok() &&
-        batch * out * in >= kOneDnnGemm) {
+        batch * out * in >= kOneDnnGemm && (!nn || out * in >= kOneDnnNNWeight)) {
       packed = onednn_pack(nn ? w.t().contiguous() : w, batch);
     }
   }
@@ -719,6 +730,704 @@ SIMD
   return {dxp, dh, dw_hh};
 }
 
+// ----------------------------------------------------------------------------------------------------------
+// MUT1/2/3 (Jozefowicz et al. 2015).  xp (T,B,3H) blocks z, r, h with every bias (b_ih and b_hh) folded in
+// (and, for MUT1, tanh already applied to the h block).  W_hh row blocks: MUT1 [r, h]; MUT2/3 [z, r, h].
+//   z = σ(x_z [+ W_hz h (MUT2) | + W_hz tanh(h) (MUT3)]),  r = σ(x_r + W_hr h),
+//   n = tanh(x_h + W_hh (r ⊙ h)),  h' = z ⊙ n + (1 - z) ⊙ h.
+// Returns {out, h_T, gates (T,B,3H) = [z, r, n], u (T,B,H) = r ⊙ h, th (T,B,H) = tanh(h) (MUT3) or empty}.
+std::vector<Tensor> mut_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh_in, const Tensor& lengths,
+                                int64_t mode) {
+  TORCH_CHECK(mode >= 1 && mode <= 3, "mut_forward: mode must be 1, 2 or 3, got ", mode);
+  const Tensor xp = xp_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = xp.options();
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor gates = at::empty({T, B, GH}, opts);
+  Tensor us = at::empty({T, B, H}, opts);
+  Tensor ths = mode == 3 ? at::empty({T, B, H}, opts) : at::empty({0}, opts);
+  Tensor h = h0.contiguous().clone();
+  Tensor q = at::empty({B, H}, opts);
+  const int64_t nb = mode == 1 ? 1 : 2;  // row block of W_hh that multiplies r ⊙ h
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "mut_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* Q = q.data_ptr<scalar_t>();
+    // mode 1: W_r only; mode 2: [W_z; W_r] at once; mode 3: W_z (on tanh h) and W_r separately
+    const Lin<scalar_t> Wa(w_hh.narrow(0, 0, mode == 2 ? 2 * H : H), false, B);
+    const Lin<scalar_t> Wr(w_hh.narrow(0, H, H), false, mode == 3 ? B : 1);
+    const Lin<scalar_t> Wn(w_hh.narrow(0, nb * H, H), false, B);
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* X = xp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* U = us.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) std::copy(X + b * GH, X + b * GH + 2 * H, G + b * GH);
+      if (mode == 1) {
+        Wa.apply(G + H, GH, Hs, H, B, true);  // r block += h W_hrᵀ
+      } else if (mode == 2) {
+        Wa.apply(G, GH, Hs, H, B, true);  // z, r blocks += h [W_hz; W_hr]ᵀ
+      } else {
+        scalar_t* TH = ths.data_ptr<scalar_t>() + t * B * H;
+        for (int64_t k = 0; k < B * H; ++k) TH[k] = std::tanh(Hs[k]);
+        Wa.apply(G, GH, TH, H, B, true);      // z block += tanh(h) W_hzᵀ
+        Wr.apply(G + H, GH, Hs, H, B, true);  // r block += h W_hrᵀ
+      }
+      for_rows(B, 4 * H, [&](int64_t b) {
+        scalar_t* __restrict g = G + b * GH;
+        scalar_t* __restrict u = U + b * H;
+        const scalar_t* __restrict hb = Hs + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          g[j] = sigm(g[j]);
+          const scalar_t r = sigm(g[H + j]);
+          g[H + j] = r;
+          u[j] = r * hb[j];
+        }
+      });
+      Wn.apply(Q, H, U, H, B, false);  // W_hh (r ⊙ h)
+      for_rows(B, 4 * H, [&](int64_t b) {
+        scalar_t* __restrict g = G + b * GH;
+        scalar_t* __restrict o = O + b * H;
+        if (t >= len[b]) {  // padding: state kept, output and saved values zero
+          std::fill(o, o + H, scalar_t(0));
+          std::fill(g, g + GH, scalar_t(0));
+          std::fill(U + b * H, U + (b + 1) * H, scalar_t(0));
+          return;
+        }
+        const scalar_t* __restrict x = X + b * GH;
+        const scalar_t* __restrict qq = Q + b * H;
+        scalar_t* __restrict hb = Hs + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t z = g[j];
+          const scalar_t n = std::tanh(x[2 * H + j] + qq[j]);
+          g[2 * H + j] = n;
+          const scalar_t hn = z * n + (scalar_t(1) - z) * hb[j];
+          hb[j] = hn;
+          o[j] = hn;
+        }
+      });
+    }
+  });
+  return {out, h, gates, us, ths};
+}
+
+// Returns {dxp, dh0, dW_hh}.
+std::vector<Tensor> mut_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& h0, const Tensor& w_hh_in,
+                                 const Tensor& lengths, int64_t mode, const Tensor& out, const Tensor& gates,
+                                 const Tensor& us, const Tensor& ths) {
+  const Tensor gout = gout_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = gates.options();
+  Tensor dxp = at::empty({T, B, GH}, opts);
+  Tensor dh = ghT.contiguous().clone();
+  Tensor dht = at::empty({B, H}, opts);
+  Tensor dacc = at::empty({B, H}, opts);
+  Tensor du = at::empty({B, H}, opts);
+  Tensor tz = at::empty({B, H}, opts);
+  Tensor hprev = shift_prev(h0.contiguous(), out);
+  const int64_t nb = mode == 1 ? 1 : 2;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "mut_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DHT = dht.data_ptr<scalar_t>();
+    scalar_t* DA = dacc.data_ptr<scalar_t>();
+    scalar_t* DU = du.data_ptr<scalar_t>();
+    scalar_t* TZ = tz.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wa(w_hh.narrow(0, 0, mode == 2 ? 2 * H : H), true, B);
+    const Lin<scalar_t> Wr(w_hh.narrow(0, H, H), true, mode == 3 ? B : 1);
+    const Lin<scalar_t> Wn(w_hh.narrow(0, nb * H, H), true, B);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* HP = hprev.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      for_rows(B, 4 * H, [&](int64_t b) {
+        const scalar_t* __restrict g = G + b * GH;
+        const scalar_t* __restrict hp = HP + b * H;
+        const scalar_t* __restrict d = DHT + b * H;
+        scalar_t* __restrict dx = DX + b * GH;
+        scalar_t* __restrict da = DA + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t z = g[j], n = g[2 * H + j];
+          dx[j] = d[j] * (n - hp[j]) * z * (scalar_t(1) - z);
+          dx[2 * H + j] = d[j] * z * (scalar_t(1) - n * n);
+          da[j] = d[j] * (scalar_t(1) - z);
+        }
+      });
+      Wn.apply(DU, H, DX + 2 * H, GH, B, false);  // d(r ⊙ h) = dz_n W_hh
+      for_rows(B, 4 * H, [&](int64_t b) {
+        const scalar_t* __restrict g = G + b * GH;
+        const scalar_t* __restrict hp = HP + b * H;
+        const scalar_t* __restrict du_ = DU + b * H;
+        scalar_t* __restrict dx = DX + b * GH;
+        scalar_t* __restrict da = DA + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t r = g[H + j];
+          dx[H + j] = du_[j] * hp[j] * r * (scalar_t(1) - r);
+          da[j] += du_[j] * r;
+        }
+      });
+      if (mode == 1) {
+        Wa.apply(DA, H, DX + H, GH, B, true);  // += dz_r W_hr
+      } else if (mode == 2) {
+        Wa.apply(DA, H, DX, GH, B, true);  // += [dz_z, dz_r] [W_hz; W_hr]
+      } else {
+        Wr.apply(DA, H, DX + H, GH, B, true);
+        Wa.apply(TZ, H, DX, GH, B, false);  // d tanh(h) = dz_z W_hz
+        const scalar_t* TH = ths.data_ptr<scalar_t>() + t * B * H;
+        for (int64_t k = 0; k < B * H; ++k) DA[k] += TZ[k] * (scalar_t(1) - TH[k] * TH[k]);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        if (t < len[b]) {
+          std::copy(DA + b * H, DA + (b + 1) * H, DH + b * H);
+        } else {  // padding: the kept state's gradient passes through unchanged
+          std::fill(DX + b * GH, DX + (b + 1) * GH, scalar_t(0));
+        }
+      }
+    }
+  });
+  std::vector<Tensor> blocks;
+  if (mode == 1) {
+    blocks.push_back(grad_weight(dxp.narrow(2, H, H), hprev));
+  } else if (mode == 2) {
+    blocks.push_back(grad_weight(dxp.narrow(2, 0, 2 * H), hprev));
+  } else {
+    blocks.push_back(grad_weight(dxp.narrow(2, 0, H), ths));
+    blocks.push_back(grad_weight(dxp.narrow(2, H, H), hprev));
+  }
+  blocks.push_back(grad_weight(dxp.narrow(2, 2 * H, H), us));
+  return {dxp, dh, at::cat(blocks, 0)};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Layer-normalised cells (Ba, Kiros & Hinton 2016).  LN(a; α, β) = α ⊙ â + β with â = (a - μ) / sqrt(σ² + ε)
+// over the whole row (biased variance, like F.layer_norm).  xp = LN(W_ih x) is computed by the caller.
+
+// â of one row (n values) into ah; returns 1 / sqrt(σ² + ε).
+template <typename T>
+T ln_row(const T* __restrict a, T* __restrict ah, int64_t n, double eps) {
+  // (SIMD_SUM reduces a variable that must be called s)
+  T s = 0;
+SIMD_SUM(s)
+  for (int64_t j = 0; j < n; ++j) s += a[j];
+  const T mu = s / T(n);
+  s = 0;
+SIMD_SUM(s)
+  for (int64_t j = 0; j < n; ++j) s += (a[j] - mu) * (a[j] - mu);
+  const T rstd = T(1) / std::sqrt(s / T(n) + T(eps));
+SIMD
+  for (int64_t j = 0; j < n; ++j) ah[j] = (a[j] - mu) * rstd;
+  return rstd;
+}
+
+// da = rstd (dâ - mean(dâ) - â mean(dâ ⊙ â)), in place over dah.
+template <typename T>
+void ln_back_row(T* __restrict dah, const T* __restrict ah, T rstd, int64_t n) {
+  T s = 0;
+SIMD_SUM(s)
+  for (int64_t j = 0; j < n; ++j) s += dah[j];
+  const T m1 = s / T(n);
+  s = 0;
+SIMD_SUM(s)
+  for (int64_t j = 0; j < n; ++j) s += dah[j] * ah[j];
+  const T m2 = s / T(n);
+SIMD
+  for (int64_t j = 0; j < n; ++j) dah[j] = rstd * (dah[j] - m1 - ah[j] * m2);
+}
+
+// LN-GRU (reset after): ĥ = LN(W_hh h; α, β); r = σ(x_r + ĥ_r), z = σ(x_z + ĥ_z), n = tanh(x_n + r ⊙ ĥ_n),
+// h' = (1 - z) ⊙ n + z ⊙ h.  Returns {out, h_T, gates [r, z, n], â (T,B,3H), rstd (T,B)}.
+std::vector<Tensor> ln_gru_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& w_hh, const Tensor& ln_w_in,
+                                   const Tensor& ln_b_in, const Tensor& lengths, double eps) {
+  const Tensor xp = xp_in.contiguous(), ln_w = ln_w_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = xp.options();
+  const Tensor ln_b = ln_b_in.numel() ? ln_b_in.contiguous() : at::zeros({GH}, opts);
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor gates = at::empty({T, B, GH}, opts);
+  Tensor ahs = at::empty({T, B, GH}, opts);
+  Tensor rs = at::zeros({T, B}, opts);
+  Tensor h = h0.contiguous().clone();
+  Tensor acc = at::empty({B, GH}, opts);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "ln_gru_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* Acc = acc.data_ptr<scalar_t>();
+    const scalar_t* __restrict al = ln_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict be = ln_b.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, false, B);
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* AH = ahs.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* RS = rs.data_ptr<scalar_t>() + t * B;
+      const scalar_t* X = xp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      Wh.apply(Acc, GH, Hs, H, B, false);  // W_hh h for all three blocks
+      for_rows(B, 4 * GH, [&](int64_t b) {
+        scalar_t* __restrict g = G + b * GH;
+        scalar_t* __restrict ah = AH + b * GH;
+        scalar_t* __restrict o = O + b * H;
+        if (t >= len[b]) {  // padding: state kept, output and saved values zero
+          std::fill(o, o + H, scalar_t(0));
+          std::fill(g, g + GH, scalar_t(0));
+          std::fill(ah, ah + GH, scalar_t(0));
+          return;
+        }
+        RS[b] = ln_row<scalar_t>(Acc + b * GH, ah, GH, eps);
+        const scalar_t* __restrict x = X + b * GH;
+        scalar_t* __restrict hb = Hs + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t r = sigm(x[j] + al[j] * ah[j] + be[j]);
+          const scalar_t z = sigm(x[H + j] + al[H + j] * ah[H + j] + be[H + j]);
+          const scalar_t n = std::tanh(x[2 * H + j] + r * (al[2 * H + j] * ah[2 * H + j] + be[2 * H + j]));
+          g[j] = r;
+          g[H + j] = z;
+          g[2 * H + j] = n;
+          const scalar_t hn = (scalar_t(1) - z) * n + z * hb[j];
+          hb[j] = hn;
+          o[j] = hn;
+        }
+      });
+    }
+  });
+  return {out, h, gates, ahs, rs};
+}
+
+// Returns {dxp, dh0, dW_hh, dα, dβ}.
+std::vector<Tensor> ln_gru_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& h0, const Tensor& w_hh,
+                                    const Tensor& ln_w_in, const Tensor& ln_b_in, const Tensor& lengths,
+                                    const Tensor& out, const Tensor& gates, const Tensor& ahs, const Tensor& rs) {
+  const Tensor gout = gout_in.contiguous(), ln_w = ln_w_in.contiguous();
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1), GH = 3 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = gates.options();
+  const Tensor ln_b = ln_b_in.numel() ? ln_b_in.contiguous() : at::zeros({GH}, opts);
+  Tensor dxp = at::empty({T, B, GH}, opts);
+  Tensor dhh = at::empty({T, B, GH}, opts);  // dL/dĥ (for α, β)
+  Tensor das = at::empty({T, B, GH}, opts);  // dL/d(W_hh h) (for W_hh)
+  Tensor dh = ghT.contiguous().clone();
+  Tensor dht = at::empty({B, H}, opts);
+  Tensor dnew = at::empty({B, H}, opts);
+  Tensor hprev = shift_prev(h0.contiguous(), out);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_gru_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DHT = dht.data_ptr<scalar_t>();
+    scalar_t* DN = dnew.data_ptr<scalar_t>();
+    const scalar_t* __restrict al = ln_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict be = ln_b.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, true, B);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* AH = ahs.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* RS = rs.data_ptr<scalar_t>() + t * B;
+      const scalar_t* HP = hprev.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DHH = dhh.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DAS = das.data_ptr<scalar_t>() + t * B * GH;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      for_rows(B, 6 * GH, [&](int64_t b) {
+        scalar_t* __restrict dx = DX + b * GH;
+        scalar_t* __restrict dq = DHH + b * GH;
+        scalar_t* __restrict da = DAS + b * GH;
+        scalar_t* __restrict dn = DN + b * H;
+        if (t >= len[b]) {
+          std::fill(dx, dx + GH, scalar_t(0));
+          std::fill(dq, dq + GH, scalar_t(0));
+          std::fill(da, da + GH, scalar_t(0));
+          std::copy(DH + b * H, DH + (b + 1) * H, dn);  // the kept state's gradient passes through
+          return;
+        }
+        const scalar_t* __restrict g = G + b * GH;
+        const scalar_t* __restrict ah = AH + b * GH;
+        const scalar_t* __restrict hp = HP + b * H;
+        const scalar_t* __restrict d = DHT + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j];
+          const scalar_t hn = al[2 * H + j] * ah[2 * H + j] + be[2 * H + j];
+          const scalar_t dzn = d[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+          const scalar_t dzz = d[j] * (hp[j] - n) * z * (scalar_t(1) - z);
+          const scalar_t dzr = dzn * hn * r * (scalar_t(1) - r);
+          dx[j] = dzr;
+          dx[H + j] = dzz;
+          dx[2 * H + j] = dzn;
+          dq[j] = dzr;
+          dq[H + j] = dzz;
+          dq[2 * H + j] = dzn * r;
+          dn[j] = d[j] * z;
+        }
+SIMD
+        for (int64_t j = 0; j < GH; ++j) da[j] = dq[j] * al[j];
+        ln_back_row<scalar_t>(da, ah, RS[b], GH);
+      });
+      Wh.apply(DN, H, DAS, GH, B, true);  // dh_{t-1} = z ⊙ dh_t + da W_hh (padded rows: da = 0)
+      std::copy(DN, DN + B * H, DH);
+    }
+  });
+  Tensor dw_hh = grad_weight(das, hprev);
+  Tensor dln_w = (dhh * ahs).sum({0, 1});
+  Tensor dln_b = ln_b_in.numel() ? dhh.sum({0, 1}) : at::empty({0}, opts);
+  return {dxp, dh, dw_hh, dln_w, dln_b};
+}
+
+// LN-LSTM: pre = xp + LN(W_hh h; α2, β2); i, f, o = σ, g = tanh; c' = f ⊙ c + i ⊙ g;
+// h' = o ⊙ tanh(LN(c'; α3, β3)).  Returns {out, h_T, c_T, gates [i, f, g, o], cs (T,B,H), â (T,B,4H),
+// rstd_a (T,B), ĉ (T,B,H), rstd_c (T,B)}.
+std::vector<Tensor> ln_lstm_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                    const Tensor& lnh_w_in, const Tensor& lnh_b_in, const Tensor& lnc_w_in,
+                                    const Tensor& lnc_b_in, const Tensor& lengths, double eps) {
+  const Tensor xp = xp_in.contiguous(), lnh_w = lnh_w_in.contiguous(), lnc_w = lnc_w_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1), GH = 4 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = xp.options();
+  const Tensor lnh_b = lnh_b_in.numel() ? lnh_b_in.contiguous() : at::zeros({GH}, opts);
+  const Tensor lnc_b = lnc_b_in.numel() ? lnc_b_in.contiguous() : at::zeros({H}, opts);
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor gates = at::empty({T, B, GH}, opts);
+  Tensor cs = at::empty({T, B, H}, opts);
+  Tensor ahs = at::empty({T, B, GH}, opts);
+  Tensor ras = at::zeros({T, B}, opts);
+  Tensor chs = at::empty({T, B, H}, opts);
+  Tensor rcs = at::zeros({T, B}, opts);
+  Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  Tensor acc = at::empty({B, GH}, opts);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "ln_lstm_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* Cs = c.data_ptr<scalar_t>();
+    scalar_t* Acc = acc.data_ptr<scalar_t>();
+    const scalar_t* __restrict a2 = lnh_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict b2 = lnh_b.data_ptr<scalar_t>();
+    const scalar_t* __restrict a3 = lnc_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict b3 = lnc_b.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, false, B);
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* AH = ahs.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* RA = ras.data_ptr<scalar_t>() + t * B;
+      scalar_t* CH = chs.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* RC = rcs.data_ptr<scalar_t>() + t * B;
+      scalar_t* CS = cs.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* X = xp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      Wh.apply(Acc, GH, Hs, H, B, false);
+      for_rows(B, 6 * GH, [&](int64_t b) {
+        scalar_t* __restrict g = G + b * GH;
+        scalar_t* __restrict ah = AH + b * GH;
+        scalar_t* __restrict ch = CH + b * H;
+        scalar_t* __restrict o = O + b * H;
+        scalar_t* __restrict cb = Cs + b * H;
+        if (t >= len[b]) {  // padding: state kept, output and saved values zero
+          std::fill(o, o + H, scalar_t(0));
+          std::fill(g, g + GH, scalar_t(0));
+          std::fill(ah, ah + GH, scalar_t(0));
+          std::fill(ch, ch + H, scalar_t(0));
+          std::copy(cb, cb + H, CS + b * H);
+          return;
+        }
+        RA[b] = ln_row<scalar_t>(Acc + b * GH, ah, GH, eps);
+        const scalar_t* __restrict x = X + b * GH;
+        scalar_t* __restrict cn = CS + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t i = sigm(x[j] + a2[j] * ah[j] + b2[j]);
+          const scalar_t f = sigm(x[H + j] + a2[H + j] * ah[H + j] + b2[H + j]);
+          const scalar_t gg = std::tanh(x[2 * H + j] + a2[2 * H + j] * ah[2 * H + j] + b2[2 * H + j]);
+          const scalar_t oo = sigm(x[3 * H + j] + a2[3 * H + j] * ah[3 * H + j] + b2[3 * H + j]);
+          g[j] = i;
+          g[H + j] = f;
+          g[2 * H + j] = gg;
+          g[3 * H + j] = oo;
+          const scalar_t cv = f * cb[j] + i * gg;
+          cn[j] = cv;
+          cb[j] = cv;
+        }
+        RC[b] = ln_row<scalar_t>(cn, ch, H, eps);
+        scalar_t* __restrict hb = Hs + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t hn = g[3 * H + j] * std::tanh(a3[j] * ch[j] + b3[j]);
+          hb[j] = hn;
+          o[j] = hn;
+        }
+      });
+    }
+  });
+  return {out, h, c, gates, cs, ahs, ras, chs, rcs};
+}
+
+// Returns {dxp, dh0, dc0, dW_hh, dα2, dβ2, dα3, dβ3}.
+std::vector<Tensor> ln_lstm_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& gcT, const Tensor& h0,
+                                     const Tensor& c0, const Tensor& w_hh, const Tensor& lnh_w_in,
+                                     const Tensor& lnh_b_in, const Tensor& lnc_w_in, const Tensor& lnc_b_in,
+                                     const Tensor& lengths, const Tensor& out, const Tensor& gates, const Tensor& cs,
+                                     const Tensor& ahs, const Tensor& ras, const Tensor& chs, const Tensor& rcs) {
+  const Tensor gout = gout_in.contiguous(), lnh_w = lnh_w_in.contiguous(), lnc_w = lnc_w_in.contiguous();
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(1), GH = 4 * H;
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = gates.options();
+  const Tensor lnc_b = lnc_b_in.numel() ? lnc_b_in.contiguous() : at::zeros({H}, opts);
+  Tensor dxp = at::empty({T, B, GH}, opts);
+  Tensor das = at::empty({T, B, GH}, opts);
+  Tensor dys = at::empty({T, B, H}, opts);  // dL/d LN(c) (for α3, β3)
+  Tensor dh = ghT.contiguous().clone(), dc = gcT.contiguous().clone();
+  Tensor dht = at::empty({B, H}, opts);
+  Tensor cprev = shift_prev(c0.contiguous(), cs);
+  Tensor hprev = shift_prev(h0.contiguous(), out);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "ln_lstm_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DC = dc.data_ptr<scalar_t>();
+    scalar_t* DHT = dht.data_ptr<scalar_t>();
+    const scalar_t* __restrict a2 = lnh_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict a3 = lnc_w.data_ptr<scalar_t>();
+    const scalar_t* __restrict b3 = lnc_b.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, true, B);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* AH = ahs.data_ptr<scalar_t>() + t * B * GH;
+      const scalar_t* RA = ras.data_ptr<scalar_t>() + t * B;
+      const scalar_t* CH = chs.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* RC = rcs.data_ptr<scalar_t>() + t * B;
+      const scalar_t* CP = cprev.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DAS = das.data_ptr<scalar_t>() + t * B * GH;
+      scalar_t* DY = dys.data_ptr<scalar_t>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      for_rows(B, 8 * GH, [&](int64_t b) {
+        scalar_t* __restrict dx = DX + b * GH;
+        scalar_t* __restrict da = DAS + b * GH;
+        scalar_t* __restrict dy = DY + b * H;
+        if (t >= len[b]) {  // padding: h and c were kept, their gradients pass through unchanged
+          std::fill(dx, dx + GH, scalar_t(0));
+          std::fill(da, da + GH, scalar_t(0));
+          std::fill(dy, dy + H, scalar_t(0));
+          return;
+        }
+        const scalar_t* __restrict g = G + b * GH;
+        const scalar_t* __restrict ch = CH + b * H;
+        const scalar_t* __restrict cp = CP + b * H;
+        const scalar_t* __restrict d = DHT + b * H;
+        scalar_t* __restrict dcb = DC + b * H;
+        // dĉ = dy α3 goes into the i block of dx as scratch, then LN backward, then the gates
+        scalar_t* __restrict dch = dx;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t o = g[3 * H + j];
+          const scalar_t ty = std::tanh(a3[j] * ch[j] + b3[j]);
+          dx[3 * H + j] = d[j] * ty * o * (scalar_t(1) - o);
+          const scalar_t dyj = d[j] * o * (scalar_t(1) - ty * ty);
+          dy[j] = dyj;
+          dch[j] = dyj * a3[j];
+        }
+        ln_back_row<scalar_t>(dch, ch, RC[b], H);
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t i = g[j], f = g[H + j], gg = g[2 * H + j];
+          const scalar_t dct = dch[j] + dcb[j];
+          dx[j] = dct * gg * i * (scalar_t(1) - i);
+          dx[H + j] = dct * cp[j] * f * (scalar_t(1) - f);
+          dx[2 * H + j] = dct * i * (scalar_t(1) - gg * gg);
+          dcb[j] = dct * f;
+        }
+SIMD
+        for (int64_t j = 0; j < GH; ++j) da[j] = dx[j] * a2[j];
+        ln_back_row<scalar_t>(da, AH + b * GH, RA[b], GH);
+      });
+      Wh.apply(DHT, H, DAS, GH, B, false);  // dh_{t-1} = da W_hh
+      for (int64_t b = 0; b < B; ++b)
+        if (t < len[b]) std::copy(DHT + b * H, DHT + (b + 1) * H, DH + b * H);
+    }
+  });
+  Tensor dw_hh = grad_weight(das, hprev);
+  Tensor dlnh_w = (dxp * ahs).sum({0, 1});
+  Tensor dlnh_b = lnh_b_in.numel() ? dxp.sum({0, 1}) : at::empty({0}, opts);
+  Tensor dlnc_w = (dys * chs).sum({0, 1});
+  Tensor dlnc_b = lnc_b_in.numel() ? dys.sum({0, 1}) : at::empty({0}, opts);
+  return {dxp, dh, dc, dw_hh, dlnh_w, dlnh_b, dlnc_w, dlnc_b};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Element-wise linear recurrence h_t = a_t ⊙ h_{t-1} + b_t (minGRU, minLSTM: the gates come from x only, the
+// caller forms a and b with autograd).  Returns {out (T,B,H), h_T}.
+std::vector<Tensor> scan_forward(const Tensor& a_in, const Tensor& b_in, const Tensor& h0, const Tensor& lengths) {
+  const Tensor a = a_in.contiguous(), bb = b_in.contiguous();
+  const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
+  const auto len = lengths_vec(lengths, T, B);
+  Tensor out = at::empty({T, B, H}, a.options());
+  Tensor h = h0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    for_rows(B, T * H, [&](int64_t b) {  // rows are independent over the whole sequence
+      scalar_t* __restrict hb = Hs + b * H;
+      for (int64_t t = 0; t < T; ++t) {
+        scalar_t* __restrict o = out.data_ptr<scalar_t>() + (t * B + b) * H;
+        if (t >= len[b]) {
+          std::fill(o, o + H, scalar_t(0));
+          continue;
+        }
+        const scalar_t* __restrict at_ = a.data_ptr<scalar_t>() + (t * B + b) * H;
+        const scalar_t* __restrict bt = bb.data_ptr<scalar_t>() + (t * B + b) * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t v = at_[j] * hb[j] + bt[j];
+          hb[j] = v;
+          o[j] = v;
+        }
+      }
+    });
+  });
+  return {out, h};
+}
+
+// Adjoint: dh_{t-1} = a_t ⊙ dh_t, da_t = dh_t ⊙ h_{t-1}, db_t = dh_t.  Returns {da, db, dh0}.
+std::vector<Tensor> scan_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& a_in, const Tensor& out,
+                                  const Tensor& h0_in, const Tensor& lengths) {
+  const Tensor gout = gout_in.contiguous(), a = a_in.contiguous(), h0 = h0_in.contiguous();
+  const int64_t T = a.size(0), B = a.size(1), H = a.size(2);
+  const auto len = lengths_vec(lengths, T, B);
+  Tensor da = at::empty({T, B, H}, a.options());
+  Tensor db = at::empty({T, B, H}, a.options());
+  Tensor dh = ghT.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    for_rows(B, T * H, [&](int64_t b) {
+      scalar_t* __restrict d = DH + b * H;
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t off = (t * B + b) * H;
+        scalar_t* __restrict dat = da.data_ptr<scalar_t>() + off;
+        scalar_t* __restrict dbt = db.data_ptr<scalar_t>() + off;
+        if (t >= len[b]) {
+          std::fill(dat, dat + H, scalar_t(0));
+          std::fill(dbt, dbt + H, scalar_t(0));
+          continue;
+        }
+        const scalar_t* __restrict go = gout.data_ptr<scalar_t>() + off;
+        const scalar_t* __restrict at_ = a.data_ptr<scalar_t>() + off;
+        const scalar_t* __restrict hp =
+            t == 0 ? h0.data_ptr<scalar_t>() + b * H : out.data_ptr<scalar_t>() + ((t - 1) * B + b) * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t dj = d[j] + go[j];
+          dbt[j] = dj;
+          dat[j] = dj * hp[j];
+          d[j] = dj * at_[j];
+        }
+      }
+    });
+  });
+  return {da, db, dh};
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// Clockwork RNN: a = tanh(xp_t + h W_hhᵀ) with W_hh already masked and b_hh folded into xp; unit j updates
+// (h_j = a_j) when round(n) mod P_j == 0, else keeps h_j; the step counter n (B,) advances by 1 per valid
+// step, exactly as the cell adds 1.0.  Returns {out, h_T, n_T (B,1), acts (T,B,H) = a, upd (T,B,H) 0/1}.
+std::vector<Tensor> clockwork_forward(const Tensor& xp_in, const Tensor& h0, const Tensor& n0, const Tensor& w_hh,
+                                      const Tensor& periods_in, const Tensor& lengths) {
+  const Tensor xp = xp_in.contiguous(), periods = periods_in.contiguous();
+  const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = xp.options();
+  Tensor out = at::empty({T, B, H}, opts);
+  Tensor acts = at::empty({T, B, H}, opts);
+  Tensor upd = at::empty({T, B, H}, opts);
+  Tensor h = h0.contiguous().clone();
+  Tensor n = n0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "clockwork_forward", [&] {
+    scalar_t* Hs = h.data_ptr<scalar_t>();
+    scalar_t* N = n.data_ptr<scalar_t>();
+    const scalar_t* __restrict P = periods.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, false, B);
+    for (int64_t t = 0; t < T; ++t) {
+      scalar_t* A = acts.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* U = upd.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* O = out.data_ptr<scalar_t>() + t * B * H;
+      std::copy(xp.data_ptr<scalar_t>() + t * B * H, xp.data_ptr<scalar_t>() + (t + 1) * B * H, A);
+      Wh.apply(A, H, Hs, H, B, true);
+      for_rows(B, 4 * H, [&](int64_t b) {
+        scalar_t* __restrict a = A + b * H;
+        scalar_t* __restrict u = U + b * H;
+        scalar_t* __restrict o = O + b * H;
+        if (t >= len[b]) {  // padding: state and clock kept, nothing saved
+          std::fill(o, o + H, scalar_t(0));
+          std::fill(a, a + H, scalar_t(0));
+          std::fill(u, u + H, scalar_t(0));
+          return;
+        }
+        const scalar_t r = std::nearbyint(N[b]);  // torch.round: half to even
+        scalar_t* __restrict hb = Hs + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const bool on = std::fmod(r, P[j]) == scalar_t(0);  // exact for integer r and P
+          const scalar_t av = std::tanh(a[j]);
+          a[j] = av;
+          u[j] = on ? scalar_t(1) : scalar_t(0);
+          if (on) hb[j] = av;
+          o[j] = hb[j];
+        }
+        N[b] += scalar_t(1);
+      });
+    }
+  });
+  return {out, h, n, acts, upd};
+}
+
+// Returns {dxp, dh0, dW_hh (masking is the caller's autograd)}.
+std::vector<Tensor> clockwork_backward(const Tensor& gout_in, const Tensor& ghT, const Tensor& h0, const Tensor& w_hh,
+                                       const Tensor& lengths, const Tensor& out, const Tensor& acts,
+                                       const Tensor& upd) {
+  const Tensor gout = gout_in.contiguous();
+  const int64_t T = acts.size(0), B = acts.size(1), H = h0.size(1);
+  const auto len = lengths_vec(lengths, T, B);
+  auto opts = acts.options();
+  Tensor dxp = at::empty({T, B, H}, opts);
+  Tensor dh = ghT.contiguous().clone();
+  Tensor dn = at::empty({B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "clockwork_backward", [&] {
+    scalar_t* DH = dh.data_ptr<scalar_t>();
+    scalar_t* DN = dn.data_ptr<scalar_t>();
+    const Lin<scalar_t> Wh(w_hh, true, B);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* A = acts.data_ptr<scalar_t>() + t * B * H;
+      const scalar_t* U = upd.data_ptr<scalar_t>() + t * B * H;
+      scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * H;
+      for_rows(B, 4 * H, [&](int64_t b) {
+        scalar_t* __restrict dx = DX + b * H;
+        scalar_t* __restrict dn_ = DN + b * H;
+        const scalar_t* __restrict d0 = DH + b * H;
+        if (t >= len[b]) {  // the kept state's gradient passes through
+          std::fill(dx, dx + H, scalar_t(0));
+          std::copy(d0, d0 + H, dn_);
+          return;
+        }
+        const scalar_t* __restrict a = A + b * H;
+        const scalar_t* __restrict u = U + b * H;
+        const scalar_t* __restrict go = GO + b * H;
+SIMD
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t d = d0[j] + go[j];
+          dx[j] = d * u[j] * (scalar_t(1) - a[j] * a[j]);
+          dn_[j] = d * (scalar_t(1) - u[j]);
+        }
+      });
+      Wh.apply(DN, H, DX, H, B, true);  // + dpre W_hh (padded rows: dpre = 0)
+      std::copy(DN, DN + B * H, DH);
+    }
+  });
+  Tensor dw_hh = grad_weight(dxp, shift_prev(h0.contiguous(), out));
+  return {dxp, dh, dw_hh};
+}
+
 void set_gemm_backend(const std::string& name) {
   TORCH_CHECK(name == "onednn" || name == "aten", "set_gemm_backend: expected 'onednn' or 'aten', got '", name, "'");
   g_use_onednn.store(name == "onednn");
@@ -736,6 +1445,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward);
   m.def("elman_forward", &elman_forward);
   m.def("elman_backward", &elman_backward);
+  m.def("mut_forward", &mut_forward);
+  m.def("mut_backward", &mut_backward);
+  m.def("ln_gru_forward", &ln_gru_forward);
+  m.def("ln_gru_backward", &ln_gru_backward);
+  m.def("ln_lstm_forward", &ln_lstm_forward);
+  m.def("ln_lstm_backward", &ln_lstm_backward);
+  m.def("scan_forward", &scan_forward);
+  m.def("scan_backward", &scan_backward);
+  m.def("clockwork_forward", &clockwork_forward);
+  m.def("clockwork_backward", &clockwork_backward);
   m.def("set_gemm_backend", &set_gemm_backend, "\"onednn\" (default where available) or \"aten\"");
   m.def("gemm_backend", &gemm_backend, "the GEMM library used for fp32 products >= 4M multiply-adds");
 }
