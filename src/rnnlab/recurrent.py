@@ -187,7 +187,9 @@ class Recurrent(nn.Module):
     def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor]:
         """The parameters of one layer/direction under the cell's own names (``weight_ih``, ...)."""
         # getattr, not self._parameters: torch.nn.utils.parametrize replaces parameters by properties
-        return {n: getattr(self, full) for n, full in self._param_names[layer][direction]}
+        params = self._parameters  # plain parameters: a dict lookup; parametrized ones: through getattr
+        return {n: params[full] if full in params else getattr(self, full)
+                for n, full in self._param_names[layer][direction]}
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -260,16 +262,25 @@ class Recurrent(nn.Module):
         if lens is not None and bool((lens == x.shape[0]).all()):
             lens = None  # all sequences full: skip the masking work
         T, B = x.shape[0], x.shape[1]
-        state0 = self._initial_state(hx, B, unbatched, x, ref)
-        if self.check_finite:
-            check_finite("input", x)
-            for name, s in zip(self.state_names, state0):
-                check_finite(f"hx ({name})", s)
+        D = self.num_directions
+        if hx is None:  # zeros made per layer/direction directly: no (L*D, B, S) tensor to slice
+            sizes = self.cell.state_sizes()
+            per_k = [tuple(torch.zeros(B, S, dtype=x.dtype, device=x.device) for S in sizes)
+                     for _ in range(self.num_layers * D)]
+            if self.check_finite:
+                check_finite("input", x)
+        else:
+            state0 = self._initial_state(hx, B, unbatched, x, ref)
+            if self.check_finite:
+                check_finite("input", x)
+                for name, s in zip(self.state_names, state0):
+                    check_finite(f"hx ({name})", s)
+            # initial state of each layer/direction k: one unbind per part, not an index op per (k, part)
+            per_k = list(zip(*(s.unbind(0) for s in state0)))
 
         finals: list[list[Tensor]] = [[] for _ in self.state_names]
         lower_seq: list[State | None] = [None] * self.num_directions
         record = self._recording is not None
-        D = self.num_directions
         for layer in range(self.num_layers):
             outs, next_lower = [], []
             needs_states = layer + 1 < self.num_layers and self._cells[layer + 1][0].needs_lower
@@ -281,7 +292,7 @@ class Recurrent(nn.Module):
                     keep = 1.0 - self.recurrent_dropout
                     rec_mask = torch.empty(B, c.output_size, dtype=x.dtype, device=x.device).bernoulli_(keep) / keep
                 call = LayerCall(cell=c, params=self.layer_params(layer, direction), x=x,
-                                 state=tuple(s[k] for s in state0), lengths=lens, reverse=bool(direction),
+                                 state=per_k[k], lengths=lens, reverse=bool(direction),
                                  lower=lower_seq[direction] if c.needs_lower else None, rec_mask=rec_mask,
                                  zoneout=self.zoneout, training=self.training, record=record,
                                  want_states=needs_states)
@@ -303,7 +314,8 @@ class Recurrent(nn.Module):
             if self.dropout > 0 and self.training and layer + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, training=True)
 
-        h_n = tuple(torch.stack(parts) for parts in finals)  # each (num_layers*D, B, S_k)
+        # each (num_layers*D, B, S_k); one layer/direction: a view instead of a copy
+        h_n = tuple(parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts) for parts in finals)
         if packed is not None:
             output: Tensor | PackedSequence = repack(x, packed)
         elif unbatched:

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        "four to five minutes on two CPU cores.")
     p.add_argument("--out", default="runs/demo", help="where the table, plot and checkpoints go")
     p.add_argument("--lags", default="5,10,20", help="comma-separated lags of the comparison")
-    p.add_argument("--lm-steps", type=int, default=1500, help="training steps of the char LSTM (batch 32 x 64 chars)")
+    p.add_argument("--lm-steps", type=int, default=1800, help="training steps of the char LSTM (batch 32 x 64 chars)")
     p.add_argument("--lm-hidden", type=int, default=256, help="units of the char LSTM")
     p.add_argument("--prime", default="KING.", help="the speaker line the generated text starts from")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="comparison runs in parallel")

@@ -86,6 +86,8 @@ class CharLMConfig:
             raise ValueError("works: only for the Shakespeare texts, not together with path")
         if isinstance(self.works, str):
             self.works = (self.works,)
+        elif isinstance(self.works, list):  # from JSON (saved run configs, --config): the text cache needs a tuple
+            self.works = tuple(self.works)
 
 
 class StreamChunk(NamedTuple):

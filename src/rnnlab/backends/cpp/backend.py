@@ -52,6 +52,39 @@ from rnnlab.sequence import reverse_within_lengths
 # LSTM kernel flags (must match kernels.cpp)
 _HAS_I, _HAS_F, _HAS_O, _COUPLED, _IN_ACT, _OUT_ACT = 1, 2, 4, 8, 16, 32
 _DTYPES = (torch.float32, torch.float64)
+_PLAIN_LSTM = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
+_MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 LSTM, 3 GRU
+#: plain fp32 LSTM inference without lengths goes to ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs)
+ONEDNN_LSTM_INFERENCE = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
+_NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; read-only, shared by all calls
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record the kernel call; when not, the kernels are called without a Function
+    (its bookkeeping is a measurable share of a small inference call)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
+
+
+_ZEROS: dict[tuple[int, torch.dtype], Tensor] = {}
+
+
+def _zeros(n: int, dtype: torch.dtype) -> Tensor:
+    """A shared read-only (3, n) CPU zero tensor (absent peepholes; ``n = 0``: an absent optional weight).
+
+    Kernels never write to their inputs, and autograd never needs gradients of these constants, so one tensor
+    per (size, dtype) serves every call instead of an allocation per call."""
+    key = (n, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        # a normal tensor even when first asked for inside torch.inference_mode (autograd may save it later)
+        with torch.inference_mode(False):
+            z = _ZEROS[key] = torch.zeros(3, n, dtype=dtype) if n else torch.empty(0, dtype=dtype)
+    return z
 
 
 def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
@@ -107,18 +140,22 @@ class CppBackend:
     name = "cpp"
 
     def supports(self, call: LayerCall) -> bool:
+        # Called on every forward: plain loops, no generators (this is per-call overhead at small sizes).
+        if call.record or call.want_states or call.rec_mask is not None or call.zoneout != 0.0 or \
+                call.lower is not None:
+            return False
         if os.environ.get("RNNLAB_BACKEND", "").strip().lower() == "reference" or kernels_failed():
             return False
-        if (call.record or call.want_states or call.rec_mask is not None or call.zoneout != 0.0
-                or call.lower is not None):
-            return False
         x = call.x
-        if x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 3:
+        dtype = x.dtype
+        if x.device.type != "cpu" or dtype not in _DTYPES or x.dim() != 3:
             return False
-        if any(p.device.type != "cpu" or p.dtype != x.dtype for p in call.params.values()):
-            return False
-        if any(s.dtype != x.dtype or s.device.type != "cpu" for s in call.state):
-            return False
+        for p in call.params.values():
+            if p.dtype != dtype or p.device.type != "cpu":
+                return False
+        for s in call.state:
+            if s.dtype != dtype or s.device.type != "cpu":
+                return False
         if kernel_for(call.cell) is None:
             return False
         return load_kernels() is not None  # first use builds the extension (once per machine)
@@ -129,7 +166,7 @@ class CppBackend:
             raise RuntimeError("cpp backend: kernels are not available")
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
-        lens = torch.empty(0, dtype=torch.int64) if lengths is None else lengths.to(torch.int64).contiguous()
+        lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
         kind = kernel_for(cell)
         if kind == "lstm":
             out, state = self._lstm(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
@@ -156,6 +193,16 @@ class CppBackend:
     # Biases that are simply added to a pre-activation are folded into the single input GEMM.
     @staticmethod
     def _lstm(ext, cell: LSTMCell, p, x: Tensor, state, lens: Tensor):
+        h0, c0, w_hh = state[0], state[1], p["weight_hh"]
+        if (ONEDNN_LSTM_INFERENCE and x.dtype == torch.float32 and not lens.numel() and "bias_ih" in p
+                and not cell.peepholes and not cell.proj_size and lstm_flags(cell) == _PLAIN_LSTM
+                and torch._C._get_mkldnn_enabled()
+                and not _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])):
+            # what torch.nn.LSTM runs; measured faster than our kernel for fp32 inference (module docstring)
+            out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
+                x.contiguous(), p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"], h0.contiguous(),
+                c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, False)
+            return out, (h, c)
         b = None
         if "bias_ih" in p:
             b = p["bias_ih"] + p["bias_hh"]
@@ -164,17 +211,19 @@ class CppBackend:
         if cell.peepholes:
             rows = [p[f"weight_c{g}"] if g in cell.peepholes else x.new_zeros(H) for g in ("i", "f", "o")]
             peep = torch.stack(rows)  # (3, H)
-        else:  # the common case: one allocation instead of three and a stack (per-call overhead at small sizes)
-            peep = x.new_zeros(3, H)
-        w_hr = p["weight_hr"] if cell.proj_size else x.new_empty(0)
-        out, h, c = LSTMFunction.apply(ext, lens, lstm_flags(cell), xp, state[0], state[1], p["weight_hh"], peep,
-                                       w_hr)
+        else:  # the common case: a shared zero tensor instead of an allocation per call
+            peep = _zeros(H, x.dtype)
+        w_hr = p["weight_hr"] if cell.proj_size else _zeros(0, x.dtype)
+        if not _needs_grad(xp, h0, c0, w_hh, peep, w_hr):
+            out, h, c = ext.lstm_forward(xp, h0, c0, w_hh, peep, w_hr, lens, lstm_flags(cell))[:3]
+            return out, (h, c)
+        out, h, c = LSTMFunction.apply(ext, lens, lstm_flags(cell), xp, h0, c0, w_hh, peep, w_hr)
         return out, (h, c)
 
     @staticmethod
     def _gru(ext, cell: GRUCell, p, x: Tensor, state, lens: Tensor):
         H = cell.hidden_size
-        b_hn = x.new_empty(0)
+        b_hn = _zeros(0, x.dtype)
         b = None
         if "bias_ih" in p:
             if cell.reset_after:  # b_hn sits behind the reset gate: r ⊙ (W_hn h + b_hn)
@@ -183,6 +232,9 @@ class CppBackend:
             else:
                 b = p["bias_ih"] + p["bias_hh"]
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, 3H)
+        if not _needs_grad(xp, state[0], p["weight_hh"], b_hn):
+            out, h = ext.gru_forward(xp, state[0], p["weight_hh"], b_hn, lens, cell.reset_after)[:2]
+            return out, (h,)
         out, h = GRUFunction.apply(ext, lens, cell.reset_after, xp, state[0], p["weight_hh"], b_hn)
         return out, (h,)
 
@@ -190,7 +242,11 @@ class CppBackend:
     def _elman(ext, cell: ElmanCell, p, x: Tensor, state, lens: Tensor):
         b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, H)
-        out, h = ElmanFunction.apply(ext, lens, cell.nonlinearity == "relu", xp, state[0], p["weight_hh"])
+        relu = cell.nonlinearity == "relu"
+        if not _needs_grad(xp, state[0], p["weight_hh"]):
+            out, h = ext.elman_forward(xp, state[0], p["weight_hh"], lens, relu)
+            return out, (h,)
+        out, h = ElmanFunction.apply(ext, lens, relu, xp, state[0], p["weight_hh"])
         return out, (h,)
 
     @staticmethod
