@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -99,7 +101,29 @@ def _use_log_scan(scan: str, x: Tensor) -> bool:
     return scan == "log" or (scan == "auto" and x.device.type != "cpu")
 
 
-class MinGRUCell(RecurrentCell):
+class _MinimalCell(RecurrentCell):
+    """Shared definition of minGRU / minLSTM: ``num_blocks`` input projections, no recurrent weights."""
+
+    num_blocks: ClassVar[int]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, scan: str = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.scan = _check_scan(scan)
+        self._register_params()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
+
+    def param_specs(self) -> list[ParamSpec]:
+        G, H, I = self.num_blocks, self.hidden_size, self.input_size
+        specs = [ParamSpec("weight_ih", (G * H, I))]
+        if self.bias:
+            specs.append(ParamSpec("bias_ih", (G * H,)))
+        return specs
+
+
+class MinGRUCell(_MinimalCell):
     r"""minGRU (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were RNNs All We Needed?").
 
     .. math::
@@ -127,22 +151,7 @@ class MinGRUCell(RecurrentCell):
     """
 
     kind = "mingru"
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, scan: str = "auto",
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        self.scan = _check_scan(scan)
-        self._register_params()
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
-
-    def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (2 * H, I))]
-        if self.bias:
-            specs.append(ParamSpec("bias_ih", (2 * H,)))
-        return specs
+    num_blocks = 2
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_z, k_h = xp_t.chunk(2, dim=-1)
@@ -169,7 +178,7 @@ class MinGRUCell(RecurrentCell):
         return out, (final,)
 
 
-class MinLSTMCell(RecurrentCell):
+class MinLSTMCell(_MinimalCell):
     r"""minLSTM (Feng, Tung, Ahmed, Bengio & Hajimirsadeghi 2024, "Were RNNs All We Needed?").
 
     .. math::
@@ -191,22 +200,7 @@ class MinLSTMCell(RecurrentCell):
     """
 
     kind = "minlstm"
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, scan: str = "auto",
-                 device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
-        self.scan = _check_scan(scan)
-        self._register_params()
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
-
-    def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (3 * H, I))]
-        if self.bias:
-            specs.append(ParamSpec("bias_ih", (3 * H,)))
-        return specs
+    num_blocks = 3
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_f, k_i, k_h = xp_t.chunk(3, dim=-1)

@@ -20,6 +20,18 @@ Per-step products of fp32 weights go to oneDNN (weights reordered once per call)
 otherwise, to inline loops when tiny; the measurements behind that choice are in kernels.cpp.
 ``load_kernels().set_gemm_backend("aten")`` switches oneDNN off (benchmarks compare both in one process).
 
+The plain LSTM (default options, fp32, bias, no lengths) runs ``torch.ops.aten.mkldnn_rnn_layer`` instead, the
+oneDNN layer ``torch.nn.LSTM`` runs (results equal nn.LSTM's; torch's autograd formula gives the gradients):
+for inference when T*B >= 256, for training when also B >= 16.  Measured (interleaved medians, same process,
+time / nn.LSTM, our kernel vs that op, both through this wrapper):
+inference, 1 thread: (T, B, H) = (1, 1, 32) 0.80 vs 1.16; (50, 1, 64) 0.93 vs 1.06; (30, 32, 256) 1.16 vs 0.99;
+(1000, 1, 64) 1.18 vs 1.06; (100, 16, 128) 1.18 vs 1.04; (200, 16, 256) 1.19 vs 1.01; (100, 32, 512) 0.91 vs
+1.00; (50, 64, 1024) 1.18 vs 1.00.
+training, 2 threads: (30, 32, 256) 1.16 vs 1.05; (100, 16, 128) 1.29 vs 1.03; (50, 64, 256) 1.12 vs 1.07;
+(200, 16, 256) 1.08 vs 1.03; (30, 32, 512) 1.10 vs 1.01; (20, 64, 1024) 1.00 vs 0.99.  At B = 1 our kernel
+trains faster (1000, 1, 64: 0.66-0.92x nn.LSTM), so it keeps those.
+``ONEDNN_LSTM_INFERENCE`` / ``ONEDNN_LSTM_TRAINING`` switch this off (benchmarks compare both in one process).
+
 Example:
     >>> import torch, rnnlab
     >>> lstm = rnnlab.Recurrent("lstm", 3, 8)           # doctest: +SKIP
@@ -54,8 +66,12 @@ _HAS_I, _HAS_F, _HAS_O, _COUPLED, _IN_ACT, _OUT_ACT = 1, 2, 4, 8, 16, 32
 _DTYPES = (torch.float32, torch.float64)
 _PLAIN_LSTM = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
 _MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 LSTM, 3 GRU
-#: plain fp32 LSTM inference without lengths goes to ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs)
-ONEDNN_LSTM_INFERENCE = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
+#: plain fp32 LSTM without lengths, T*B >= _ONEDNN_MIN_TB (training: B >= _ONEDNN_MIN_B_TRAIN too), goes to
+#: ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs; measurements in the module docstring)
+ONEDNN_LSTM_INFERENCE = ONEDNN_LSTM_TRAINING = True
+_HAS_ONEDNN_LSTM = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
+_ONEDNN_MIN_B_TRAIN = 16
+_ONEDNN_MIN_TB = 256  # below it the primitive's per-call setup costs more than our kernel (B=1, T=50: 1.13x)
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; read-only, shared by all calls
 
 
@@ -194,15 +210,18 @@ class CppBackend:
     @staticmethod
     def _lstm(ext, cell: LSTMCell, p, x: Tensor, state, lens: Tensor):
         h0, c0, w_hh = state[0], state[1], p["weight_hh"]
-        if (ONEDNN_LSTM_INFERENCE and x.dtype == torch.float32 and not lens.numel() and "bias_ih" in p
+        if (_HAS_ONEDNN_LSTM and x.dtype == torch.float32 and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB
+                and not lens.numel() and "bias_ih" in p
                 and not cell.peepholes and not cell.proj_size and lstm_flags(cell) == _PLAIN_LSTM
-                and torch._C._get_mkldnn_enabled()
-                and not _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])):
-            # what torch.nn.LSTM runs; measured faster than our kernel for fp32 inference (module docstring)
-            out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
-                x.contiguous(), p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"], h0.contiguous(),
-                c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, False)
-            return out, (h, c)
+                and torch._C._get_mkldnn_enabled()):
+            train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
+            if (ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN) if train else ONEDNN_LSTM_INFERENCE:
+                # what torch.nn.LSTM runs (its autograd formula gives the gradients); measured faster than
+                # our kernel at these sizes (module docstring)
+                out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
+                    x.contiguous(), p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"], h0.contiguous(),
+                    c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, train)
+                return out, (h, c)
         b = None
         if "bias_ih" in p:
             b = p["bias_ih"] + p["bias_hh"]

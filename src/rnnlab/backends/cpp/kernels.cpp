@@ -108,8 +108,9 @@ Tensor wrap(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 // float64, a torch build without the mkldnn ops, or set_gemm_backend("aten") use ATen throughout.
 // Not taken: oneDNN for the big once-per-call GEMMs (input projection, dx, weight gradients): there MKL was
 // as fast or faster (oneDNN/MKL 1.06-1.13 forward, 1.03-1.37 dx, 1.19-1.65 dW at T*B = 960-6400, H 256-1024,
-// packing included); torch.ops.aten.mkldnn_rnn_layer for the plain LSTM (our kernel already trains at
-// 0.47-0.78x nn.LSTM at those shapes); a PyPI OpenBLAS (one more link dependency for what oneDNN serves).
+// packing included); a PyPI OpenBLAS (one more link dependency for what oneDNN serves).  The plain LSTM at
+// T*B >= 256 (training: B >= 16) does not come here at all: backend.py sends it to aten::mkldnn_rnn_layer,
+// which re-measured faster than this kernel there (numbers in backend.py's docstring).
 constexpr int64_t kOneDnnGemm = 4 * 1024 * 1024;
 constexpr int64_t kOneDnnNNWeight = 1024 * 1024;
 
