@@ -214,6 +214,22 @@ Tensor grad_weight(const Tensor& g, const Tensor& h) {
 }
 
 // (T, B, F): the state before each step, i.e. [s0, seq[0], ..., seq[T-2]].
+// dL/dh_t for step t: the gradient carried from t+1 plus the output's, zero on padded rows (they kept h).
+template <typename scalar_t>
+inline void step_grad(scalar_t* DHT, const scalar_t* DH, const scalar_t* GO, const std::vector<int64_t>& len,
+                      int64_t t, int64_t B, int64_t H) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+}
+
+// Carry dh_{t-1} (rows of width W in SRC) to DH for valid rows; padded rows pass their gradient on unchanged.
+template <typename scalar_t>
+inline void carry_valid(scalar_t* DH, const scalar_t* SRC, const std::vector<int64_t>& len, int64_t t,
+                        int64_t B, int64_t W) {
+  for (int64_t b = 0; b < B; ++b)
+    if (t < len[b]) std::copy(SRC + b * W, SRC + (b + 1) * W, DH + b * W);
+}
+
 Tensor shift_prev(const Tensor& s0, const Tensor& seq) {
   return at::cat({s0.unsqueeze(0), seq.narrow(0, 0, seq.size(0) - 1)}, 0);
 }
@@ -433,8 +449,7 @@ std::vector<Tensor> lstm_backward(const Tensor& gout_in, const Tensor& ghT, cons
         }
       });
       Wh.apply(TM, R, DG, GH, B, false);  // dh_{t-1} = dgates_t W_hh
-      for (int64_t b = 0; b < B; ++b)
-        if (t < len[b]) std::copy(TM + b * R, TM + (b + 1) * R, DH + b * R);
+      carry_valid(DH, TM, len, t, B, R);
     }
   });
   Tensor hprev = shift_prev(h0.contiguous(), out);
@@ -572,8 +587,7 @@ std::vector<Tensor> gru_backward(const Tensor& gout_in, const Tensor& ghT, const
       const scalar_t* HP = hprev.data_ptr<scalar_t>() + t * B * H;
       scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
       scalar_t* DG = reset_after ? dgh.data_ptr<scalar_t>() + t * B * GH : nullptr;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      step_grad(DHT, DH, GO, len, t, B, H);
       if (reset_after) {
         for (int64_t b = 0; b < B; ++b) {
           const scalar_t* __restrict g = G + b * GH;
@@ -723,8 +737,7 @@ SIMD
         }
       }
       Wh.apply(TM, H, DX, H, B, false);
-      for (int64_t b = 0; b < B; ++b)
-        if (t < len[b]) std::copy(TM + b * H, TM + (b + 1) * H, DH + b * H);
+      carry_valid(DH, TM, len, t, B, H);
     }
   });
   Tensor dw_hh = grad_weight(dxp, shift_prev(h0.contiguous(), out));
@@ -844,8 +857,7 @@ std::vector<Tensor> mut_backward(const Tensor& gout_in, const Tensor& ghT, const
       const scalar_t* G = gates.data_ptr<scalar_t>() + t * B * GH;
       const scalar_t* HP = hprev.data_ptr<scalar_t>() + t * B * H;
       scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      step_grad(DHT, DH, GO, len, t, B, H);
       for_rows(B, 4 * H, [&](int64_t b) {
         const scalar_t* __restrict g = G + b * GH;
         const scalar_t* __restrict hp = HP + b * H;
@@ -1033,8 +1045,7 @@ std::vector<Tensor> ln_gru_backward(const Tensor& gout_in, const Tensor& ghT, co
       scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
       scalar_t* DHH = dhh.data_ptr<scalar_t>() + t * B * GH;
       scalar_t* DAS = das.data_ptr<scalar_t>() + t * B * GH;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      step_grad(DHT, DH, GO, len, t, B, H);
       for_rows(B, 6 * GH, [&](int64_t b) {
         scalar_t* __restrict dx = DX + b * GH;
         scalar_t* __restrict dq = DHH + b * GH;
@@ -1202,8 +1213,7 @@ std::vector<Tensor> ln_lstm_backward(const Tensor& gout_in, const Tensor& ghT, c
       scalar_t* DX = dxp.data_ptr<scalar_t>() + t * B * GH;
       scalar_t* DAS = das.data_ptr<scalar_t>() + t * B * GH;
       scalar_t* DY = dys.data_ptr<scalar_t>() + t * B * H;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) DHT[b * H + j] = t < len[b] ? DH[b * H + j] + GO[b * H + j] : scalar_t(0);
+      step_grad(DHT, DH, GO, len, t, B, H);
       for_rows(B, 8 * GH, [&](int64_t b) {
         scalar_t* __restrict dx = DX + b * GH;
         scalar_t* __restrict da = DAS + b * GH;
@@ -1245,8 +1255,7 @@ SIMD
         ln_back_row<scalar_t>(da, AH + b * GH, RA[b], GH);
       });
       Wh.apply(DHT, H, DAS, GH, B, false);  // dh_{t-1} = da W_hh
-      for (int64_t b = 0; b < B; ++b)
-        if (t < len[b]) std::copy(DHT + b * H, DHT + (b + 1) * H, DH + b * H);
+      carry_valid(DH, DHT, len, t, B, H);
     }
   });
   Tensor dw_hh = grad_weight(das, hprev);
