@@ -115,6 +115,18 @@ class RecurrentCell(nn.Module):
     def param_specs(self) -> list[ParamSpec]:
         raise NotImplementedError
 
+    def linear_specs(self, ih_rows: int, hh_rows: int = 0, hh_cols: int | None = None) -> list[ParamSpec]:
+        """``weight_ih`` (ih_rows, I), ``weight_hh`` (hh_rows, hh_cols or H) and, with ``bias``, ``bias_ih`` /
+        ``bias_hh``, in ``torch.nn`` order (it fixes the ``state_dict`` order); ``hh_rows=0``: no recurrent part."""
+        specs = [ParamSpec("weight_ih", (ih_rows, self.input_size))]
+        if hh_rows:
+            specs.append(ParamSpec("weight_hh", (hh_rows, hh_cols or self.hidden_size)))
+        if self.bias:
+            specs.append(ParamSpec("bias_ih", (ih_rows,)))
+            if hh_rows:
+                specs.append(ParamSpec("bias_hh", (hh_rows,)))
+        return specs
+
     def state_sizes(self) -> tuple[int, ...]:
         """Feature size of each state component (defaults to H for all)."""
         return (self.hidden_size,) * len(self.state_names)

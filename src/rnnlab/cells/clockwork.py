@@ -74,11 +74,7 @@ class ClockworkCell(RecurrentCell):
         return (self.hidden_size, 1)
 
     def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (H, I)), ParamSpec("weight_hh", (H, H))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (H,)), ParamSpec("bias_hh", (H,))]
-        return specs
+        return self.linear_specs(self.hidden_size, self.hidden_size)
 
     def recurrent_mask(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """(H, H) 0/1 mask of the allowed recurrent connections (row: receiving unit, column: source)."""

@@ -65,10 +65,8 @@ class DepthGatedLSTMCell(RecurrentCell):
         self._register_params()
 
     def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (5 * H, I)), ParamSpec("weight_hh", (4 * H, H))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (5 * H,)), ParamSpec("bias_hh", (4 * H,))]
+        H = self.hidden_size
+        specs = self.linear_specs(5 * H, 4 * H)  # the depth gate d reads x only: 5 input blocks, 4 recurrent
         if self.peepholes:
             specs += [ParamSpec(f"weight_c{g}", (H,)) for g in "ifo"]
         specs += [ParamSpec("weight_cd", (H,)), ParamSpec("weight_ld", (H,))]

@@ -36,11 +36,7 @@ class ElmanCell(RecurrentCell):
         self._register_params()
 
     def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (H, I)), ParamSpec("weight_hh", (H, H))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (H,)), ParamSpec("bias_hh", (H,))]
-        return specs
+        return self.linear_specs(self.hidden_size, self.hidden_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"

@@ -42,11 +42,7 @@ class GRUCell(RecurrentCell):
         self._register_params()
 
     def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (3 * H, I)), ParamSpec("weight_hh", (3 * H, H))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (3 * H,)), ParamSpec("bias_hh", (3 * H,))]
-        return specs
+        return self.linear_specs(3 * self.hidden_size, 3 * self.hidden_size)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")

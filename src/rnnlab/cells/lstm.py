@@ -112,11 +112,8 @@ class LSTMCell(RecurrentCell):
         return (h, self.hidden_size)
 
     def param_specs(self) -> list[ParamSpec]:
-        G, H, I = self.num_gates, self.hidden_size, self.input_size
-        R = self.proj_size or H
-        specs = [ParamSpec("weight_ih", (G * H, I)), ParamSpec("weight_hh", (G * H, R))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (G * H,)), ParamSpec("bias_hh", (G * H,))]
+        G, H = self.num_gates, self.hidden_size
+        specs = self.linear_specs(G * H, G * H, self.proj_size or H)
         specs += [ParamSpec(f"weight_c{g}", (H,)) for g in self.peepholes]
         if self.full_gate_recurrence:
             specs.append(ParamSpec("weight_gg", (3 * H, 3 * H)))

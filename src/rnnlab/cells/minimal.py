@@ -116,11 +116,7 @@ class _MinimalCell(RecurrentCell):
         return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
 
     def param_specs(self) -> list[ParamSpec]:
-        G, H, I = self.num_blocks, self.hidden_size, self.input_size
-        specs = [ParamSpec("weight_ih", (G * H, I))]
-        if self.bias:
-            specs.append(ParamSpec("bias_ih", (G * H,)))
-        return specs
+        return self.linear_specs(self.num_blocks * self.hidden_size)
 
 
 class MinGRUCell(_MinimalCell):

@@ -30,12 +30,8 @@ class _MUTCell(RecurrentCell):
         return tuple(b for b in ("z", "r", "h") if not (self.identity_input and b == self._raw_x_block))
 
     def param_specs(self) -> list[ParamSpec]:
-        H, I = self.hidden_size, self.input_size
-        gi, gh = len(self._ih_blocks), len(self._hh_blocks)
-        specs = [ParamSpec("weight_ih", (gi * H, I)), ParamSpec("weight_hh", (gh * H, H))]
-        if self.bias:
-            specs += [ParamSpec("bias_ih", (gi * H,)), ParamSpec("bias_hh", (gh * H,))]
-        return specs
+        H = self.hidden_size
+        return self.linear_specs(len(self._ih_blocks) * H, len(self._hh_blocks) * H)
 
     def project_input(self, x: Tensor, p: Params) -> Tensor:
         """(..., I) -> (..., 3H), blocks z, r, h; the paper's raw-x term is x itself when I == H."""
