@@ -110,6 +110,12 @@ def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
             and cls.sequence is base.sequence)
 
 
+#: kernel kind (from :func:`kernel_for`) -> the CppBackend method that runs it
+_RUNNERS = {"lstm": "_lstm", "gru": "_gru", "elman": "_elman", "ln_gru": "_ln_gru", "ln_lstm": "_ln_lstm",
+            "depth_gated": "_depth_gated", "clockwork": "_clockwork", "mingru": "_min", "minlstm": "_min",
+            "mut1": "_mut", "mut2": "_mut", "mut3": "_mut"}
+
+
 def kernel_for(cell: RecurrentCell) -> str | None:
     """Which fused kernel computes this cell exactly: ``"lstm"``, ``"gru"``, ``"elman"``, ``"mut1"``-``"mut3"``,
     ``"ln_gru"``, ``"ln_lstm"``, ``"clockwork"``, ``"mingru"``, ``"minlstm"``, ``"depth_gated"`` (first layer
@@ -184,24 +190,7 @@ class CppBackend:
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
         kind = kernel_for(cell)
-        if kind == "lstm":
-            out, state = self._lstm(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "gru":
-            out, state = self._gru(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "elman":
-            out, state = self._elman(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "ln_gru":
-            out, state = self._ln_gru(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "ln_lstm":
-            out, state = self._ln_lstm(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "depth_gated":
-            out, state = self._depth_gated(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind == "clockwork":
-            out, state = self._clockwork(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        elif kind in ("mingru", "minlstm"):
-            out, state = self._min(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
-        else:
-            out, state = self._mut(ext, cell, p, x, call.state, lens)  # type: ignore[arg-type]
+        out, state = getattr(self, _RUNNERS[kind])(ext, cell, p, x, call.state, lens)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
         return LayerResult(out, state)
