@@ -16,7 +16,7 @@ from rnnlab.backends import LayerCall, get_backend, run_layer
 from rnnlab.cells.base import RecurrentCell, State, check_positive_int
 from rnnlab.cells.registry import resolve_cell
 from rnnlab.sequence import repack, unpack
-from rnnlab.validation import check_finite, check_input, check_lengths, check_state
+from rnnlab.validation import DtypeError, OptionError, check_finite, check_input, check_lengths, check_state
 
 CellFactory = Callable[..., RecurrentCell]
 
@@ -101,6 +101,10 @@ class Recurrent(nn.Module):
                  dtype: torch.dtype | None = None, **cell_kwargs: Any) -> None:
         super().__init__()
         factory = resolve_cell(cell)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            # torch.nn fails here with "Only Tensors of floating point ... can require gradients"
+            raise DtypeError(f"dtype: expected a floating-point dtype (torch.float32, torch.float64, ...), "
+                             f"got {dtype!r}")
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -149,7 +153,7 @@ class Recurrent(nn.Module):
                     if option not in cell_kwargs:
                         raise
                     # name the option and the cell instead of a bare "__init__() got an unexpected keyword"
-                    raise TypeError(f"{option}: not an option of cell {cell!r}; expected one of "
+                    raise OptionError(f"{option}: not an option of cell {cell!r}; expected one of "
                                     f"{_cell_options(factory)}, got {option}={cell_kwargs[option]!r}") from None
                 if not isinstance(c, RecurrentCell):
                     raise TypeError(f"cell: the factory must build a RecurrentCell, got {type(c).__name__}")
@@ -164,6 +168,8 @@ class Recurrent(nn.Module):
             self._cells.append(row)
             self._param_names.append(names_row)
         self._recording: Recording | None = None
+        # how extra_repr names the cell: the registered name as given, else the class or factory name
+        self._cell_label = repr(cell) if isinstance(cell, str) else getattr(cell, "__name__", type(cell).__name__)
 
     # --- structure --------------------------------------------------------------------------------------
     @staticmethod
@@ -207,15 +213,23 @@ class Recurrent(nn.Module):
         for layer, direction, c in self.cells():
             c.init_parameters(self.layer_params(layer, direction))
 
+    def _repr_head(self) -> str:
+        """What extra_repr shows before the sizes: the cell (the drop-in modules show nothing, like torch.nn)."""
+        return f"{self._cell_label}, "
+
     def extra_repr(self) -> str:
-        s = f"{self.cell.__class__.__name__}, {self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
-                              ("recurrent_dropout", 0.0), ("zoneout", 0.0), ("backend", "auto")):
+        # torch.nn.RNNBase's order and defaults first, so the drop-in modules print exactly like torch.nn
+        s = f"{self._repr_head()}{self.input_size}, {self.hidden_size}"
+        options = dict(self.cell_kwargs)
+        if options.get("proj_size", 0) != 0:
+            s += f", proj_size={options['proj_size']}"
+        options.pop("proj_size", None)
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("recurrent_dropout", 0.0), ("zoneout", 0.0),
+                              ("backend", "auto"), ("check_finite", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
-        for k, v in self.cell_kwargs.items():
+        for k, v in options.items():
             s += f", {k}={v!r}"
         return s
 
@@ -263,6 +277,9 @@ class Recurrent(nn.Module):
             lens = None  # all sequences full: skip the masking work
         T, B = x.shape[0], x.shape[1]
         D = self.num_directions
+        # an empty batch (allowed, as in torch.nn) runs on the reference backend: zero-size matmuls give the
+        # (T, 0, H) output and zero gradients; fused kernels need not handle B = 0
+        backend = self.backend if B > 0 else "reference"
         if hx is None:  # zeros made per layer/direction directly: no (L*D, B, S) tensor to slice
             sizes = self.cell.state_sizes()
             per_k = [tuple(torch.zeros(B, S, dtype=x.dtype, device=x.device) for S in sizes)
@@ -296,7 +313,7 @@ class Recurrent(nn.Module):
                                  lower=lower_seq[direction] if c.needs_lower else None, rec_mask=rec_mask,
                                  zoneout=self.zoneout, training=self.training, record=record,
                                  want_states=needs_states)
-                res = run_layer(call, self.backend)
+                res = run_layer(call, backend)
                 outs.append(res.output)
                 next_lower.append(res.states)
                 for acc, s in zip(finals, res.state):

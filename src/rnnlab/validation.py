@@ -12,6 +12,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from rnnlab.cells.base import RecurrentCell, State
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A tensor of the wrong rank or size.
+
+    ``torch.nn`` raises ``RuntimeError`` for these (``ValueError`` for a wrong input rank); this subclasses both
+    so code written against either rnnlab or ``torch.nn`` catches it.
+    """
+
+
+class DtypeError(TypeError, ValueError, RuntimeError):
+    """A tensor or module of the wrong dtype.
+
+    ``torch.nn`` raises ``ValueError`` for an input/weight dtype mismatch and ``RuntimeError`` for a mismatched
+    ``hx`` or an integer ``dtype=``; rnnlab raised ``TypeError``: this subclasses all three.
+    """
+
+
+class DeviceError(ValueError, RuntimeError):
+    """A tensor on another device than the parameters (``torch.nn``: ``RuntimeError``)."""
+
+
+class OptionError(TypeError, ValueError):
+    """An option the module or cell does not have (``torch.nn``: ``TypeError``, or ``ValueError`` for
+    ``proj_size`` on RNN/GRU)."""
+
+
 def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
@@ -25,15 +50,15 @@ def check_tensor(name: str, value: object) -> Tensor:
 def check_float_like(name: str, t: Tensor, ref: Tensor | None) -> None:
     """``t`` must be floating point and, when ``ref`` (a parameter) is given, of its dtype and device."""
     if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype} "
+        raise DtypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype} "
                         "(convert with .float(); token ids need an nn.Embedding first)")
     if ref is None:
         return
     if t.dtype != ref.dtype:
-        raise TypeError(f"{name}: dtype {t.dtype} does not match the parameters' dtype {ref.dtype} "
+        raise DtypeError(f"{name}: dtype {t.dtype} does not match the parameters' dtype {ref.dtype} "
                         f"(convert the input or the module, e.g. module.to({t.dtype}))")
     if t.device != ref.device:
-        raise ValueError(f"{name}: on device {t.device} but the parameters are on {ref.device}")
+        raise DeviceError(f"{name}: on device {t.device} but the parameters are on {ref.device}")
 
 
 def check_finite(name: str, t: Tensor) -> None:
@@ -44,21 +69,22 @@ def check_finite(name: str, t: Tensor) -> None:
 
 
 def check_input(input: Tensor, input_size: int, batch_first: bool, ref: Tensor | None) -> tuple[Tensor, bool]:
-    """Validate a sequence input; return it time-major and batched (T, B, I) and whether it was unbatched."""
+    """Validate a sequence input; return it time-major and batched (T, B, I) and whether it was unbatched.
+
+    An empty batch (B = 0) is valid, as in ``torch.nn``; zero time steps is not.
+    """
     check_tensor("input", input)
     if input.dim() not in (2, 3):
-        raise ValueError(f"input: expected a 2-D (T, input_size) or 3-D "
+        raise ShapeError(f"input: expected a 2-D (T, input_size) or 3-D "
                          f"({'B, T' if batch_first else 'T, B'}, input_size) tensor, got shape {_shape(input)}")
     check_float_like("input", input, ref)
     if input.shape[-1] != input_size:
-        raise ValueError(f"input: expected input_size={input_size} features in the last dim, "
+        raise ShapeError(f"input: expected input_size={input_size} features in the last dim, "
                          f"got shape {_shape(input)}")
     unbatched = input.dim() == 2
     x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if batch_first else input)
     if x.shape[0] == 0:
-        raise ValueError(f"input: empty sequence (0 time steps), got shape {_shape(input)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"input: empty batch (0 sequences), got shape {_shape(input)}")
+        raise ShapeError(f"input: empty sequence (0 time steps), got shape {_shape(input)}")
     return x, unbatched
 
 
@@ -76,7 +102,9 @@ def check_lengths(lengths: object, batch: int, T: int) -> Tensor:
         raise TypeError(f"lengths: expected a 1-D integer tensor or a list of ints, "
                         f"got {type(lengths).__name__} {shown}")
     if lens.dim() != 1 or lens.shape[0] != batch:
-        raise ValueError(f"lengths: expected shape ({batch},) (one length per sequence), got {tuple(lens.shape)}")
+        raise ShapeError(f"lengths: expected shape ({batch},) (one length per sequence), got {tuple(lens.shape)}")
+    if lens.numel() == 0:  # an empty batch has no lengths to range-check
+        return lens
     lo, hi = int(lens.min()), int(lens.max())
     if lo < 1 or hi > T:
         raise ValueError(f"lengths: each length must be in [1, {T}] (the padded length), got min {lo}, max {hi}")
@@ -103,7 +131,7 @@ def check_state(name: str, hx: object, expected: Sequence[tuple[int, ...]], ref:
         check_tensor(label, part)
         check_float_like(label, part, ref)
         if tuple(part.shape) != tuple(shape):
-            raise ValueError(f"{label}: expected shape {tuple(shape)}, got {_shape(part)}")
+            raise ShapeError(f"{label}: expected shape {tuple(shape)}, got {_shape(part)}")
     return parts
 
 
@@ -112,11 +140,11 @@ def check_cell_call(cell: "RecurrentCell", input: Tensor, hx) -> tuple[Tensor, "
     ref = next(cell.parameters(), None)
     check_tensor("input", input)
     if input.dim() not in (1, 2):
-        raise ValueError(f"input: expected a 1-D (input_size,) or 2-D (B, input_size) tensor for one step, "
+        raise ShapeError(f"input: expected a 1-D (input_size,) or 2-D (B, input_size) tensor for one step, "
                          f"got shape {_shape(input)}")
     check_float_like("input", input, ref)
     if input.shape[-1] != cell.input_size:
-        raise ValueError(f"input: expected input_size={cell.input_size} features, got shape {_shape(input)}")
+        raise ShapeError(f"input: expected input_size={cell.input_size} features, got shape {_shape(input)}")
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     B = x.shape[0]
