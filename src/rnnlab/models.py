@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnlab.crf import LinearChainCRF
 from rnnlab.recurrent import Recurrent
 from rnnlab.tasks.base import Target
 
@@ -28,6 +29,8 @@ class ModelConfig:
     #: extra options of the cell (e.g. {"peepholes": "if"}, {"reset_after": False})
     cell_options: dict[str, Any] = field(default_factory=dict)
     backend: str = "auto"
+    #: per-step tasks: a linear-chain CRF on top of the head; the output becomes (B, T, C, C) edge potentials
+    crf: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +67,9 @@ class SequenceModel(nn.Module):
                              backend=config.backend, **config.cell_options)
         D = 2 if config.bidirectional else 1
         self.head = nn.Linear(D * self.rnn.cell.output_size, output_size)
+        if config.crf and target != "seq_class":
+            raise ValueError(f"crf: needs a per-step (seq_class) task, got target={target!r}")
+        self.crf = LinearChainCRF(output_size) if config.crf else None
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, state=None):
         if self.embedding is not None:
@@ -72,6 +78,8 @@ class SequenceModel(nn.Module):
             x = self.embedding(x)  # (B, T) -> (B, T, E)
         out, state = self.rnn(x, state, lengths=lengths)  # out (B, T, D*H)
         if self.target == "seq_class":
+            if self.crf is not None:
+                return self.crf(self.head(out)), state  # (B, T, C) emissions -> (B, T, C, C) potentials
             return self.head(out), state
         h_n = state if isinstance(state, Tensor) else state[0]  # (L*D, B, H)
         D = self.rnn.num_directions

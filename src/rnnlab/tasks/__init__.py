@@ -17,6 +17,7 @@ from rnnlab.tasks.base import Batch, Split, Target, Task
 from rnnlab.tasks.charlm import CharLMConfig, CharLMTask, StreamChunk, generate
 from rnnlab.tasks.classify import DigitsConfig, DigitsTask, VowelsConfig, VowelsTask
 from rnnlab.tasks.forecast import ForecastConfig, SunspotsTask, WeatherTask
+from rnnlab.tasks.punctuation import PunctuationConfig, PunctuationTask
 from rnnlab.tasks.synthetic import AddingConfig, AddingTask, CopyConfig, CopyTask, CueConfig, CueTask
 
 
@@ -42,6 +43,8 @@ TASKS: dict[str, TaskSpec] = {
     "sunspots": TaskSpec(SunspotsTask, ForecastConfig, "monthly sunspot numbers 1749-1983: next month (MAE)"),
     "vowels": TaskSpec(VowelsTask, VowelsConfig, "JapaneseVowels: speaker of a variable-length utterance"),
     "digits": TaskSpec(DigitsTask, DigitsConfig, "8x8 handwritten digits read row by row"),
+    "punctuation": TaskSpec(PunctuationTask, PunctuationConfig,
+                            "restore punctuation and capitals of lower-cased Shakespeare words (per-word F1)"),
 }
 
 
@@ -64,4 +67,5 @@ def make_task(name: str, **options: Any) -> Task:
 __all__ = ["TASKS", "TaskSpec", "task_names", "make_task", "summarize", "Task", "Batch", "Split", "Target",
            "generate", "StreamChunk", "AddingTask", "CopyTask", "CueTask", "CharLMTask", "WeatherTask",
            "SunspotsTask", "VowelsTask", "DigitsTask", "AddingConfig", "CopyConfig", "CueConfig", "CharLMConfig",
-           "ForecastConfig", "VowelsConfig", "DigitsConfig"]
+           "ForecastConfig", "VowelsConfig", "DigitsConfig",
+           "PunctuationTask", "PunctuationConfig"]
