@@ -267,7 +267,9 @@ def _checkpoint(tmp_path, task_name, options, cell, **model_io):
     torch.manual_seed(0)
     model = SequenceModel(cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
                           vocab_size=task.vocab_size)
-    config = {"model": cfg.to_dict(), "task": {"name": task_name, "options": options},
+    from rnnlab.train.datafiles import with_data_hashes
+
+    config = {"model": cfg.to_dict(), "task": with_data_hashes({"name": task_name, "options": options}),
               "model_io": {"input_size": task.input_size, "output_size": task.output_size, "target": task.target,
                            "vocab_size": task.vocab_size}, "step": 0}
     return save_checkpoint(tmp_path / "ck", model, config)
@@ -280,8 +282,9 @@ def test_cli_inspect_char_model(tmp_path, capsys):
     text.write_text('A "quoted (text)" line.\nAnother [one] here.\n' * 40)
     ck = _checkpoint(tmp_path, "charlm", {"path": str(text), "seq_len": 16}, "lstm")
     out = tmp_path / "out"
+    # the checkpoint never decides which file is read: the user names the text again (hash checked)
     assert main(["inspect", str(ck), "--out", str(out), "--no-reference", "--length", "50", "--top", "7",
-                 "--split", "train"]) == 0
+                 "--split", "train", "--data", str(text)]) == 0
     files = {p.name for p in out.iterdir()}
     assert {"index.html", "units.json", "gates_l0.png", "states_l0.png", "gradflow_model.png"} <= files
     summary = json.loads((out / "units.json").read_text())

@@ -18,6 +18,8 @@ LSTM_FORGET_BIAS = 2.0
 #: the first million characters of the Shakespeare texts (All's Well That Ends Well to Hamlet in
 #: alphabetical order, then the start of Henry IV Part 1), whose speaker lines look like "KING." (so the prime is one of them)
 LM_OPTIONS = {"max_chars": 1_000_000}
+#: written into --out by the demo: only a folder holding it is one the demo may write over
+MARKER = ".rnnlab-demo"
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
@@ -37,6 +39,9 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                    help="torch threads of the char LSTM (its matrices are small: more threads gain little "
                         "and lose a lot when the cores are shared)")
     p.add_argument("--skip-lm", action="store_true", help="only the comparison")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it exists and is not an earlier demo's output (its charlm/ and "
+                        "compare/ results are replaced)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {getattr(args, flag)}")
     if not args.prime:
         raise UserError("--prime: expected a non-empty string, got ''")
+    claim_out_dir(args.out, args.force)
     t0 = time.perf_counter()
     print("== 1. Memory across a lag: 'i grew up in france . <lag words> so i speak fluent ___' ==", flush=True)
     spec = GridSpec(task="cue", cells=["rnn", "lstm", "gru"], lags=lags, seeds=[0], task_options=dict(CUE_OPTIONS),
@@ -87,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = TrainConfig(epochs=100, max_steps=args.lm_steps, batch_size=32, bptt=64, lr=4e-3, clip_norm=1.0,
                             eval_every=args.lm_steps, schedule="cosine", warmup_steps=20, threads=args.threads)
     lm_dir = os.path.join(args.out, "charlm")
-    shutil.rmtree(lm_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    # a fresh run, never a resumed one; --out holds the marker (claim_out_dir), so charlm/ is the demo's own
+    if os.path.islink(lm_dir):
+        os.unlink(lm_dir)  # only the link, never what it points to
+    shutil.rmtree(lm_dir, ignore_errors=True)
     result = train_run("charlm", LM_OPTIONS, model_cfg, train_cfg, run_dir=lm_dir, task=task, quiet=False)
     print(format_result(result))
     model, _ = load_model(lm_dir)
@@ -98,3 +107,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo finished in {time.perf_counter() - t0:.0f}s (comparison {t_compare:.0f}s, char LSTM "
           f"{t_lm:.0f}s); outputs in {args.out}")
     return 0
+
+
+def claim_out_dir(out: str, force: bool) -> None:
+    """Make ``out`` the demo's folder: refuse one that exists and was not made by an earlier demo (the
+    demo replaces its charlm/ and compare/ results) unless ``force``; then mark it with :data:`MARKER`."""
+    if not out.strip():
+        raise UserError(f"--out: expected a directory name, got {out!r}")
+    path = os.path.abspath(out)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"--out: {out!r} exists and is not a directory")
+    ours = os.path.isfile(os.path.join(path, MARKER))
+    if os.path.isdir(path) and os.listdir(path) and not ours and not force:
+        raise UserError(f"--out: {out!r} exists and is not an earlier demo's output (no {MARKER} file in it); "
+                        f"the demo replaces charlm/ and compare/ there: choose another --out or pass --force")
+    os.makedirs(path, exist_ok=True)
+    if not ours:
+        with open(os.path.join(path, MARKER), "w", encoding="utf-8") as f:
+            f.write("written by `rnnlab demo`: its next run may replace charlm/ and compare/ here\n")

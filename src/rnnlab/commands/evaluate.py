@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                    help="a run directory (its best checkpoint is used) or one checkpoint directory")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to evaluate")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--data", metavar="FILE", help="the text file a charlm model was trained on (`train --text`): "
+                   "rnnlab never opens a file named by a checkpoint; its SHA-256 must match the recorded one")
     p.set_defaults(func=run)
 
 
@@ -25,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.train.runner import evaluate_checkpoint
 
     try:
-        metrics, baseline, config = evaluate_checkpoint(args.path, args.split)
+        metrics, baseline, config = evaluate_checkpoint(args.path, args.split, data=args.data)
     except CheckpointError as e:
         raise UserError(str(e)) from None
     except (ValueError, TypeError) as e:  # the task could not be rebuilt (e.g. its text file moved)

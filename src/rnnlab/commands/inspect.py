@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--no-reference", action="store_true",
                    help="skip the reference RNN/LSTM/GRU and exploding-gradient plots (faster)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference experiments (default 0)")
+    p.add_argument("--data", metavar="FILE", help="the text file a charlm model was trained on (`train --text`): "
+                   "rnnlab never opens a file named by a checkpoint; its SHA-256 must match the recorded one")
     p.set_defaults(func=run)
 
 
@@ -48,17 +50,17 @@ def _positive(name: str, value: int | None) -> None:
         raise UserError(f"{name}: expected a positive integer, got {value}")
 
 
-def _task(config: dict):
+def _task(config: dict, data: str | None = None):
     from rnnlab.cli import UserError
+    from rnnlab.train.checkpoint import CheckpointError
+    from rnnlab.train.runner import task_from_checkpoint
 
     spec = config.get("task") or {}
     try:
-        from rnnlab.tasks import make_task
-    except ImportError as e:
-        raise UserError(f"CHECKPOINT: cannot rebuild its task {spec.get('name')!r}: the task registry "
-                        f"rnnlab.tasks.make_task is not available ({e})") from None
-    try:
-        return make_task(spec["name"], **(spec.get("options") or {}))
+        # never opens a file the checkpoint names: a text-file model needs --data with the recorded hash
+        return task_from_checkpoint(config, data)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"CHECKPOINT: cannot rebuild its task from {spec!r} ({type(e).__name__}: {e})") from None
 
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("--length", "--sequences", "--top"):
         _positive(name, getattr(args, name.lstrip("-")))
+    if not args.out.strip():
+        raise UserError(f"--out: expected a directory name, got {args.out!r}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out: {str(out)!r} exists and is not a directory")
@@ -80,7 +84,17 @@ def run(args: argparse.Namespace) -> int:
         model, config = load_model(args.checkpoint, args.which)
     except (CheckpointError, FileNotFoundError, NotADirectoryError) as e:
         raise UserError(f"CHECKPOINT: {e}") from None
-    task = _task(config)
+    task = _task(config, args.data)
+    if task.target == "seq2seq":  # an encoder-decoder: its attention matrices instead of gates/states
+        from rnnlab.seq2seq.plots import inspect_seq2seq
+
+        try:
+            summary = inspect_seq2seq(model, task, out, split=args.split, count=args.sequences or 4,
+                                      title=f"attention of {Path(args.checkpoint).name}")
+        except ValueError as e:  # a model without attention, an empty split
+            raise UserError(f"CHECKPOINT: {e}") from None
+        print(f"wrote {len(summary['files'])} files to {out}: " + ", ".join(summary["files"]))
+        return 0
     texts = None
     lengths = None
     if hasattr(task, "decode") and hasattr(task, "stream"):  # a character model: contiguous text

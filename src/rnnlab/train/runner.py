@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from rnnlab.tasks.base import Task
 from rnnlab.train import checkpoint as ckpt
 from rnnlab.train import distributed as dd
 from rnnlab.train.config import TrainConfig
+from rnnlab.train.datafiles import task_spec_from_checkpoint, with_data_hashes
 from rnnlab.train.hooks import Checkpointing, EarlyStopping, Hook
 from rnnlab.train.metrics_log import MetricsLog, TensorBoard
 from rnnlab.train.progress import Progress
@@ -31,6 +33,9 @@ def make_task(name: str, options: dict[str, Any]) -> Task:
 def build_model(task: Task, config: ModelConfig, seed: int) -> SequenceModel:
     """A SequenceModel sized for ``task``, initialised from ``seed`` (the same seed gives the same weights)."""
     torch.manual_seed(seed)
+    custom = getattr(task, "build_model", None)
+    if callable(custom):  # a task with its own architecture (g2p: a Seq2Seq, itself a SequenceModel)
+        return custom(config)
     return SequenceModel(config, input_size=task.input_size, output_size=task.output_size, target=task.target,
                          vocab_size=task.vocab_size)
 
@@ -59,21 +64,26 @@ class RunResult:
 def train_run(task_name: str, task_options: dict[str, Any], model_config: ModelConfig, train_config: TrainConfig,
               *, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = True,
               progress: bool = False, extra_hooks: Iterable[Hook] = (), task: Task | None = None,
-              dist_info: dd.DistInfo | None = None, overrides: dict[str, Any] | None = None) -> RunResult:
+              dist_info: dd.DistInfo | None = None, overrides: dict[str, Any] | None = None,
+              data: str | Path | None = None) -> RunResult:
     """Train one model and evaluate its best weights on the test split.
 
     With ``run_dir`` the run writes checkpoints, ``metrics.jsonl``/``.csv`` and ``results.json`` there
-    (rank 0 only); ``resume`` continues from its latest checkpoint with the saved configuration.
+    (rank 0 only); ``resume`` continues from its latest checkpoint with the saved configuration.  A task
+    trained on a data file is resumed only with that file named again as ``data`` (its SHA-256 is checked;
+    the path recorded in the checkpoint is never opened).
     """
     t0 = time.perf_counter()
     info = dist_info or dd.DistInfo()
     run_path = Path(run_dir) if run_dir is not None else None
-    task_spec = {"name": task_name, "options": dict(task_options)}
+    task_spec = with_data_hashes({"name": task_name, "options": dict(task_options)})
+    if run_path is not None and info.is_main:
+        ckpt.clean_stale_files(run_path)  # a killed write's leftovers (and the copy it was replacing) first
     if resume:
         if run_path is None:
             raise ValueError("resume: needs a run directory")
         saved = ckpt.load_checkpoint(run_path, "latest").config
-        task_spec = saved["task"]
+        task_spec = task_spec_from_checkpoint(saved, data, flag="--text")
         model_config = ModelConfig.from_dict(saved["model"])
         train_config = TrainConfig.from_dict({**saved["train"], **(overrides or {})})
     train_config.validate()
@@ -109,15 +119,36 @@ def train_run(task_name: str, task_options: dict[str, Any], model_config: ModelC
                        seconds=time.perf_counter() - t0, run_dir=str(run_path) if run_path else None,
                        options=dict(task_spec["options"]), seed=train_config.seed)
     if run_path is not None and info.is_main:
-        ckpt.atomic_write_text(run_path / "results.json", json.dumps(result.to_dict(), indent=1))
+        # strict JSON (no NaN tokens); a non-finite test metric is written as null rather than lost
+        ckpt.atomic_write_text(run_path / "results.json",
+                               json.dumps(_finite_or_none(result.to_dict()), indent=1, allow_nan=False))
     return result
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test") -> tuple[dict[str, float], dict[str, float],
-                                                                        dict[str, Any]]:
-    """``(metrics, baseline, config)`` of a saved model on ``split`` of the task it was trained on."""
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def task_from_checkpoint(config: dict[str, Any], data: str | Path | None = None,
+                         flag: str = "--data") -> Task:
+    """Rebuild a checkpoint's task without opening any file the checkpoint names (see
+    :mod:`rnnlab.train.datafiles`): a task trained on a data file needs ``data``, with the recorded hash."""
+    spec = task_spec_from_checkpoint(config, data, flag)
+    return make_task(spec["name"], spec["options"])
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", data: str | Path | None = None,
+                        ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """``(metrics, baseline, config)`` of a saved model on ``split`` of the task it was trained on
+    (``data``: the data file of a task trained on one, see :func:`task_from_checkpoint`)."""
     model, config = ckpt.load_model(path)
-    task = make_task(config["task"]["name"], config["task"]["options"])
+    task = task_from_checkpoint(config, data)
     train_cfg = TrainConfig.from_dict(config["train"])
     trainer = Trainer(model, task, train_cfg, task_spec=config["task"])
     return trainer.evaluate(split), task.baseline(split), config  # type: ignore[arg-type]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from rnnlab.tasks.base import Batch, Split, Task
 from rnnlab.train import checkpoint as ckpt
 from rnnlab.train import distributed as dd
 from rnnlab.train.config import TrainConfig
+from rnnlab.train.datafiles import with_data_hashes
 from rnnlab.train.hooks import Hook
 from rnnlab.train.optim import build_optimizer, lr_at
 from rnnlab.validation import check_finite
@@ -105,7 +105,8 @@ class Trainer:
         self.config = config.validate()
         self.hooks: list[Hook] = list(hooks)
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.task_spec = task_spec or {"name": task.name, "options": dict(getattr(task, "options", {}) or {})}
+        self.task_spec = task_spec or with_data_hashes({"name": task.name,
+                                                        "options": dict(getattr(task, "options", {}) or {})})
         self.dist = dist_info or dd.DistInfo()
         if config.bptt is not None and not hasattr(task, "stream_batches"):
             raise ValueError(f"bptt: task {task.name!r} has no stream_batches(); truncated BPTT needs a stream "
@@ -119,6 +120,9 @@ class Trainer:
         self.optimizer = build_optimizer(model.parameters(), self.config)
         self.net: nn.Module = DistributedDataParallel(model) if self.dist.enabled else model
         self.total_steps = self._count_total_steps()
+        if self.run_dir is not None:
+            # a NaN/inf setting (e.g. a cell option of 1e400) could never be saved: refuse it before training
+            ckpt.strict_json(self.checkpoint_config())
 
     # --- sizes ------------------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -243,6 +247,15 @@ class Trainer:
         metric = self.task.metric
         if metric not in metrics:
             raise KeyError(f"task {self.task.name!r}: metric {metric!r} missing from metrics() {sorted(metrics)}")
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            # like a NaN loss: stop before any hook logs or checkpoints the broken model
+            name = metric if metric in bad else sorted(bad)[0]
+            st = self.state
+            kept = f"step {st.best_step}" if st.best_step is not None else "none written yet"
+            raise TrainingDiverged(f"training diverged at step {st.step} (epoch {st.epoch}): validation {name} "
+                                   f"is {bad[name]}; stopped, the last good checkpoint is kept (best: {kept}; "
+                                   f"try a lower --lr or --clip-norm)")
         value = metrics[metric]
         st = self.state
         better = st.best_metric is None or (value > st.best_metric if self.task.higher_is_better
@@ -263,6 +276,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.run_dir is not None and self.dist.is_main:
+            ckpt.clean_stale_files(self.run_dir)  # leftovers of a killed write (this process is the run's writer)
         self._call("on_fit_start")
         status = "finished"
         try:
@@ -355,7 +370,7 @@ class Trainer:
         ckpt.write_manifest(self.run_dir, manifest)
         for old in names:
             if old not in keep:
-                shutil.rmtree(self.run_dir / "checkpoints" / old, ignore_errors=True)
+                ckpt.remove_checkpoint(self.run_dir, old)  # only plain children of checkpoints/, links unlinked
         return path
 
     def _global_carry(self) -> list[Tensor]:
