@@ -306,3 +306,22 @@ def test_manifest_checkpoints_must_be_a_list(run):
     _edit_manifest(run_dir, checkpoints="step-00000002")
     with pytest.raises(CheckpointError, match="checkpoints must be a list"):
         read_manifest(run_dir)
+
+
+def test_tag_never_opens_the_checkpoints_text_path(tmp_path, capsys):
+    """`rnnlab tag` on a punctuation model trained on a text file: --data required, forged path never read."""
+    text = tmp_path / "words.txt"
+    text.write_text("".join(f"Once, upon a time there were {i} cats. They sat; then they ran!\n" for i in range(60)))
+    run_dir = tmp_path / "run"
+    assert main(["train", "punctuation", "--text", str(text), "--cell", "gru", "--hidden-size", "4",
+                 "--embedding-dim", "4", "--max-steps", "2", "--batch-size", "8", "--threads", "1", "-q",
+                 "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert "--data FILE" in _err(capsys, ["tag", str(run_dir), "once upon a time"])
+    assert main(["tag", str(run_dir), "once upon a time", "--data", str(text)]) == 0
+    capsys.readouterr()
+    secret = tmp_path / "secret.txt"
+    secret.write_text(text.read_text().replace("cats", SECRET))
+    _forge(run_dir, path=str(secret))
+    err = _err(capsys, ["tag", str(run_dir), "once upon a time"])
+    assert SECRET not in err and "--data FILE" in err

@@ -17,13 +17,15 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        epilog='example: rnnlab tag runs/punct "to be or not to be that is the question"')
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a punctuation run directory or checkpoint")
     p.add_argument("text", help="the text to restore, or - to read standard input")
+    p.add_argument("--data", metavar="FILE", help="the text file the model was trained on (`train --text`): "
+                   "rnnlab never opens a file named by a checkpoint; its SHA-256 must match the recorded one")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rnnlab.tasks.punctuation import tag_text
     from rnnlab.train.checkpoint import CheckpointError, load_model
-    from rnnlab.train.runner import make_task
+    from rnnlab.train.runner import task_from_checkpoint
 
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
@@ -35,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if config["task"]["name"] != "punctuation":
         raise UserError(f"{args.checkpoint}: tag needs a punctuation model, this one was trained on "
                         f"{config['task']['name']!r}")
-    try:
-        task = make_task("punctuation", config["task"]["options"])
+    try:  # never the text path saved in the checkpoint: the user's --data, with the recorded hash
+        task = task_from_checkpoint(config, args.data)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{args.checkpoint}: cannot rebuild the punctuation vocabulary: {e}") from None
     if task.vocab_size != model.vocab_size:
