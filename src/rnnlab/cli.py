@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "bench",
     "inspect": "inspect",
     "cells": "cells",
+    "export": "export",
     "tag": "tag",
 }
 
