@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-slow bench clean
+.PHONY: install browser speech demo test test-slow bench clean
 
 install: $(STAMP)
 
@@ -34,10 +34,22 @@ browser:
 	  echo "could not install chromium: the browser test will be skipped"; \
 	else echo "chromium not found and not root: the browser test will be skipped"; fi
 
-test: install browser
+# The speech task synthesises its clips with Debian's espeak-ng: install it when missing and running as root;
+# otherwise (or if apt fails) the espeak tests of tests/test_speech.py skip and say why.
+speech:
+	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing espeak-ng for the speech task"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null 2>&1; }; } || \
+	  echo "could not install espeak-ng: the speech synthesis tests will be skipped"; \
+	else echo "espeak-ng not found and not root: the speech synthesis tests will be skipped"; fi
+
+test: install browser speech
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15
 
-test-slow: install
+test-slow: install speech
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow
 
 bench: install

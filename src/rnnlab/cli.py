@@ -12,12 +12,12 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "generate": "generate",
+    "predict": "predict",
     "compare": "compare",
     "demo": "demo",
     "bench": "bench",
     "inspect": "inspect",
     "cells": "cells",
-    "export": "export",
     "tag": "tag",
 }
 

@@ -8,14 +8,14 @@ from rnnlab.cli import UserError
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="generate text from a char-LM checkpoint",
+    p = sub.add_parser(name, help="generate text from a char-LM or word-LM checkpoint",
                        description="Sample characters from a model trained on the charlm task: the model reads "
-                       "--prime, then writes --length characters one at a time with its state carried along.",
+                       "--prime, then writes --length characters one at a time with its state carried along.  On a "
+                       "wordlm run --prime is a prompt of words (unknown ones read as <unk>, noted on stderr) and "
+                       "--length counts words, printed with punctuation attached.",
                        epilog='example: rnnlab generate runs/charlm-lstm --prime "ROMEO:" --length 300 '
                               "--temperature 0.8 --top-k 20 --seed 1")
-    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", nargs="?", help="a charlm run directory or checkpoint")
-    p.add_argument("--onnx", metavar="FILE", help="sample from this `rnnlab export` ONNX file (charlm) in ONNX "
-                   "Runtime instead of a checkpoint")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a charlm run directory or checkpoint")
     p.add_argument("--prime", default="\n", help="text the model reads first (default: a newline)")
     p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
     p.add_argument("--temperature", type=float, default=0.8,
@@ -40,16 +40,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k: expected an integer >= 1, got {args.top_k}")
     if not args.prime:
         raise UserError("--prime: expected a non-empty string")
-    if args.onnx:
-        return _generate_onnx(args)
-    if args.checkpoint is None:
-        raise UserError("RUN_DIR|CHECKPOINT: expected a charlm run or checkpoint (or --onnx FILE), got nothing")
     try:
         model, config = load_model(args.checkpoint)
     except CheckpointError as e:
         raise UserError(str(e)) from None
+    if config["task"]["name"] == "wordlm":
+        return _generate_words(args, model, config)
     if config["task"]["name"] != "charlm":
-        raise UserError(f"{args.checkpoint}: generate needs a charlm model, this one was trained on "
+        raise UserError(f"{args.checkpoint}: generate needs a charlm or wordlm model, this one was trained on "
                         f"{config['task']['name']!r}")
     try:
         task = make_task("charlm", config["task"]["options"])
@@ -63,31 +61,17 @@ def run(args: argparse.Namespace) -> int:
     print(args.prime + text)
     return 0
 
-def _generate_onnx(args: argparse.Namespace) -> int:
-    """`generate --onnx FILE`: the same sampler over an exported charlm model run by ONNX Runtime."""
+
+def _generate_words(args: argparse.Namespace, model, config: dict) -> int:
+    """wordlm runs: --prime is a prompt of words (unknown ones read as <unk>, noted on stderr; none = start as
+    after a full stop), --length counts words; prints the prompt and the words, punctuation attached."""
     import torch
 
-    from rnnlab.export.runtime import ExportError, OnnxSequenceModel, read_metadata, task_from_metadata
-    from rnnlab.tasks.charlm import generate
-    from rnnlab.train.checkpoint import CheckpointError
+    from rnnlab.commands.predict import note_unknown, word_task
+    from rnnlab.tasks.wordlm import generate_words
 
-    try:
-        meta = read_metadata(args.onnx)
-        if meta["task"]["name"] != "charlm":
-            raise UserError(f"--onnx: generate needs a charlm export, {args.onnx} was trained on "
-                            f"{meta['task']['name']!r}")
-        task = task_from_metadata(meta, args.data)
-        model = OnnxSequenceModel(args.onnx, meta)
-    except (ExportError, CheckpointError) as e:
-        raise UserError(str(e)) from None
-    if task.vocab_size != model.vocab_size:
-        raise UserError(f"--onnx: the text gives a vocabulary of {task.vocab_size} characters, the export has "
-                        f"{model.vocab_size} (did the text file change?)")
-    try:
-        task.encode(args.prime)
-    except ValueError as e:
-        raise UserError(f"--prime: {str(e).partition(': ')[2]}; got {args.prime!r}") from None
-    text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-                    generator=torch.Generator().manual_seed(args.seed))
-    print(args.prime + text)
+    task = word_task(args.checkpoint, model, config, getattr(args, "data", None))
+    note_unknown(task, args.prime, "generate")
+    print(generate_words(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                         generator=torch.Generator().manual_seed(args.seed)))
     return 0

@@ -18,6 +18,7 @@ from rnnlab.tasks.charlm import CharLMConfig, CharLMTask, StreamChunk, generate
 from rnnlab.tasks.classify import DigitsConfig, DigitsTask, VowelsConfig, VowelsTask
 from rnnlab.tasks.forecast import ForecastConfig, SunspotsTask, WeatherTask
 from rnnlab.tasks.punctuation import PunctuationConfig, PunctuationTask
+from rnnlab.tasks.speech import SpeechConfig, SpeechTask
 from rnnlab.tasks.synthetic import AddingConfig, AddingTask, CopyConfig, CopyTask, CueConfig, CueTask
 
 
@@ -45,6 +46,8 @@ TASKS: dict[str, TaskSpec] = {
     "digits": TaskSpec(DigitsTask, DigitsConfig, "8x8 handwritten digits read row by row"),
     "punctuation": TaskSpec(PunctuationTask, PunctuationConfig,
                             "restore punctuation and capitals of lower-cased Shakespeare words (per-word F1)"),
+    "speech": TaskSpec(SpeechTask, SpeechConfig, "CTC speech recognition of espeak-ng digit strings (held-out "
+                       "voices) or a folder of WAV + transcripts (character error rate)"),
 }
 
 
@@ -68,4 +71,4 @@ __all__ = ["TASKS", "TaskSpec", "task_names", "make_task", "summarize", "Task", 
            "generate", "StreamChunk", "AddingTask", "CopyTask", "CueTask", "CharLMTask", "WeatherTask",
            "SunspotsTask", "VowelsTask", "DigitsTask", "AddingConfig", "CopyConfig", "CueConfig", "CharLMConfig",
            "ForecastConfig", "VowelsConfig", "DigitsConfig",
-           "PunctuationTask", "PunctuationConfig"]
+           "PunctuationTask", "PunctuationConfig", "SpeechTask", "SpeechConfig"]
