@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": "bench",
     "inspect": "inspect",
     "cells": "cells",
+    "export": "export",
     "tag": "tag",
 }
 

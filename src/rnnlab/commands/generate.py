@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        "--length counts words, printed with punctuation attached.",
                        epilog='example: rnnlab generate runs/charlm-lstm --prime "ROMEO:" --length 300 '
                               "--temperature 0.8 --top-k 20 --seed 1")
-    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a charlm run directory or checkpoint")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", nargs="?", help="a charlm run directory or checkpoint")
+    p.add_argument("--onnx", metavar="FILE", help="sample from this `rnnlab export` ONNX file (charlm) in ONNX "
+                   "Runtime instead of a checkpoint")
     p.add_argument("--prime", default="\n", help="text the model reads first (default: a newline)")
     p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
     p.add_argument("--temperature", type=float, default=0.8,
@@ -40,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k: expected an integer >= 1, got {args.top_k}")
     if not args.prime:
         raise UserError("--prime: expected a non-empty string")
+    if args.onnx:
+        return _generate_onnx(args)
+    if args.checkpoint is None:
+        raise UserError("RUN_DIR|CHECKPOINT: expected a charlm run or checkpoint (or --onnx FILE), got nothing")
     try:
         model, config = load_model(args.checkpoint)
     except CheckpointError as e:
@@ -56,6 +62,35 @@ def run(args: argparse.Namespace) -> int:
     if task.vocab_size != model.vocab_size:
         raise UserError(f"{args.checkpoint}: the text now gives a vocabulary of {task.vocab_size} characters, "
                         f"the model has {model.vocab_size} (did the text file change?)")
+    text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                    generator=torch.Generator().manual_seed(args.seed))
+    print(args.prime + text)
+    return 0
+
+def _generate_onnx(args: argparse.Namespace) -> int:
+    """`generate --onnx FILE`: the same sampler over an exported charlm model run by ONNX Runtime."""
+    import torch
+
+    from rnnlab.export.runtime import ExportError, OnnxSequenceModel, read_metadata, task_from_metadata
+    from rnnlab.tasks.charlm import generate
+    from rnnlab.train.checkpoint import CheckpointError
+
+    try:
+        meta = read_metadata(args.onnx)
+        if meta["task"]["name"] != "charlm":
+            raise UserError(f"--onnx: generate needs a charlm export, {args.onnx} was trained on "
+                            f"{meta['task']['name']!r}")
+        task = task_from_metadata(meta, args.data)
+        model = OnnxSequenceModel(args.onnx, meta)
+    except (ExportError, CheckpointError) as e:
+        raise UserError(str(e)) from None
+    if task.vocab_size != model.vocab_size:
+        raise UserError(f"--onnx: the text gives a vocabulary of {task.vocab_size} characters, the export has "
+                        f"{model.vocab_size} (did the text file change?)")
+    try:
+        task.encode(args.prime)
+    except ValueError as e:
+        raise UserError(f"--prime: {str(e).partition(': ')[2]}; got {args.prime!r}") from None
     text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                     generator=torch.Generator().manual_seed(args.seed))
     print(args.prime + text)
