@@ -12,7 +12,6 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "generate": "generate",
-    "predict": "predict",
     "compare": "compare",
     "demo": "demo",
     "bench": "bench",
