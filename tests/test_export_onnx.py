@@ -9,7 +9,6 @@ import torch
 onnx = pytest.importorskip("onnx", reason="onnx is a test extra: pip install -e '.[test]'")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test extra: pip install -e '.[test]'")
 
-import rnnlab.tasks  # noqa: E402,F401  (registers the tasks before rnnlab.models is imported on its own)
 from rnnlab import Recurrent, cell_names  # noqa: E402
 from rnnlab.export.model import model_to_onnx, recurrent_to_onnx  # noqa: E402
 from rnnlab.export.onnx_native import native_op  # noqa: E402

@@ -31,6 +31,9 @@ class ModelConfig:
     backend: str = "auto"
     #: per-step tasks: a linear-chain CRF on top of the head; the output becomes (B, T, C, C) edge potentials
     crf: bool = False
+    #: token LM tasks: the output head reuses the input embedding matrix (Press & Wolf 2017); needs
+    #: embedding_dim == the head's input size (hidden size, or the projection size, x directions)
+    tie_embeddings: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +44,29 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"model config: unknown field(s) {unknown}; expected {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
+
+
+class TiedLinear(nn.Module):
+    """Output layer whose weight *is* an embedding's matrix (V, E): logits = x @ E^T + bias.
+
+    The embedding is not registered as a child, so ``state_dict`` and ``parameters()`` hold the shared
+    matrix once (under the embedding's name) and checkpoints need no aliasing.
+    """
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        object.__setattr__(self, "_embedding", embedding)  # a plain reference, not a submodule
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    @property
+    def weight(self) -> Tensor:
+        return self._embedding.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)  # (..., E) -> (..., V)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, tied to the embedding"
 
 
 class SequenceModel(nn.Module):
@@ -66,10 +92,26 @@ class SequenceModel(nn.Module):
                              recurrent_dropout=config.recurrent_dropout, zoneout=config.zoneout,
                              backend=config.backend, **config.cell_options)
         D = 2 if config.bidirectional else 1
-        self.head = nn.Linear(D * self.rnn.cell.output_size, output_size)
+        head_in = D * self.rnn.cell.output_size
+        if config.tie_embeddings:
+            self.head: nn.Module = TiedLinear(self._tied_embedding(config, target, output_size, head_in))
+        else:
+            self.head = nn.Linear(head_in, output_size)
         if config.crf and target != "seq_class":
             raise ValueError(f"crf: needs a per-step (seq_class) task, got target={target!r}")
         self.crf = LinearChainCRF(output_size) if config.crf else None
+
+    def _tied_embedding(self, config: ModelConfig, target: Target, output_size: int, head_in: int) -> nn.Embedding:
+        if self.embedding is None or target != "seq_class" or output_size != self.vocab_size:
+            raise ValueError(f"tie_embeddings: needs a per-step model over its input vocabulary (a token LM task), "
+                             f"got target={target!r}, vocab_size={self.vocab_size}, output_size={output_size}")
+        if config.embedding_dim != head_in:
+            raise ValueError(f"tie_embeddings: embedding_dim must equal the head's input size {head_in} "
+                             f"(hidden/projection size x directions), got embedding_dim={config.embedding_dim}")
+        # N(0, 1) rows (nn.Embedding's default) would make the initial logits ~sqrt(E) wide; the small uniform
+        # init of the tied-weights LMs (Press & Wolf 2017, PyTorch's word_language_model) starts near uniform
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        return self.embedding
 
     def forward(self, x: Tensor, lengths: Tensor | None = None, state=None):
         if self.embedding is not None:

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--shapes", nargs="+", default=None, metavar="T,B,H",
                    help="override the grid, e.g. --shapes 100,16,256 50,1,64")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the full report as JSON here")
+    p.add_argument("--onnx", action="store_true", help="instead: ONNX Runtime (fp32, int8) vs PyTorch eager "
+                   "inference, streaming at B=1 and one B=32, T=100 batch (default cells: lstm cifg)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab.cells import cell_names
     from rnnlab.cli import UserError
 
-    cells = args.cells or list(bench.DEFAULT_CELLS)
+    if args.onnx:
+        from rnnlab.export import bench as onnx_bench
+
+        cells = args.cells or list(onnx_bench.DEFAULT_CELLS)
+    else:
+        cells = args.cells or list(bench.DEFAULT_CELLS)
     if "all" in cells:
         cells = bench.all_cells()
     known = cell_names()
@@ -58,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--repeats: expected a positive int, got {repeats}")
     if args.threads is not None and args.threads <= 0:
         raise UserError(f"--threads: expected a positive int, got {args.threads}")
+    if args.onnx:
+        report = onnx_bench.run_onnx_bench(cells, quick=args.quick, repeats=repeats, threads=args.threads or 1)
+        print(onnx_bench.format_table(report))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=2)
+        return 0
     if args.shapes:
         shapes = [_parse_shape(s) for s in args.shapes]
     else:

@@ -8,9 +8,11 @@ from rnnlab.cli import UserError
 
 
 def register(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="generate text from a char-LM checkpoint",
+    p = sub.add_parser(name, help="generate text from a char-LM or word-LM checkpoint",
                        description="Sample characters from a model trained on the charlm task: the model reads "
-                       "--prime, then writes --length characters one at a time with its state carried along.",
+                       "--prime, then writes --length characters one at a time with its state carried along.  On a "
+                       "wordlm run --prime is a prompt of words (unknown ones read as <unk>, noted on stderr) and "
+                       "--length counts words, printed with punctuation attached.",
                        epilog='example: rnnlab generate runs/charlm-lstm --prime "ROMEO:" --length 300 '
                               "--temperature 0.8 --top-k 20 --seed 1")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", nargs="?", help="a charlm run directory or checkpoint")
@@ -48,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
         model, config = load_model(args.checkpoint)
     except CheckpointError as e:
         raise UserError(str(e)) from None
+    if config["task"]["name"] == "wordlm":
+        return _generate_words(args, model, config)
     if config["task"]["name"] != "charlm":
-        raise UserError(f"{args.checkpoint}: generate needs a charlm model, this one was trained on "
+        raise UserError(f"{args.checkpoint}: generate needs a charlm or wordlm model, this one was trained on "
                         f"{config['task']['name']!r}")
     try:
         task = make_task("charlm", config["task"]["options"])
@@ -90,4 +94,19 @@ def _generate_onnx(args: argparse.Namespace) -> int:
     text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                     generator=torch.Generator().manual_seed(args.seed))
     print(args.prime + text)
+    return 0
+
+
+def _generate_words(args: argparse.Namespace, model, config: dict) -> int:
+    """wordlm runs: --prime is a prompt of words (unknown ones read as <unk>, noted on stderr; none = start as
+    after a full stop), --length counts words; prints the prompt and the words, punctuation attached."""
+    import torch
+
+    from rnnlab.commands.predict import note_unknown, word_task
+    from rnnlab.tasks.wordlm import generate_words
+
+    task = word_task(args.checkpoint, model, config, getattr(args, "data", None))
+    note_unknown(task, args.prime, "generate")
+    print(generate_words(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                         generator=torch.Generator().manual_seed(args.seed)))
     return 0

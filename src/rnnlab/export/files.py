@@ -39,6 +39,19 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
+def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    """ONNX Runtime's dynamic quantization: int8 weights, activations quantized on the fly per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
 def task_metadata(config: dict[str, Any]) -> dict[str, Any]:
     """Vocabulary and normalisation statistics of the checkpoint's task (rebuilt from its saved options).
 
@@ -98,17 +111,11 @@ def write_export(model: SequenceModel, config: dict[str, Any], fmt: str, out: st
 
             proto, layers = model_to_onnx(model)
             if quantize:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
                 fp32 = _temp_beside(path, ".fp32.onnx")
-                root = logging.getLogger()
-                level = root.level
-                root.setLevel(logging.ERROR)  # onnxruntime logs a pre-processing hint on the root logger
                 try:
                     save_onnx(proto, fp32)
-                    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+                    quantize_int8(fp32, tmp)
                 finally:
-                    root.setLevel(level)
                     fp32.unlink(missing_ok=True)
             else:
                 save_onnx(proto, tmp)
