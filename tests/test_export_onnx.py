@@ -163,3 +163,15 @@ def test_torch_export_round_trip_at_two_lengths(tmp_path, cell, layers, bidirect
         torch.testing.assert_close(got[0], ref, atol=1e-5, rtol=0)
         for g, s in zip(got[1:], final):
             torch.testing.assert_close(g, s, atol=1e-5, rtol=0)
+
+
+def test_onnx_bench_measures_every_column():
+    """`rnnlab bench --onnx` at toy sizes: every timing is positive and int8 stays near fp32."""
+    from rnnlab.export.bench import bench_cell, format_table
+
+    row = bench_cell("cifg", input_size=4, hidden_size=8, batch=2, steps=3, stream_steps=2, repeats=1, threads=1)
+    times = [v for k, v in row.items() if "_us_" in k or "_ms_" in k]
+    assert len(times) == 6 and all(t > 0 for t in times)
+    assert row["max_abs_err_onnx_fp32"] < 1e-5 and row["max_abs_err_onnx_int8"] < 0.1
+    report = {"shape": {"input_size": 4, "hidden_size": 8, "batch": 2, "steps": 3}, "threads": 1, "rows": [row]}
+    assert "cifg" in format_table(report)
