@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html as _html
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -57,10 +58,23 @@ def page_data(acts: Activations, *, title: str, texts: Sequence[str] | None = No
             "images": [{"title": t, "src": _png_uri(p)} for t, p in images]}
 
 
+# Inside <script> the HTML parser looks for "</script" and, after "<!--", for "<script" (which makes a later
+# "</script>" not close the element: the page goes blank).  Escaping every <, > and & as a JSON \u escape
+# keeps all of them out of the element whatever the text holds; U+2028/U+2029 are line terminators to older
+# JavaScript.  JSON.parse and json.loads read the escapes back as the same characters.
+_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                                 "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def script_json(data: object) -> str:
+    """``data`` as JSON that is safe to paste inside a ``<script>`` element (and still valid JSON)."""
+    return json.dumps(data, separators=(",", ":")).translate(_SCRIPT_ESCAPES)
+
+
 def render_page(data: dict[str, object]) -> str:
-    """Fill the template; ``</`` is escaped so no string in the data can close the script element."""
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    return PAGE.replace("__TITLE__", _html.escape(str(data["title"]))).replace("__DATA__", payload)
+    """Fill the template in one pass (a title holding ``__DATA__`` stays text); the data cannot end the script."""
+    fill = {"__TITLE__": _html.escape(str(data["title"])), "__DATA__": script_json(data)}
+    return re.sub("__TITLE__|__DATA__", lambda m: fill[m.group(0)], PAGE)
 
 
 def write_page(path: str | Path, acts: Activations, **kwargs) -> Path:

@@ -31,7 +31,7 @@ PAGE = r"""<!DOCTYPE html>
 </style>
 </head>
 <body>
-<h1>__TITLE__</h1>
+<h1 id="title">__TITLE__</h1>
 <div id="summary"></div>
 <div id="picker">
   <label>layer / direction <select id="layer"></select></label>
@@ -166,6 +166,7 @@ function select(li, gate, unit) {
 }
 function init() {
   document.title = DATA.title;
+  $("title").textContent = DATA.title;  // the exact text (the HTML parser maps NUL and CR in the markup)
   $("summary").textContent = DATA.summary || "";
   DATA.layers.forEach((l, k) => option($("layer"), k, l.label));
   fillGates(); fillUnits(); buildView();
