@@ -28,6 +28,19 @@
 
 using at::Tensor;
 
+// glibc's libmvec has vector exp/tanh that follow IEEE rules for inf/NaN (out-of-range lanes are redone by the
+// scalar function), but <math.h> only declares them under -ffast-math, which also assumes no inf/NaN and gave
+// NaN for saturated gates.  Declaring the SIMD variants here (with -fno-math-errno, loader.py) lets the gate
+// loops vectorise without -ffast-math: measured 3-4x faster than scalar calls (B=1, H=32 and B=16, H=256).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+extern "C" {
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+__attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
+__attribute__((simd("notinbranch"))) double tanh(double) noexcept;
+}
+#endif
+
 // _Pragma, unlike #pragma, may appear inside the AT_DISPATCH macros' lambdas.
 #define SIMD _Pragma("omp simd")
 #define SIMD_SUM(s) _Pragma("omp simd reduction(+ : s)")
@@ -38,8 +51,19 @@ namespace {
 // dispatch, which dominates at small batch/hidden sizes (per-step overhead target: a few µs at B=1, H=32).
 constexpr int64_t kSmallGemm = 48 * 1024;
 
+// Built without -ffast-math (loader.py): inf and NaN follow IEEE rules, so saturated gates stay exact.
+// σ from e = exp(-|x|) <= 1: never overflows, and both branches are formed so the loop stays a blend.
 template <typename T>
-inline T sigm(T x) { return T(1) / (T(1) + std::exp(-x)); }
+inline T sigm(T x) {
+  const T e = std::exp(-std::abs(x));
+  const T r = T(1) / (T(1) + e);
+  return x >= T(0) ? r : e * r;
+}
+
+// Peephole term w ⊙ c: an absent peephole is a zero weight, and 0 · ±inf would turn a state that overflowed
+// (possible without the input tanh) into NaN where the cell simply has no such term.
+template <typename T>
+inline T peep_mul(T w, T c) { return w != T(0) ? w * c : T(0); }
 
 std::vector<int64_t> lengths_vec(const Tensor& lengths, int64_t T, int64_t B) {
   std::vector<int64_t> len(B, T);
@@ -279,13 +303,14 @@ void lstm_fwd_row(T* G, const GateOffsets& off, T* scratch, const T* __restrict 
 SIMD
   for (int64_t j = 0; j < H; ++j) {
     const T cp = c[j];
-    const T i = mi * sigm(gi[j] + wci[j] * cp) + (one - mi);
-    const T f = cpl * (one - i) + mf * sigm(gf[j] + wcf[j] * cp) + nf;
+    const T i = mi * sigm(gi[j] + peep_mul(wci[j], cp)) + (one - mi);
+    const T f = cpl * (one - i) + mf * sigm(gf[j] + peep_mul(wcf[j], cp)) + nf;
     const T zg = gg[j];
-    const T g = ia * std::tanh(zg) + (one - ia) * zg;
+    // selects, not 0/1 products: (1 - ia) * zg is NaN for an infinite pre-activation
+    const T g = ia != T(0) ? std::tanh(zg) : zg;
     const T cn = f * cp + i * g;
-    const T o = mo * sigm(go[j] + wco[j] * cn) + (one - mo);
-    const T a = oa * std::tanh(cn) + (one - oa) * cn;
+    const T o = mo * sigm(go[j] + peep_mul(wco[j], cn)) + (one - mo);
+    const T a = oa != T(0) ? std::tanh(cn) : cn;
     gi[j] = i;
     gf[j] = f;
     gg[j] = g;
@@ -319,15 +344,15 @@ SIMD
     const T g = gg[j];
     const T o = mo * go[j] + (one - mo);
     const T cj = c[j], cp = cprev[j];
-    const T a = oa * std::tanh(cj) + (one - oa) * cj;
+    const T a = oa != T(0) ? std::tanh(cj) : cj;
     const T dmj = dm[j];
-    const T dzo = mo * dmj * a * o * (one - o);
-    const T dct = dc[j] + dmj * o * (one - oa * a * a) + wco[j] * dzo;
+    const T dzo = mo != T(0) ? dmj * a * o * (one - o) : T(0);
+    const T dct = dc[j] + dmj * o * (one - oa * a * a) + peep_mul(wco[j], dzo);
     const T dzg = dct * i * (one - ia * g * g);
     // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
-    const T dzi = mi * dct * (g - cpl * cp) * i * (one - i);
-    const T dzf = mf * dct * cp * f * (one - f);
-    dc[j] = dct * f + wci[j] * dzi + wcf[j] * dzf;
+    const T dzi = mi != T(0) ? dct * (cpl != T(0) ? g - cp : g) * i * (one - i) : T(0);
+    const T dzf = mf != T(0) ? dct * cp * f * (one - f) : T(0);
+    dc[j] = dct * f + peep_mul(wci[j], dzi) + peep_mul(wcf[j], dzf);
     di_[j] = dzi;
     df_[j] = dzf;
     dg_[j] = dzg;
@@ -694,7 +719,7 @@ std::vector<Tensor> elman_forward(const Tensor& xp_in, const Tensor& h0, const T
         scalar_t* __restrict hb = Hs + b * H;
 SIMD
         for (int64_t j = 0; j < H; ++j) {
-          const scalar_t v = relu ? (p[j] > scalar_t(0) ? p[j] : scalar_t(0)) : std::tanh(p[j]);
+          const scalar_t v = relu ? (p[j] < scalar_t(0) ? scalar_t(0) : p[j]) : std::tanh(p[j]);  // NaN stays NaN, as torch.relu
           hb[j] = v;
           o[j] = v;
         }
@@ -732,8 +757,9 @@ std::vector<Tensor> elman_backward(const Tensor& gout_in, const Tensor& ghT, con
         const scalar_t* __restrict d = DH + b * H;
 SIMD
         for (int64_t j = 0; j < H; ++j) {
-          const scalar_t deriv = relu ? (o[j] > scalar_t(0) ? scalar_t(1) : scalar_t(0)) : scalar_t(1) - o[j] * o[j];
-          dx[j] = (d[j] + go[j]) * deriv;
+          const scalar_t dy = d[j] + go[j];
+          // ReLU: a select like torch's threshold_backward (0 · NaN would be NaN where torch gives 0)
+          dx[j] = relu ? (o[j] <= scalar_t(0) ? scalar_t(0) : dy) : dy * (scalar_t(1) - o[j] * o[j]);
         }
       }
       Wh.apply(TM, H, DX, H, B, false);

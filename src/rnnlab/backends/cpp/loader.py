@@ -24,9 +24,11 @@ from types import ModuleType
 log = logging.getLogger("rnnlab.backends")
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-# -ffast-math lets GCC call glibc's vector exp/tanh (libmvec) so the gate loops vectorise; it is a compile
-# flag only (never passed to the link step, so the process-wide flush-to-zero startup file is not linked).
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+# No -ffast-math: it assumes no inf/NaN, and saturated gates (pre-activations beyond about ±88 in float32, or
+# ±inf inputs) then gave NaN where torch.nn gives exact 0/1 gates.  IEEE semantics are kept throughout;
+# -fno-math-errno (exp/tanh need not set errno: same results) lets GCC use libmvec's vector exp/tanh, which
+# handle inf/NaN exactly (declared in kernels.cpp).
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"module": None, "failed": False}
