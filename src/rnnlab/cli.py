@@ -12,6 +12,7 @@ COMMANDS = {
     "train": "train",
     "eval": "evaluate",
     "generate": "generate",
+    "translate": "translate",
     "predict": "predict",
     "compare": "compare",
     "demo": "demo",

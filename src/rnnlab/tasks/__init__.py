@@ -17,6 +17,7 @@ from rnnlab.tasks.base import Batch, Split, Target, Task
 from rnnlab.tasks.charlm import CharLMConfig, CharLMTask, StreamChunk, generate
 from rnnlab.tasks.classify import DigitsConfig, DigitsTask, VowelsConfig, VowelsTask
 from rnnlab.tasks.forecast import ForecastConfig, SunspotsTask, WeatherTask
+from rnnlab.tasks.g2p import G2PConfig, G2PTask
 from rnnlab.tasks.punctuation import PunctuationConfig, PunctuationTask
 from rnnlab.tasks.speech import SpeechConfig, SpeechTask
 from rnnlab.tasks.synthetic import AddingConfig, AddingTask, CopyConfig, CopyTask, CueConfig, CueTask
@@ -44,6 +45,7 @@ TASKS: dict[str, TaskSpec] = {
     "sunspots": TaskSpec(SunspotsTask, ForecastConfig, "monthly sunspot numbers 1749-1983: next month (MAE)"),
     "vowels": TaskSpec(VowelsTask, VowelsConfig, "JapaneseVowels: speaker of a variable-length utterance"),
     "digits": TaskSpec(DigitsTask, DigitsConfig, "8x8 handwritten digits read row by row"),
+    "g2p": TaskSpec(G2PTask, G2PConfig, "CMU Pronouncing Dictionary: spelling -> phonemes, seq2seq (PER/WER)"),
     "punctuation": TaskSpec(PunctuationTask, PunctuationConfig,
                             "restore punctuation and capitals of lower-cased Shakespeare words (per-word F1)"),
     "speech": TaskSpec(SpeechTask, SpeechConfig, "CTC speech recognition of espeak-ng digit strings (held-out "
@@ -70,5 +72,5 @@ def make_task(name: str, **options: Any) -> Task:
 __all__ = ["TASKS", "TaskSpec", "task_names", "make_task", "summarize", "Task", "Batch", "Split", "Target",
            "generate", "StreamChunk", "AddingTask", "CopyTask", "CueTask", "CharLMTask", "WeatherTask",
            "SunspotsTask", "VowelsTask", "DigitsTask", "AddingConfig", "CopyConfig", "CueConfig", "CharLMConfig",
-           "ForecastConfig", "VowelsConfig", "DigitsConfig",
+           "ForecastConfig", "VowelsConfig", "DigitsConfig", "G2PTask", "G2PConfig",
            "PunctuationTask", "PunctuationConfig", "SpeechTask", "SpeechConfig"]
