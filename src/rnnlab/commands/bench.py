@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from rnnlab import bench
     from rnnlab.cells import cell_names
     from rnnlab.cli import UserError
+    from rnnlab.train.config import MAX_THREADS
 
     if args.onnx:
         from rnnlab.export import bench as onnx_bench
@@ -63,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     if repeats <= 0:
         raise UserError(f"--repeats: expected a positive int, got {repeats}")
-    if args.threads is not None and args.threads <= 0:
-        raise UserError(f"--threads: expected a positive int, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads: expected an integer in [1, {MAX_THREADS}], got {args.threads}")
+    if args.out is not None:
+        # checked before the benchmark runs: a bad --out must not cost minutes of measurements
+        parent = os.path.dirname(os.path.abspath(args.out)) if args.out.strip() else ""
+        if not args.out.strip() or os.path.isdir(args.out) or not os.path.isdir(parent):
+            raise UserError(f"--out: expected a file path in an existing directory, got {args.out!r}")
     if args.onnx:
         report = onnx_bench.run_onnx_bench(cells, quick=args.quick, repeats=repeats, threads=args.threads or 1)
         print(onnx_bench.format_table(report))

@@ -48,15 +48,55 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.set_defaults(func=run)
 
 
+#: config field -> the compare flag that sets it (for one-line errors naming the option)
+FIELD_FLAGS = {"model.cell": "--cells", "model.hidden_size": "--hidden-size", "model.embedding_dim": "--embedding-dim",
+               "model.cell_options.forget_bias": "--forget-bias", "train.epochs": "--epochs",
+               "train.batch_size": "--batch-size", "train.lr": "--lr", "train.seed": "--seeds",
+               "train.threads": "--threads", "task.lag": "--lags", "task.n_train": "--n-train", "task.name": "--task"}
+
+
+def _check_grid(args: argparse.Namespace, cells: list[str], options: dict) -> None:
+    """Every grid point's config is valid (checked without building data or weights); UserError naming the flag."""
+    from rnnlab.train.config import ConfigError, run_config_from_dict, task_options_checked
+
+    lstm_like = {"lstm", "peephole", "cifg"}
+    try:
+        if not cells:
+            raise ConfigError("model.cell", f"expected at least one cell name, got {args.cells!r}")
+        for i, cell in enumerate(cells):
+            run_config_from_dict({
+                "task": {"name": args.task, "options": {**options, "lag": args.lags[0]}},
+                "model": {"hidden_size": args.hidden_size, "embedding_dim": args.embedding_dim, "cell": cell,
+                          "cell_options": {"forget_bias": args.forget_bias} if cell in lstm_like else {}},
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                          "seed": args.seeds[i % len(args.seeds)], "threads": args.threads}})
+        for lag in args.lags[1:]:
+            task_options_checked(args.task, {**options, "lag": lag})
+        for seed in args.seeds:
+            run_config_from_dict({"task": {"name": args.task, "options": options}, "train": {"seed": seed}})
+    except ConfigError as e:
+        flag = FIELD_FLAGS.get(e.field) or (f"--option {e.field.split('.', 1)[1]}" if e.field.startswith("task.")
+                                            else e.field)
+        raise UserError(f"{flag}: {e.detail}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rnnlab.commands.train import parse_key_values
     from rnnlab.compare import GridSpec, compare
 
     for flag in ("hidden_size", "embedding_dim", "epochs", "batch_size", "n_train", "jobs", "threads"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {getattr(args, flag)}")
+    if args.jobs > (os.cpu_count() or 1) * 4:
+        raise UserError(f"--jobs: expected at most {(os.cpu_count() or 1) * 4} parallel runs on this machine, "
+                        f"got {args.jobs}")
+    if not args.out.strip() or Path(args.out).is_file():
+        raise UserError(f"--out: expected an output directory, got {args.out!r}")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     options = {"n_train": args.n_train, **parse_key_values(args.option, "--option")}
+    _check_grid(args, cells, options)
     lstm_like = {"lstm", "peephole", "cifg"}
     spec = GridSpec(task=args.task, cells=cells, lags=args.lags, seeds=args.seeds, task_options=options,
                     model={"hidden_size": args.hidden_size, "embedding_dim": args.embedding_dim},

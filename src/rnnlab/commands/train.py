@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -158,69 +158,123 @@ def _coerce_bool(text: str) -> Any:
         return text
 
 
+def _flag_of(field: str) -> str | None:
+    """``"model.hidden_size"`` -> ``"--hidden-size"``; ``"task.n_val"`` -> ``"--option n_val"``; else ``None``."""
+    section, _, name = field.partition(".")
+    name, _, sub = name.partition(".")
+    table = {"model": MODEL_FLAGS, "train": TRAIN_FLAGS, "task": TASK_FLAGS}.get(section, {})
+    flag = next((f for f, key in table.items() if key == name), None)
+    if flag is not None:
+        return "--" + flag.replace("_", "-")
+    if field.startswith("model.cell_options"):
+        return "--cell-option" + (f" {sub}" if sub else "")
+    if section == "task" and name and name not in ("name", "options"):
+        return f"--option {name}"
+    return None
+
+
+def config_user_error(e: Any, from_flags: set[str], source: str | None) -> UserError:
+    """A :class:`ConfigError` as a UserError naming the flag of the field, and the file when it came from one."""
+    flag = _flag_of(e.field)
+    section, _, rest = e.field.partition(".")
+    given = e.field in from_flags or f"{section}.{rest.split('.')[0]}" in from_flags
+    if flag is None:
+        return UserError(f"{source}: {e.field}: {e.detail}" if source else str(e))
+    if given or source is None:
+        return UserError(f"{flag}: {e.detail}")
+    return UserError(f"{flag}: {e.detail} (from {source}, {e.field})")
+
+
 def build_configs(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, Any]:
     """(task name, task options, ModelConfig, TrainConfig) from --config plus flags; UserError on bad values."""
-    from rnnlab.cells import cell_names
-    from rnnlab.models import ModelConfig
-    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.config import ConfigError, run_config_from_dict
 
+    source = f"--config {args.config}" if getattr(args, "config", None) else None
     data = _read_config(getattr(args, "config", None))
     task_cfg = data.get("task", {})
     if isinstance(task_cfg, str):
         task_cfg = {"name": task_cfg}
+    if not isinstance(task_cfg, dict):
+        raise UserError(f"{source}: task: expected a task name or a JSON object with name and options, "
+                        f"got {task_cfg!r}")
     task_name = args.task or task_cfg.get("name")
     if not task_name:
         raise UserError("task: missing; give a task name (e.g. `rnnlab train cue`) or --config with task.name")
-    options = dict(task_cfg.get("options", {}))
+    options = task_cfg.get("options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"{source}: task.options: expected a JSON object, got {options!r}")
+    options = dict(options)
+    from_flags: set[str] = set() if not args.task else {"task.name"}
     for flag, key in TASK_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             options[key] = value
-    if "path" in options and isinstance(options["path"], str):
+            from_flags.add(f"task.{key}")
+    if isinstance(options.get("path"), str) and options["path"]:
         options["path"] = os.path.abspath(options["path"])  # eval/generate may run from elsewhere
-    options.update(parse_key_values(getattr(args, "option", None), "--option"))
+    extra = parse_key_values(getattr(args, "option", None), "--option")
+    options.update(extra)
+    from_flags.update(f"task.{k}" for k in extra)
 
     model = dict(data.get("model", {}))
     for flag, key in MODEL_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             model[key] = value
+            from_flags.add(f"model.{key}")
     cell_opts = {k: _coerce_bool(v) for k, v in parse_key_values(getattr(args, "cell_option", None),
                                                                  "--cell-option").items()}
     if cell_opts:
-        model["cell_options"] = {**model.get("cell_options", {}), **cell_opts}
-    cell = model.get("cell", "lstm")
-    if cell not in cell_names():
-        raise UserError(f"--cell: unknown cell {cell!r}; expected one of {', '.join(cell_names())}")
+        saved_opts = model.get("cell_options", {})
+        if not isinstance(saved_opts, dict):
+            raise UserError(f"{source}: model.cell_options: expected a JSON object, got {saved_opts!r}")
+        model["cell_options"] = {**saved_opts, **cell_opts}
+        from_flags.update(f"model.cell_options.{k}" for k in cell_opts)
     train = dict(data.get("train", {}))
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             train[key] = value
+            from_flags.add(f"train.{key}")
     if getattr(args, "nondeterministic", False):
         train["deterministic"] = False
     try:
-        model_config = ModelConfig.from_dict(model)
-        for name in ("hidden_size", "num_layers", "embedding_dim"):
-            v = getattr(model_config, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
-        for name in ("dropout", "recurrent_dropout", "zoneout"):
-            v = getattr(model_config, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1 or math.isnan(v):
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
-        train_config = TrainConfig.from_dict(train)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"--{str(e).split(':')[0].replace('_', '-')}: {str(e).split(':', 1)[-1].strip()}"
-                        if ":" in str(e) else str(e)) from None
-    return task_name, options, model_config, train_config
+        run = run_config_from_dict({"task": {"name": task_name, "options": options}, "model": model,
+                                    "train": train})
+    except ConfigError as e:
+        if e.field == "task.name" and "task.name" in from_flags:
+            raise UserError(f"task: unknown {task_name!r}; {e.detail.split('; ', 1)[-1]}") from None
+        raise config_user_error(e, from_flags, source) from None
+    return run.task, options, run.model, run.train
+
+
+def _check_out(out: str) -> None:
+    """--out must name a directory (or nothing yet): not an empty string, not a file."""
+    if not out.strip():
+        raise UserError(f"--out: expected a run directory, got {out!r}")
+    try:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"--out: {out!r} is a file, expected a run directory")
+    except ValueError:  # e.g. a NUL byte in the name
+        raise UserError(f"--out: not a valid path, got {out!r}") from None
+
+
+def _has_checkpoint(out: str) -> bool:
+    """Whether --out holds a completed checkpoint (a run killed during its first write holds none)."""
+    from rnnlab.train import checkpoint as ckpt
+
+    try:
+        return Path(out).is_dir() and ckpt.has_completed_checkpoint(out)
+    except ckpt.CheckpointError as e:
+        raise UserError(f"--out: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from rnnlab.models import ModelConfig
     from rnnlab.train import checkpoint as ckpt
     from rnnlab.train import distributed as dd
-    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.config import (ConfigError, TrainConfig, check_model_io, check_run_fits, check_weights_fit,
+                                      config_error_from, run_config_from_dict)
+    from rnnlab.train.datafiles import is_data_option, task_spec_from_checkpoint
     from rnnlab.train.runner import format_result, make_task, train_run
     from rnnlab.train.trainer import TrainingDiverged
 
@@ -229,25 +283,50 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(task_names()))
         return 0
+    if args.out is not None:
+        _check_out(args.out)
+    if args.resume and args.out and Path(args.out).is_dir() and not _has_checkpoint(args.out):
+        # killed before its first checkpoint: nothing to continue, never a dead end
+        if not (args.task or args.config):
+            raise UserError(f"--resume: {args.out!r} has no completed checkpoint yet (the run was stopped before "
+                            f"its first one); start it again: `rnnlab train TASK [options] --out {args.out}` "
+                            f"(with or without --resume)")
+        print(f"rnnlab train: {args.out!r} has no completed checkpoint yet (stopped before its first one); "
+              f"starting the run from scratch", file=sys.stderr)
+        args.resume = False
     if args.resume:
         if not args.out:
             raise UserError("--resume: needs --out RUN_DIR (the run to continue)")
         # the saved run decides task, model and training; only its length may be extended
         try:
-            saved = ckpt.load_checkpoint(args.out, "latest").config
+            saved = ckpt.load_checkpoint(args.out, "latest")
         except ckpt.CheckpointError as e:
             raise UserError(f"--resume: {e}") from None
-        task_name, options = saved["task"]["name"], saved["task"]["options"]
-        model_config = ModelConfig.from_dict(saved["model"])
-        length = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
+        source = f"--resume: {saved.path / ckpt.CONFIG_FILE}"
         try:
-            train_config = TrainConfig(**length).validate()
+            run_cfg = run_config_from_dict(saved.config, saved=True)
+        except ConfigError as e:
+            raise UserError(f"{source}: {e} (the saved config was edited or damaged)") from None
+        task_name, options, model_config = run_cfg.task, run_cfg.options, run_cfg.model
+        try:  # a text-file task: the user names the file again (--text), the saved path is never opened
+            spec = task_spec_from_checkpoint(saved.config, args.text, flag="--text")
+        except ckpt.CheckpointError as e:
+            raise UserError(f"--resume: {e}") from None
+        options = {**options, **{k: v for k, v in spec["options"].items() if is_data_option(k)}}
+        length = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps)) if v is not None}
+        flags = {f"train.{k}" for k in length}
+        try:
+            if args.threads is not None:
+                TrainConfig(threads=args.threads).validate()
+                flags.add("train.threads")
+            train_config = TrainConfig.from_dict({**run_cfg.train.to_dict(), **length})
         except (TypeError, ValueError) as e:
-            raise UserError(f"--{str(e).replace('_', '-')}") from None
+            raise config_user_error(config_error_from("train", e), flags, source) from None
     else:
         task_name, options, model_config, train_config = build_configs(args)
     out = args.out or f"runs/{task_name}-{model_config.cell}-s{train_config.seed}"
-    if not args.resume and (Path(out) / "checkpoints").exists():
+    args.out = out  # the CLI's resource-failure message says what this directory kept
+    if not args.resume and _has_checkpoint(out):
         raise UserError(f"--out: {out!r} already holds a run; pass --resume to continue it or choose another --out")
     if args.threads:
         import torch
@@ -257,11 +336,20 @@ def run(args: argparse.Namespace) -> int:
         task = make_task(task_name, options)
     except (TypeError, ValueError) as e:
         raise UserError(f"task {task_name!r}: {e}") from None
+    try:
+        if args.resume:
+            check_model_io(saved.config, task)
+            check_weights_fit(task, model_config, saved.model_state)
+        check_run_fits(task, model_config, train_config)
+    except ConfigError as e:
+        if args.resume:
+            raise UserError(f"{source}: {e}") from None
+        raise config_user_error(e, {f"train.{k}" for k in ("bptt", "batch_size")}, None) from None
     info = dd.init_from_env()
     try:
         result = train_run(task_name, options, model_config, train_config, run_dir=out, resume=args.resume,
                            quiet=args.quiet, progress=not args.no_progress, dist_info=info, task=task,
-                           overrides=length if args.resume else None)
+                           overrides=length if args.resume else None, data=args.text if args.resume else None)
     except TrainingDiverged as e:
         raise UserError(str(e)) from None
     except ckpt.CheckpointError as e:

@@ -1,13 +1,27 @@
-"""TrainConfig: every training hyper-parameter as one JSON-serialisable, validated dataclass."""
+"""TrainConfig, and the one place that validates a whole run's configuration (task, model, train) field by field.
+
+:func:`run_config_from_dict` checks every field of the task's config dataclass, :class:`ModelConfig` and
+:class:`TrainConfig` for type and range and raises :class:`ConfigError` naming ``section.field`` and the value;
+:func:`check_run_fits` then checks what needs the built task (truncated BPTT, batch size, memory).  The CLI
+runs both on ``--config``/flags and on a saved checkpoint's config before anything is trained or written.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rnnlab.models import ModelConfig
+    from rnnlab.tasks.base import Task
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step")
+#: more intra-op threads than this is a typo, not a machine (torch would try to start them all)
+MAX_THREADS = 4096
 
 
 @dataclass
@@ -73,7 +87,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check types and ranges; raise ``ValueError``/``TypeError`` naming the field and the value."""
-        def integer(name: str, lo: int, optional: bool = False) -> None:
+        def integer(name: str, lo: int, optional: bool = False, hi: int | None = None) -> None:
             v = getattr(self, name)
             if optional and v is None:
                 return
@@ -81,6 +95,8 @@ class TrainConfig:
                 raise TypeError(f"{name}: expected an integer, got {type(v).__name__} {v!r}")
             if v < lo:
                 raise ValueError(f"{name}: expected an integer >= {lo}, got {v}")
+            if hi is not None and v > hi:
+                raise ValueError(f"{name}: expected an integer in [{lo}, {hi}], got {v}")
 
         def real(name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
             v = getattr(self, name)
@@ -101,8 +117,8 @@ class TrainConfig:
         integer("checkpoint_every", 0)
         integer("keep_checkpoints", 1)
         integer("log_every", 1)
-        integer("seed", 0)
-        integer("threads", 1, optional=True)
+        integer("seed", 0, hi=2**64 - 1)  # torch.manual_seed's range
+        integer("threads", 1, optional=True, hi=MAX_THREADS)
         real("lr", 0.0, 10.0, lo_open=True)
         real("momentum", 0.0, 1.0)
         real("weight_decay", 0.0, 1.0)
@@ -115,3 +131,229 @@ class TrainConfig:
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic: expected bool, got {self.deterministic!r}")
         return self
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; ``field`` is ``"section.name"`` (e.g. ``"model.hidden_size"``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
+@dataclass
+class RunConfig:
+    """A validated run: the task's name and options, the model's and the training's configs."""
+
+    task: str
+    options: dict[str, Any]
+    model: "ModelConfig"
+    train: TrainConfig
+
+
+#: bytes per parameter while training: weights, gradients and Adam's two moments in float32
+BYTES_PER_PARAMETER = 16
+
+
+def config_error_from(section: str, e: Exception) -> ConfigError:
+    """``"lag: expected ..."`` raised by a config class -> ``ConfigError("task.lag", "expected ...")``."""
+    text = str(e)
+    name, sep, rest = text.partition(":")
+    if sep and name.strip().isidentifier():
+        return ConfigError(f"{section}.{name.strip()}", rest.strip())
+    return ConfigError(section, text)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_model_config(cfg: "ModelConfig") -> "ModelConfig":
+    """Check every field of ``cfg`` (types, ranges, cell name, backend, cell options); ``ConfigError`` on the first
+    bad one.  The cell options are checked by building one layer on the meta device (no memory is allocated)."""
+    from rnnlab.backends import available_backends
+    from rnnlab.cells import cell_names
+    from rnnlab.recurrent import Recurrent
+
+    def bad(name: str, message: str) -> ConfigError:
+        return ConfigError(f"model.{name}", message)
+
+    if not isinstance(cfg.cell, str) or cfg.cell not in cell_names():
+        raise bad("cell", f"unknown cell {cfg.cell!r}; expected one of {', '.join(cell_names())}")
+    for name in ("hidden_size", "num_layers", "embedding_dim"):
+        v = getattr(cfg, name)
+        if not _is_int(v) or v < 1:
+            raise bad(name, f"expected an integer >= 1, got {v!r}")
+    for name in ("dropout", "recurrent_dropout", "zoneout"):
+        v = getattr(cfg, name)
+        if not _is_number(v) or not 0 <= v < 1:  # NaN fails the comparison too
+            raise bad(name, f"expected a probability in [0, 1), got {v!r}")
+    for f in fields(cfg):  # bidirectional and every other switch (a string "yes" would be truthy)
+        if isinstance(f.default, bool) and not isinstance(getattr(cfg, f.name), bool):
+            raise bad(f.name, f"expected true or false, got {getattr(cfg, f.name)!r}")
+    backends = ["auto", *available_backends()]
+    if not isinstance(cfg.backend, str) or cfg.backend not in backends:
+        raise bad("backend", f"expected one of {', '.join(backends)}, got {cfg.backend!r}")
+    if not isinstance(cfg.cell_options, dict):
+        raise bad("cell_options", f"expected a JSON object of KEY: VALUE, got {cfg.cell_options!r}")
+    for key, value in cfg.cell_options.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise bad("cell_options", f"expected option names, got {key!r}")
+        # the value goes into every checkpoint's JSON: it must survive a JSON round trip
+        if value is not None and not isinstance(value, (bool, int, float, str)) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise bad(f"cell_options.{key}", f"expected a finite number, true/false or a string, got {value!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. dropout with one layer: the run itself warns once
+            Recurrent(cfg.cell, 1, 1, device="meta", **cfg.cell_options)
+    except (TypeError, ValueError) as e:
+        raise config_error_from("model.cell_options", e) from None
+    return cfg
+
+
+def task_options_checked(name: Any, options: Any) -> dict[str, Any]:
+    """The task's options converted and checked by its config dataclass (no data is built); ``ConfigError``."""
+    from rnnlab.tasks import TASKS, task_names
+    from rnnlab.tasks._util import coerce_options
+
+    if not isinstance(name, str) or name not in TASKS:
+        raise ConfigError("task.name", f"unknown task {name!r}; expected one of {', '.join(task_names())}")
+    if not isinstance(options, dict):
+        raise ConfigError("task.options", f"expected a JSON object, got {options!r}")
+    spec = TASKS[name]
+    try:
+        spec.config(**coerce_options(spec.config, options, task=name))
+    except (TypeError, ValueError) as e:
+        raise config_error_from("task", e) from None
+    return dict(options)
+
+
+def run_config_from_dict(data: Any, *, saved: bool = False) -> RunConfig:
+    """``{"task": {"name", "options"}, "model": {...}, "train": {...}}`` -> a validated :class:`RunConfig`.
+
+    Every section and field is checked; the first invalid one raises :class:`ConfigError` naming it.  A
+    ``saved`` config (a checkpoint's) must have every section: defaults would not describe its weights.
+    """
+    from rnnlab.models import ModelConfig
+
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in ("task", "model", "train") if saved and k not in data]
+    if missing:
+        raise ConfigError(missing[0], "missing from the saved config")
+    task = data.get("task")
+    if not isinstance(task, dict):
+        raise ConfigError("task", f"expected a JSON object with name and options, got {task!r}")
+    options = task_options_checked(task.get("name"), task.get("options", {}))
+    model, train = data.get("model", {}), data.get("train", {})
+    for section, value in (("model", model), ("train", train)):
+        if not isinstance(value, dict):
+            raise ConfigError(section, f"expected a JSON object, got {value!r}")
+    fields_ = set(ModelConfig.__dataclass_fields__)
+    unknown = sorted(str(k) for k in set(model) - fields_)
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}", f"unknown field; expected some of {sorted(fields_)}")
+    model_config = check_model_config(ModelConfig(**model))
+    try:
+        train_config = TrainConfig.from_dict(train)
+    except (TypeError, ValueError) as e:
+        raise config_error_from("train", e) from None
+    return RunConfig(task["name"], options, model_config, train_config)
+
+
+def _available_memory() -> int | None:
+    """Bytes this machine can still hand out (MemAvailable), or ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def model_memory(task: "Task", cfg: "ModelConfig") -> tuple[int, int]:
+    """``(parameters, bytes to train them)`` of the model ``cfg`` builds for ``task``, counted on the meta device."""
+    import torch
+
+    from rnnlab.models import SequenceModel
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        custom = getattr(task, "build_model", None)  # a task with its own architecture (g2p builds a Seq2Seq)
+        model = custom(cfg) if callable(custom) else SequenceModel(
+            cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
+            vocab_size=task.vocab_size)
+    n = sum(p.numel() for p in model.parameters())
+    return n, n * BYTES_PER_PARAMETER
+
+
+class NotEnoughMemory(MemoryError):
+    """The model would not fit in this machine's memory (raised before anything is allocated)."""
+
+
+def check_run_fits(task: "Task", cfg: "ModelConfig", train: TrainConfig) -> None:
+    """What needs the built task: truncated BPTT only on stream tasks, a batch size every split can fill,
+    and a model whose training state fits in memory (:class:`NotEnoughMemory` otherwise)."""
+    if train.bptt is not None:
+        if not hasattr(task, "stream_batches"):
+            raise ConfigError("train.bptt", f"task {task.name!r} is not a stream task (truncated BPTT is for "
+                              f"charlm); leave it unset, got {train.bptt!r}")
+        for split in ("train", "val", "test"):
+            try:
+                next(iter(task.stream_batches(split, train.batch_size, train.bptt)), None)  # type: ignore
+            except ValueError as e:
+                raise config_error_from("train", e) from None
+    try:  # options that depend on the task (e.g. a CRF needs per-step targets) are checked by the model itself
+        params, need = model_memory(task, cfg)
+    except (TypeError, ValueError) as e:
+        raise config_error_from("model", e) from None
+    have = _available_memory()
+    if have is not None and need > have:
+        raise NotEnoughMemory(f"hidden_size={cfg.hidden_size}, num_layers={cfg.num_layers}, embedding_dim="
+                              f"{cfg.embedding_dim} give "
+                              f"{params:,} parameters, about {need / 2**30:.1f} GiB to train; this machine has "
+                              f"{have / 2**30:.1f} GiB available")
+
+
+def check_model_io(config: dict[str, Any], task: "Task") -> None:
+    """A saved checkpoint's ``model_io`` must be what ``task`` gives (else its weights index the wrong vocabulary
+    or classes); ``ConfigError`` naming the first difference."""
+    io = config.get("model_io")
+    if not isinstance(io, dict):
+        raise ConfigError("model_io", f"expected a JSON object with input_size, output_size, target, got {io!r}")
+    for key in ("input_size", "output_size", "target", "vocab_size"):
+        if io.get(key) != getattr(task, key):
+            raise ConfigError(f"model_io.{key}", f"the model was built for {io.get(key)!r} but task {task.name!r} "
+                              f"with the saved options gives {getattr(task, key)!r}")
+
+
+def check_weights_fit(task: "Task", cfg: "ModelConfig", state: dict[str, Any]) -> None:
+    """Saved weights ``state`` must have exactly the names and shapes of the model ``cfg`` builds for ``task``
+    (compared on the meta device); ``ConfigError`` naming the first that differs."""
+    import torch
+
+    from rnnlab.models import SequenceModel
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        custom = getattr(task, "build_model", None)  # a task with its own architecture (g2p builds a Seq2Seq)
+        model = custom(cfg) if callable(custom) else SequenceModel(
+            cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
+            vocab_size=task.vocab_size)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    for name in sorted(set(expected) | set(got)):
+        if expected.get(name) != got.get(name):
+            raise ConfigError("model", f"the saved weights do not fit this model config: {name} has shape "
+                              f"{got.get(name)} in the weights, the config builds {expected.get(name)}")
