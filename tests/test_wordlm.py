@@ -208,16 +208,17 @@ def test_small_lstm_beats_kneser_ney():
 
 
 @pytest.mark.slow
-def test_full_shakespeare_lstm_beats_kneser_ney():
-    """All of Shakespeare (1.05M train words), 10k vocabulary, 2-layer 256-unit LSTM with tied embeddings and
-    dropout, one epoch: beats the 3-gram Kneser-Ney perplexity (~141) of the same split."""
-    opts = dict(vocab_size=10000, seq_len=35)
+def test_shakespeare_lstm_beats_kneser_ney():
+    """The README's word LM row: the first 300k words of Shakespeare (270k train), 5,000-word vocabulary, a
+    128-unit LSTM with tied embeddings, 3 epochs (~4-5 min on one thread): test perplexity 128.5 against
+    153.6 for the 3-gram Kneser-Ney model counted on the same train split."""
+    opts = dict(max_words=300000, vocab_size=5000, seq_len=35)
     task = make_task("wordlm", **opts)
-    model_cfg = ModelConfig(cell="lstm", hidden_size=256, embedding_dim=256, num_layers=2, dropout=0.2,
-                            tie_embeddings=True)
-    result = train_run("wordlm", opts, model_cfg, TrainConfig(epochs=1, batch_size=32, bptt=35, lr=3e-3),
+    model_cfg = ModelConfig(cell="lstm", hidden_size=128, embedding_dim=128, tie_embeddings=True)
+    result = train_run("wordlm", opts, model_cfg, TrainConfig(epochs=3, batch_size=32, bptt=35, lr=4e-3),
                        task=task)
-    assert result.test["ppl"] < result.baseline["ppl"], (result.test, result.baseline)
+    assert result.baseline["ppl"] == pytest.approx(153.55, abs=0.1)
+    assert result.test["ppl"] < 0.9 * result.baseline["ppl"], (result.test, result.baseline)
 
 
 # --- CLI: predict and generate --------------------------------------------------------------------------------------
