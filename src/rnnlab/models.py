@@ -74,7 +74,8 @@ class SequenceModel(nn.Module):
 
     ``forward(x, lengths=None, state=None)`` returns ``(output, state)``: output is (B, C) for the
     ``"class"`` / ``"regression"`` targets (from the final state of the last layer, both directions) and
-    (B, T, C) for ``"seq_class"``; ``state`` is the final recurrent state to carry into the next chunk.
+    (B, T, C) for ``"seq_class"`` ((B, T, C, C) CRF edge potentials with ``crf``, see :mod:`rnnlab.crf`);
+    ``state`` is the final recurrent state to carry into the next chunk.
     """
 
     def __init__(self, config: ModelConfig, *, input_size: int, output_size: int, target: Target,
