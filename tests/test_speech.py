@@ -226,3 +226,12 @@ def test_full_speech_run(speech_cache):
                                                                      bidirectional=True),
                   TrainConfig(threads=1, epochs=30, batch_size=16, lr=3e-3))
     assert r.test["cer"] < 0.3 and r.baseline["cer"] > 0.8, (r.test, r.baseline)
+
+
+def test_missing_espeak_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sp, "espeak_available", lambda: False)
+    with pytest.raises(ValueError, match="espeak-ng not found: install it with apt-get install espeak-ng"):
+        make_task("speech", cache_dir=str(tmp_path))
+    assert main(["train", "speech", "-o", f"cache_dir={tmp_path}", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "espeak-ng not found" in err
