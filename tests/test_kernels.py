@@ -323,3 +323,67 @@ def test_gradcheck_float64_through_the_wrapper(cell: str) -> None:
         return (out, *(hn if isinstance(hn, tuple) else (hn,)))
 
     assert torch.autograd.gradcheck(f, (x, *hx), eps=1e-6, atol=1e-6)
+
+
+def test_build_key_covers_torch_install_and_compiler(monkeypatch) -> None:
+    """Two environments with the same torch version (or another compiler) must not share one build."""
+    base = loader.build_key()
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/venv/lib/python3/site-packages/torch/__init__.py")
+    other_torch = loader.build_key()
+    monkeypatch.undo()
+    monkeypatch.setenv("CXX", "rnnlab-no-such-compiler++")
+    other_cxx = loader.build_key()
+    assert len({base, other_torch, other_cxx}) == 3
+    assert "unavailable" in loader.compiler_id()
+
+
+def test_build_lock_serialises_builders(monkeypatch, tmp_path) -> None:
+    """The build lock is exclusive across open files (as between processes): a second builder waits."""
+    import threading
+    import time
+
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    events: list[str] = []
+    first_in = threading.Event()
+
+    def first() -> None:
+        with loader._build_lock("k"):
+            events.append("first in")
+            first_in.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    def second() -> None:
+        first_in.wait()
+        with loader._build_lock("k"):
+            events.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert events == ["first in", "first out", "second in"]
+    assert (tmp_path / "kernels-k.lock").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_build_concurrently(tmp_path) -> None:
+    """Two processes building into a fresh cache at once both get working kernels (one builds, one waits)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch, rnnlab\n"
+              "from rnnlab.backends.cpp import load_kernels\n"
+              "assert load_kernels() is not None\n"
+              "m = rnnlab.Recurrent('gru', 3, 4, backend='cpp')\n"
+              "print(tuple(m(torch.randn(5, 2, 3))[0].shape))\n")
+    env = {**os.environ, "RNNLAB_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+        assert out.strip() == "(5, 2, 4)"
+    assert len(list(tmp_path.glob("kernels-*/*.so"))) == 1

@@ -1,7 +1,11 @@
-"""Build-on-first-use of the C++ kernels into a per-(source, torch, flags, CPU) cache directory, with fallback.
+"""Build-on-first-use of the C++ kernels into a per-(source, torch install, compiler, flags, CPU) cache, with fallback.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` the first time a kernel is needed (about
 35 s) into ``$RNNLAB_CACHE/kernels-<hash>`` (default ``~/.cache/rnnlab``) and loaded from there afterwards.
+The hash covers the torch install path (two virtual environments with the same torch version get separate
+builds instead of rebuilding each other's) and the C++ compiler torch uses (``$CXX`` or ``c++``: its path and
+``--version``).  Builds hold an exclusive ``fcntl`` lock on ``kernels-<hash>.lock`` in the cache root, so
+processes starting at once build one after the other (the later ones find the finished build).
 If compiling fails (no compiler, no headers, ...) one warning goes to the ``rnnlab.backends`` logger and
 :func:`load_kernels` returns ``None`` from then on, so callers fall back to the reference backend.
 
@@ -12,10 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -44,31 +52,71 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+@functools.lru_cache(maxsize=8)
+def _compiler_id(compiler: str) -> str:
+    """Resolved path and ``--version`` output of a compiler command (once per command per process)."""
+    path = shutil.which(compiler) or compiler
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:  # no compiler: the build itself will fail and warn
+        version = f"unavailable: {type(e).__name__}"
+    return f"{os.path.realpath(path) if os.path.exists(path) else path}\n{version}"
+
+
+def compiler_id() -> str:
+    """The C++ compiler ``torch.utils.cpp_extension`` will run (``$CXX``, else ``c++``): path and version."""
+    return _compiler_id(os.environ.get("CXX", "c++"))
+
+
 def build_key() -> str:
-    """Hash of everything the binary depends on: source, torch version, Python ABI, flags and CPU."""
+    """Hash of everything the binary depends on: source, torch version and install path, Python ABI, compiler,
+    flags and CPU."""
     import torch
 
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(CFLAGS).encode(),
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), os.path.realpath(torch.__file__).encode(),
+                 sys.version.encode(), compiler_id().encode(), " ".join(CFLAGS).encode(),
                  platform.machine().encode(), _cpu_model().encode()):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("RNNLAB_CACHE") or os.path.join(Path.home(), ".cache", "rnnlab"))
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("RNNLAB_CACHE") or os.path.join(Path.home(), ".cache", "rnnlab")
-    return Path(root) / f"kernels-{build_key()}"
+    return cache_root() / f"kernels-{build_key()}"
+
+
+@contextlib.contextmanager
+def _build_lock(key: str):
+    """Exclusive lock for building ``key`` across processes (released when the holder exits, even on a crash)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"kernels-{key}.lock", "a+") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: torch's own build baton is all there is
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _compile() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     key = build_key()
-    build = cache_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    return load(name=f"rnnlab_kernels_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                build_directory=str(build), verbose=False)
+    build = cache_root() / f"kernels-{key}"
+    with _build_lock(key):
+        build.mkdir(parents=True, exist_ok=True)
+        return load(name=f"rnnlab_kernels_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                    build_directory=str(build), verbose=False)
 
 
 def load_kernels() -> ModuleType | None:
