@@ -13,22 +13,12 @@ the prefix beam search).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 BLANK = 0
 IGNORE = -100
-
-
-@dataclass
-class CTCConfig:
-    """Decoding options: ``beam_size`` 1 means greedy (best path) decoding."""
-
-    beam_size: int = 8
-    blank: int = BLANK
 
 
 def _lengths(x: Tensor, lengths: Tensor | None) -> Tensor:
