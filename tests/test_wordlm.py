@@ -307,3 +307,20 @@ def test_train_bad_input(capsys, tmp_path, extra, message):
     err = _err(capsys, ["train", "wordlm", "--works", "sonnets", "--bptt", "10", "--max-steps", "1",
                         "--out", str(tmp_path / "r"), *extra])
     assert message in err
+
+
+def test_predict_on_a_text_file_run_needs_the_file(capsys, tmp_path):
+    text = tmp_path / "words.txt"
+    text.write_text(" ".join(f"w{i % 40} w{i % 13} ." for i in range(600)))
+    out = tmp_path / "run"
+    assert main(["train", "wordlm", "--text", str(text), "-o", "vocab_size=30", "--hidden-size", "8",
+                 "--embedding-dim", "8", "--bptt", "10", "--max-steps", "5", "--threads", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    # the checkpoint's recorded path is never opened: the user names the file again, checked by its hash
+    assert "pass that file with --data FILE" in _err(capsys, ["predict", str(out), "--prompt", "w1 w2"])
+    assert main(["predict", str(out), "--prompt", "w1 w2", "--top-k", "3", "--data", str(text)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    other = tmp_path / "other.txt"
+    other.write_text(text.read_text() + " w1")
+    assert "different or edited file" in _err(capsys, ["predict", str(out), "--prompt", "w1", "--data", str(other)])

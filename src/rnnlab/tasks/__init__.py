@@ -21,6 +21,7 @@ from rnnlab.tasks.g2p import G2PConfig, G2PTask
 from rnnlab.tasks.punctuation import PunctuationConfig, PunctuationTask
 from rnnlab.tasks.speech import SpeechConfig, SpeechTask
 from rnnlab.tasks.synthetic import AddingConfig, AddingTask, CopyConfig, CopyTask, CueConfig, CueTask
+from rnnlab.tasks.wordlm import WordLMConfig, WordLMTask
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ TASKS: dict[str, TaskSpec] = {
     "copy": TaskSpec(CopyTask, CopyConfig, "copy memory: recall n_copy symbols after lag blanks"),
     "cue": TaskSpec(CueTask, CueConfig, "'I grew up in France ... I speak fluent' -> French, lag filler words"),
     "charlm": TaskSpec(CharLMTask, CharLMConfig, "character language model on Shakespeare or a text file (bpc)"),
+    "wordlm": TaskSpec(WordLMTask, WordLMConfig, "word language model on Shakespeare, the KJV Bible or a text file "
+                       "(perplexity vs Kneser-Ney)"),
     "weather": TaskSpec(WeatherTask, ForecastConfig, "Seattle daily weather: next day's temp_max (MAE, °C)"),
     "sunspots": TaskSpec(SunspotsTask, ForecastConfig, "monthly sunspot numbers 1749-1983: next month (MAE)"),
     "vowels": TaskSpec(VowelsTask, VowelsConfig, "JapaneseVowels: speaker of a variable-length utterance"),
@@ -72,5 +75,5 @@ def make_task(name: str, **options: Any) -> Task:
 __all__ = ["TASKS", "TaskSpec", "task_names", "make_task", "summarize", "Task", "Batch", "Split", "Target",
            "generate", "StreamChunk", "AddingTask", "CopyTask", "CueTask", "CharLMTask", "WeatherTask",
            "SunspotsTask", "VowelsTask", "DigitsTask", "AddingConfig", "CopyConfig", "CueConfig", "CharLMConfig",
-           "ForecastConfig", "VowelsConfig", "DigitsConfig", "G2PTask", "G2PConfig",
+           "ForecastConfig", "VowelsConfig", "DigitsConfig", "G2PTask", "G2PConfig", "WordLMTask", "WordLMConfig",
            "PunctuationTask", "PunctuationConfig", "SpeechTask", "SpeechConfig"]
