@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnlab.backends import LayerCall, get_backend, run_layer
+from rnnlab.backends import LayerCall, aten_stack, get_backend, run_layer
 from rnnlab.cells.base import RecurrentCell, State, check_positive_int
 from rnnlab.cells.registry import resolve_cell
 from rnnlab.sequence import repack, unpack
@@ -207,7 +207,14 @@ class Recurrent(nn.Module):
         return [list(self.layer_params(l, d).values()) for l, d, _ in self.cells()]
 
     def flatten_parameters(self) -> None:
-        """No-op, for drop-in compatibility with ``torch.nn.RNNBase``."""
+        """As ``torch.nn.RNNBase``: on CUDA, a stack torch.nn's op can run gets its weights in one contiguous
+        cuDNN buffer (see :mod:`rnnlab.backends.aten_stack`); elsewhere nothing to do."""
+        aten_stack.flatten(self)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.flatten_parameters()  # after .cuda() / .to(): cuDNN wants one weight buffer, as torch.nn makes
+        return out
 
     def reset_parameters(self) -> None:
         for layer, direction, c in self.cells():
@@ -294,6 +301,11 @@ class Recurrent(nn.Module):
                     check_finite(f"hx ({name})", s)
             # initial state of each layer/direction k: one unbind per part, not an index op per (k, part)
             per_k = list(zip(*(s.unbind(0) for s in state0)))
+        if B > 0 and (x.is_cuda or aten_stack.ROUTE_ON_CPU):
+            # a plain LSTM/GRU/RNN stack on CUDA: torch.nn's own op (cuDNN), whole stack in one call
+            routed = aten_stack.try_run(self, input, hx, lens)
+            if routed is not None:
+                return routed
 
         finals: list[list[Tensor]] = [[] for _ in self.state_names]
         lower_seq: list[State | None] = [None] * self.num_directions

@@ -64,6 +64,12 @@ def _register_builtin() -> None:
     from rnnlab.backends.cpp import CppBackend
 
     register_backend(CppBackend())
+    # The GPU driver (Triton), just before the reference: on CPU tensors the C++ kernels come first; it takes
+    # CUDA tensors (and CPU tensors under TRITON_INTERPRET=1, for tests without a GPU).
+    from rnnlab.backends.gpu import TritonBackend, triton_available
+
+    if triton_available():
+        register_backend(TritonBackend(), first=False)
 
 
 _register_builtin()

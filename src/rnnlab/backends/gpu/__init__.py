@@ -1,0 +1,88 @@
+"""The ``"triton"`` backend: the GPU driver (recurrent GEMM + one fused element-wise Triton kernel per step).
+
+``supports`` accepts a call when Triton is installed, the tensors are on a CUDA device (or on the CPU with
+``TRITON_INTERPRET=1 RNNLAB_TRITON_ON_CPU=1``, Triton's interpreter, which is how the test suite runs every kernel without a GPU),
+float32/float64, and the cell has a registered rule (:mod:`rnnlab.backends.gpu.rules`: the LSTM family but
+``proj_size`` / FGR, the GRU in torch's form, Elman).  Options handled in the driver for every cell: lengths,
+reverse, recurrent dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
+Triton is imported on first use only, so ``import rnnlab`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from rnnlab.backends.base import LayerCall, LayerResult
+from rnnlab.sequence import reverse_within_lengths
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    """CPU tensors are taken only when asked for: Triton's interpreter is on (``TRITON_INTERPRET=1``, read by
+    Triton when a kernel is defined) and ``RNNLAB_TRITON_ON_CPU=1`` (so other CPU calls keep the C++ kernels
+    or the reference even where the interpreter happens to be on)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and os.environ.get("RNNLAB_TRITON_ON_CPU", "0") == "1"
+
+
+class TritonBackend:
+    """Fused element-wise Triton kernels with hand-written BPTT, one generic time loop for every cell."""
+
+    name = "triton"
+
+    def supports(self, call: LayerCall) -> bool:
+        if call.want_states or call.lower is not None:
+            return False
+        x = call.x
+        device = x.device
+        if not (device.type == "cuda" or (device.type == "cpu" and _interpreting())):
+            return False
+        if x.dtype not in _DTYPES or x.dim() != 3 or not triton_available():
+            return False
+        for t in (*call.params.values(), *call.state):
+            if t.dtype != x.dtype or t.device != device:
+                return False
+        from rnnlab.backends.gpu.rules import rule_for
+
+        return rule_for(call.cell) is not None
+
+    def run(self, call: LayerCall) -> LayerResult:
+        from rnnlab.backends.gpu.driver import LoopSpec, RecurrentLoop
+        from rnnlab.backends.gpu.rules import rule_for
+
+        cell, lengths = call.cell, call.lengths
+        rule = rule_for(cell)
+        x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
+        T, B = x.shape[0], x.shape[1]
+        if lengths is None:
+            valid = torch.ones(T, B, dtype=torch.int8, device=x.device)
+        else:
+            steps = torch.arange(T).unsqueeze(1)  # (T, 1)
+            valid = (steps < lengths.unsqueeze(0)).to(device=x.device, dtype=torch.int8)  # (T, B)
+        keeps = None
+        if call.zoneout:  # 1 = keep the previous value (Krueger et al. 2016); its expectation in eval
+            shapes = [(T,) + tuple(s.shape) for s in call.state]
+            keeps = tuple(torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
+                          else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device) for s in shapes)
+        names = tuple(call.params)
+        spec = LoopSpec(cell, rule, names, len(call.state))
+        rec_mask = None if call.rec_mask is None else call.rec_mask.contiguous()
+        output, records, *final = RecurrentLoop.apply(spec, x.contiguous(), valid, rec_mask, keeps,
+                                                      *[s.contiguous() for s in call.state],
+                                                      *call.params.values())
+        gates = {}
+        if call.record:
+            H = cell.hidden_size
+            for name, k in rule.record_blocks().items():
+                gates[name] = records[..., k * H:(k + 1) * H]  # (T, B, H)
+        if call.reverse:
+            output = reverse_within_lengths(output, lengths)
+            gates = {k: reverse_within_lengths(v, lengths) for k, v in gates.items()}
+        return LayerResult(output, tuple(final), None, gates)

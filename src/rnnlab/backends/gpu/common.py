@@ -1,0 +1,40 @@
+"""Element-wise helpers shared by every Triton cell rule: stable activations and the length/zoneout blend."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(z):
+    # exp of a non-positive number only: finite for any z, including ±inf
+    e = tl.exp(-tl.abs(z))
+    return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def tanh(z):
+    # tanh(|z|) = (1 - e) / (1 + e) with e = exp(-2|z|) in (0, 1]: no overflow, exact sign, ±1 at ±inf
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z >= 0, t, -t)
+
+
+@triton.jit
+def blend(new, old, valid, keep, HAS_KEEP: tl.constexpr):
+    """The state a step leaves: zoneout keeps ``old`` with weight ``keep``; padded rows keep ``old``."""
+    if HAS_KEEP:
+        new = keep * old + (1.0 - keep) * new
+    return tl.where(valid, new, old)
+
+
+@triton.jit
+def blend_grad(d, valid, keep, HAS_KEEP: tl.constexpr):
+    """Backward of :func:`blend`: (gradient reaching the step's new state, gradient passed to ``old``)."""
+    d_new = tl.where(valid, d, 0.0)
+    d_old = tl.where(valid, 0.0, d)
+    if HAS_KEEP:
+        d_old += keep * d_new
+        d_new = (1.0 - keep) * d_new
+    return d_new, d_old

@@ -1,0 +1,103 @@
+"""Triton rule for the GRU with the reset after the recurrent product (torch.nn form): see cells/gru.py.
+
+Blocks r, z, n; ``b_hh`` stays on the recurrent product because ``b_hn`` sits behind the reset gate.  Saved per
+step: r, z, n and ``hn = W_hn h_{t-1} + b_hn``.  The paper form (reset before the product) needs a second
+product inside the step and runs on the reference backend.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rnnlab.backends.gpu.common import blend, blend_grad, sigmoid, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.rules import register_rule
+from rnnlab.cells.gru import GRUCell
+
+
+@triton.jit
+def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    b = offs // H
+    j = offs % H
+    row = b * 3 * H + j
+    r = sigmoid(tl.load(XP + row, mask=m) + tl.load(HH + row, mask=m))
+    z = sigmoid(tl.load(XP + row + H, mask=m) + tl.load(HH + row + H, mask=m))
+    hn = tl.load(HH + row + 2 * H, mask=m)
+    n = tanh(tl.load(XP + row + 2 * H, mask=m) + r * hn)
+    h_prev = tl.load(H0 + offs, mask=m)
+    h = (1.0 - z) * n + z * h_prev
+    srow = b * 4 * H + j
+    tl.store(SAVED + srow, r, mask=m)
+    tl.store(SAVED + srow + H, z, mask=m)
+    tl.store(SAVED + srow + 2 * H, n, mask=m)
+    tl.store(SAVED + srow + 3 * H, hn, mask=m)
+    valid = tl.load(VALID + b, mask=m) != 0
+    kh = h
+    if HAS_KEEP:
+        kh = tl.load(KH + offs, mask=m)
+    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+
+
+@triton.jit
+def _gru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    b = offs // H
+    j = offs % H
+    srow = b * 4 * H + j
+    r = tl.load(SAVED + srow, mask=m)
+    z = tl.load(SAVED + srow + H, mask=m)
+    n = tl.load(SAVED + srow + 2 * H, mask=m)
+    hn = tl.load(SAVED + srow + 3 * H, mask=m)
+    h_prev = tl.load(H0 + offs, mask=m)
+    valid = tl.load(VALID + b, mask=m) != 0
+    kh = h_prev
+    if HAS_KEEP:
+        kh = tl.load(KH + offs, mask=m)
+    dh, dh_old = blend_grad(tl.load(DH1 + offs, mask=m), valid, kh, HAS_KEEP)
+    dzn = dh * (1.0 - z) * (1.0 - n * n)
+    dzz = dh * (h_prev - n) * z * (1.0 - z)
+    dzr = dzn * hn * r * (1.0 - r)
+    row = b * 3 * H + j
+    tl.store(DXP + row, dzr, mask=m)
+    tl.store(DXP + row + H, dzz, mask=m)
+    tl.store(DXP + row + 2 * H, dzn, mask=m)
+    tl.store(DHH + row, dzr, mask=m)
+    tl.store(DHH + row + H, dzz, mask=m)
+    tl.store(DHH + row + 2 * H, dzn * r, mask=m)
+    tl.store(DH0 + offs, dh * z + dh_old, mask=m)
+
+
+class GRURule:
+    """GRU (reset after the product) element-wise step."""
+
+    n_gates = 3
+    n_saved = 4
+    hh_is_xp = False
+    record_names = ("r", "z", "n")
+
+    def record_blocks(self) -> dict[str, int]:
+        return {"r": 0, "z": 1, "n": 2}
+
+    def prepare(self, p: dict[str, Tensor], H: int) -> Prepared:
+        return Prepared(p.get("bias_ih"), p.get("bias_hh"), p["weight_ih"].new_empty(0, H))
+
+    def param_grads(self, p, d_b_x, d_b_hh, d_consts):
+        return {} if d_b_x is None else {"bias_ih": d_b_x, "bias_hh": d_b_hh}
+
+    def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
+        kh = keeps[0] if keeps is not None else olds[0]
+        _gru_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, kh, B * H, H, HAS_KEEP=keeps is not None,
+                             BLOCK=BLOCK)
+
+    def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
+        kh = keeps[0] if keeps is not None else olds[0]
+        _gru_bwd[grid(B, H)](d_news[0], saved, olds[0], valid, kh, d_xp, d_hh, d_olds[0], B * H, H,
+                             HAS_KEEP=keeps is not None, BLOCK=BLOCK)
+
+
+register_rule(GRUCell, lambda cell: GRURule() if cell.reset_after else None)

@@ -1,0 +1,201 @@
+"""Triton rule for the LSTM family (peepholes, coupled gates, removed gates/activations): see cells/lstm.py.
+
+The equations are :class:`rnnlab.cells.LSTMCell`'s.  Gate blocks of ``xp`` / ``hh`` are the present gates in
+the order i, f, g, o; saved per step: i, f, g, o, c (pre-blend), which are also the recorded gates.
+Covered: every option except ``proj_size`` and ``full_gate_recurrence`` (those run on the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from rnnlab.backends.gpu.common import blend, blend_grad, sigmoid, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.rules import register_rule
+from rnnlab.cells.lstm import LSTMCell
+
+
+@triton.jit
+def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
+              HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
+              IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
+              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    b = offs // H
+    j = offs % H
+    G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
+    row = b * G * H + j
+    c_prev = tl.load(C0 + offs, mask=m)
+    one = tl.full([BLOCK], 1.0, c_prev.dtype)
+    i = one
+    if HAS_I:
+        zi = tl.load(XP + row, mask=m) + tl.load(HH + row, mask=m)
+        if PEEP_I:
+            zi += tl.load(PEEP + j, mask=m) * c_prev
+        i = sigmoid(zi)
+    f = one
+    if COUPLED:
+        f = 1.0 - i
+    if HAS_F:
+        k = HAS_I * H
+        zf = tl.load(XP + row + k, mask=m) + tl.load(HH + row + k, mask=m)
+        if PEEP_F:
+            zf += tl.load(PEEP + H + j, mask=m) * c_prev
+        f = sigmoid(zf)
+    kg = (HAS_I + HAS_F) * H
+    g = tl.load(XP + row + kg, mask=m) + tl.load(HH + row + kg, mask=m)
+    if IN_ACT:
+        g = tanh(g)
+    c = f * c_prev + i * g
+    o = one
+    if HAS_O:
+        ko = (HAS_I + HAS_F + 1) * H
+        zo = tl.load(XP + row + ko, mask=m) + tl.load(HH + row + ko, mask=m)
+        if PEEP_O:
+            zo += tl.load(PEEP + 2 * H + j, mask=m) * c
+        o = sigmoid(zo)
+    a = c
+    if OUT_ACT:
+        a = tanh(c)
+    h = o * a
+    srow = b * 5 * H + j
+    tl.store(SAVED + srow, i, mask=m)
+    tl.store(SAVED + srow + H, f, mask=m)
+    tl.store(SAVED + srow + 2 * H, g, mask=m)
+    tl.store(SAVED + srow + 3 * H, o, mask=m)
+    tl.store(SAVED + srow + 4 * H, c, mask=m)
+    valid = tl.load(VALID + b, mask=m) != 0
+    kh = one
+    kc = one
+    if HAS_KEEP:
+        kh = tl.load(KH + offs, mask=m)
+        kc = tl.load(KC + offs, mask=m)
+    tl.store(H1 + offs, blend(h, tl.load(H0 + offs, mask=m), valid, kh, HAS_KEEP), mask=m)
+    tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
+
+
+@triton.jit
+def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N, H,
+              HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
+              IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
+              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    b = offs // H
+    j = offs % H
+    G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
+    row = b * G * H + j
+    srow = b * 5 * H + j
+    i = tl.load(SAVED + srow, mask=m)
+    f = tl.load(SAVED + srow + H, mask=m)
+    g = tl.load(SAVED + srow + 2 * H, mask=m)
+    o = tl.load(SAVED + srow + 3 * H, mask=m)
+    c = tl.load(SAVED + srow + 4 * H, mask=m)
+    c_prev = tl.load(C0 + offs, mask=m)
+    valid = tl.load(VALID + b, mask=m) != 0
+    one = tl.full([BLOCK], 1.0, c.dtype)
+    kh = one
+    kc = one
+    if HAS_KEEP:
+        kh = tl.load(KH + offs, mask=m)
+        kc = tl.load(KC + offs, mask=m)
+    dh, dh_old = blend_grad(tl.load(DH1 + offs, mask=m), valid, kh, HAS_KEEP)
+    dc, dc_old = blend_grad(tl.load(DC1 + offs, mask=m), valid, kc, HAS_KEEP)
+    a = c
+    if OUT_ACT:
+        a = tanh(c)
+        dc += dh * o * (1.0 - a * a)
+    else:
+        dc += dh * o
+    if HAS_O:
+        dzo = dh * a * o * (1.0 - o)
+        if PEEP_O:
+            dc += dzo * tl.load(PEEP + 2 * H + j, mask=m)
+            tl.store(DPEEP + b * 3 * H + 2 * H + j, dzo * c, mask=m)
+        tl.store(DXP + row + (HAS_I + HAS_F + 1) * H, dzo, mask=m)
+    df = dc * c_prev
+    di = dc * g
+    dg = dc * i
+    dc_prev = dc * f
+    if IN_ACT:
+        dg = dg * (1.0 - g * g)
+    tl.store(DXP + row + (HAS_I + HAS_F) * H, dg, mask=m)
+    if COUPLED:
+        di -= df
+    if HAS_F:
+        dzf = df * f * (1.0 - f)
+        if PEEP_F:
+            dc_prev += dzf * tl.load(PEEP + H + j, mask=m)
+            tl.store(DPEEP + b * 3 * H + H + j, dzf * c_prev, mask=m)
+        tl.store(DXP + row + HAS_I * H, dzf, mask=m)
+    if HAS_I:
+        dzi = di * i * (1.0 - i)
+        if PEEP_I:
+            dc_prev += dzi * tl.load(PEEP + j, mask=m)
+            tl.store(DPEEP + b * 3 * H + j, dzi * c_prev, mask=m)
+        tl.store(DXP + row, dzi, mask=m)
+    tl.store(DH0 + offs, dh_old, mask=m)
+    tl.store(DC0 + offs, dc_prev + dc_old, mask=m)
+
+
+class LSTMRule:
+    """The LSTM family's element-wise step (flags from the cell's options)."""
+
+    n_saved = 5
+    hh_is_xp = True
+
+    def __init__(self, cell: LSTMCell) -> None:
+        self.cell = cell
+        self.n_gates = cell.num_gates
+        present = set(cell.gates) | ({"f"} if cell.coupled else set())
+        self.record_names = tuple(n for n in ("i", "f", "g", "o") if n in present) + ("c",)
+        flags = dict(HAS_I="i" in cell.gates, HAS_F="f" in cell.gates, HAS_O="o" in cell.gates,
+                     COUPLED=cell.coupled, IN_ACT=cell.input_activation, OUT_ACT=cell.output_activation,
+                     PEEP_I="i" in cell.peepholes, PEEP_F="f" in cell.peepholes, PEEP_O="o" in cell.peepholes)
+        self.flags = {k: int(v) for k, v in flags.items()}  # ints: the kernels do offset arithmetic with them
+
+    def record_blocks(self) -> dict[str, int]:
+        return {n: "ifgoc".index(n) for n in self.record_names}
+
+    def prepare(self, p: dict[str, Tensor], H: int) -> Prepared:
+        b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
+        peeps = self.cell.peepholes
+        if peeps:
+            ref = p["weight_ih"]
+            consts = torch.stack([p[f"weight_c{g}"] if g in peeps else ref.new_zeros(H) for g in "ifo"])
+        else:
+            consts = p["weight_ih"].new_empty(0, H)
+        return Prepared(b, None, consts.contiguous())
+
+    def param_grads(self, p, d_b_x, d_b_hh, d_consts):
+        grads = {}
+        if d_b_x is not None:
+            grads["bias_ih"] = grads["bias_hh"] = d_b_x
+        for k, g in enumerate("ifo"):
+            if g in self.cell.peepholes:
+                grads[f"weight_c{g}"] = d_consts[k]
+        return grads
+
+    def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
+        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
+        _lstm_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, kh, kc, B * H,
+                              H, HAS_KEEP=keeps is not None, BLOCK=BLOCK, **self.flags)
+
+    def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
+        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
+        _lstm_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, kh, kc, d_xp, d_olds[0],
+                              d_olds[1], d_consts, B * H, H, HAS_KEEP=keeps is not None, BLOCK=BLOCK,
+                              **self.flags)
+
+
+def _rule(cell: LSTMCell) -> LSTMRule | None:
+    if cell.proj_size or cell.full_gate_recurrence:
+        return None
+    return LSTMRule(cell)
+
+
+register_rule(LSTMCell, _rule)

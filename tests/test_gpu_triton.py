@@ -1,0 +1,209 @@
+"""The Triton GPU driver and its per-cell rules, run on the CPU by Triton's interpreter, against the reference."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # read by Triton when the kernels are defined (lazily, on use)
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.backends import LayerCall, get_backend
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="TRITON_INTERPRET was set to something else before this module")
+
+#: every cell the Triton driver claims, with the options that select its rule's flags
+CELLS = ["lstm", "peephole", "cifg", "greff_v", "greff_nig", "greff_nfg", "greff_nog", "greff_niaf", "greff_noaf",
+         "greff_np", "greff_cifg", "gru", "rnn", "rnn_relu"]
+
+
+@pytest.fixture(autouse=True)
+def _triton_on_cpu(monkeypatch):
+    monkeypatch.setenv("RNNLAB_TRITON_ON_CPU", "1")
+
+
+def _pair(name: str, dtype=torch.float64, **kw):
+    ref = rnnlab.Recurrent(name, 3, 5, backend="reference", dtype=dtype, **kw)
+    tri = rnnlab.Recurrent(name, 3, 5, backend="triton", dtype=dtype, **kw)
+    tri.load_state_dict(ref.state_dict())
+    return ref, tri
+
+
+def _parts(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _compare(ref, tri, x, *, lengths=None, hx=None, atol=1e-12, rtol=1e-10, equal_nan=False, grads=True,
+             seed=None):
+    """Outputs, final states and every gradient equal; ``seed``: reseeded before each forward (same masks)."""
+    xr = x.detach().clone().requires_grad_(grads)
+    xt = x.detach().clone().requires_grad_(grads)
+    if seed is not None:
+        torch.manual_seed(seed)
+    o1, s1 = ref(xr, hx, lengths=lengths)
+    if seed is not None:
+        torch.manual_seed(seed)
+    o2, s2 = tri(xt, hx, lengths=lengths)
+    torch.testing.assert_close(o2, o1, atol=atol, rtol=rtol, equal_nan=equal_nan)
+    for a, b in zip(_parts(s2), _parts(s1)):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, equal_nan=equal_nan)
+    if grads:
+        w = torch.randn_like(o1)
+        l1 = (o1 * w).sum() + sum(s.sum() for s in _parts(s1))
+        l2 = (o2 * w).sum() + sum(s.sum() for s in _parts(s2))
+        g1 = torch.autograd.grad(l1, [xr, *ref.parameters()])
+        g2 = torch.autograd.grad(l2, [xt, *tri.parameters()])
+        for (n, _), a, b in zip([("x", None), *ref.named_parameters()], g2, g1):
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_parity_layers_bidirectional_lengths(name):
+    torch.manual_seed(0)
+    ref, tri = _pair(name, num_layers=2, bidirectional=True)
+    _compare(ref, tri, torch.randn(6, 4, 3, dtype=torch.float64), lengths=[6, 4, 2, 1])
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_parity_float32_with_initial_state(name):
+    torch.manual_seed(1)
+    ref, tri = _pair(name, dtype=torch.float32)
+    x = torch.randn(7, 3, 3)
+    hx = tuple(torch.randn(1, 3, s) for s in ref.cell.state_sizes())
+    _compare(ref, tri, x, hx=hx[0] if len(hx) == 1 else hx, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["peephole", "gru", "rnn_relu"])
+def test_recurrent_dropout_same_mask_same_result(name):
+    torch.manual_seed(2)
+    ref, tri = _pair(name, recurrent_dropout=0.3)
+    ref.train(), tri.train()
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    # the wrapper draws one mask per layer/direction before the backend runs: same seed, same masks
+    _compare(ref, tri, x, lengths=[5, 3, 3, 1], seed=7)
+    torch.manual_seed(7)
+    o1, _ = ref(x)
+    o2, _ = tri(x)  # another mask
+    assert not torch.allclose(o1, o2)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_zoneout_eval_is_the_expectation(name):
+    torch.manual_seed(3)
+    ref, tri = _pair(name, zoneout=0.25, num_layers=2)
+    ref.eval(), tri.eval()
+    _compare(ref, tri, torch.randn(6, 3, 3, dtype=torch.float64), lengths=[6, 5, 2])
+
+
+def test_zoneout_training_keeps_units_and_gradients_match_the_cells_step():
+    """Training zoneout: each unit either keeps its previous value exactly or takes the new one; the gradient
+    equals autograd through the cell's own step with the very same keep masks."""
+    from rnnlab.backends.gpu.driver import LoopSpec, RecurrentLoop, differentiable_loop
+    from rnnlab.backends.gpu.rules import rule_for
+
+    torch.manual_seed(4)
+    cell = rnnlab.LSTMCell(3, 4, dtype=torch.float64)
+    p = dict(cell.named_parameters())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    state = (torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64))
+    valid = torch.ones(5, 2, dtype=torch.int8)
+    keeps = tuple(torch.empty(5, 2, 4, dtype=torch.float64).bernoulli_(0.5) for _ in range(2))
+    spec = LoopSpec(cell, rule_for(cell), tuple(p), 2)
+    out, _, h, c = RecurrentLoop.apply(spec, x, valid, None, keeps, *state, *p.values())
+    prev = torch.cat([state[0].unsqueeze(0), out[:-1]])
+    kept = keeps[0].bool()
+    assert torch.equal(out[kept], prev[kept]) and not torch.equal(out, prev)
+    ref_out, (ref_h, ref_c) = differentiable_loop(cell, p, x, valid, None, keeps, state)
+    torch.testing.assert_close(out, ref_out)
+    g1 = torch.autograd.grad((out.sum() + c.sum()), [x, *p.values()])
+    g2 = torch.autograd.grad((ref_out.sum() + ref_c.sum()), [x, *p.values()])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["peephole", "cifg", "gru", "rnn"])
+def test_recording_equals_the_reference(name):
+    torch.manual_seed(5)
+    ref, tri = _pair(name, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    with ref.recording() as r1:
+        ref(x, lengths=[5, 3, 2])
+    with tri.recording() as r2:
+        tri(x, lengths=[5, 3, 2])
+    for key, gates in r1.gates.items():
+        assert set(r2[key]) == set(gates)
+        for g, v in gates.items():
+            torch.testing.assert_close(r2[key][g], v, msg=lambda m: f"{key} {g}: {m}")
+
+
+@pytest.mark.parametrize("name", ["peephole", "cifg", "greff_noaf", "gru", "rnn"])
+def test_gradcheck_and_gradgradcheck(name):
+    torch.manual_seed(6)
+    tri = rnnlab.Recurrent(name, 2, 2, backend="triton", dtype=torch.float64)
+    names = [n for n, _ in tri.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        out, state = torch.func.functional_call(tri, dict(zip(names, ps)), (x,), {"lengths": [3, 2]})
+        return (out,) + _parts(state)
+
+    params = list(tri.parameters())
+
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in params])
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "cifg", "gru", "rnn", "rnn_relu"])
+@pytest.mark.parametrize("scale", [600.0, 1e4])
+def test_extreme_inputs_match_the_reference(name, scale):
+    torch.manual_seed(8)
+    ref, tri = _pair(name, dtype=torch.float32)
+    x = torch.rand(4, 6, 3) * scale
+    _compare(ref, tri, x, atol=1e-5, rtol=1e-5, grads=False)
+    out, _ = tri(x)
+    assert torch.isfinite(out).all() or name == "rnn_relu"
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
+def test_infinite_inputs_match_the_reference(name):
+    torch.manual_seed(9)
+    ref, tri = _pair(name)
+    x = torch.randn(3, 4, 3, dtype=torch.float64)
+    x[0, 0, 0], x[1, 2, 1] = float("inf"), float("-inf")
+    _compare(ref, tri, x, equal_nan=True, grads=False)
+
+
+@pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("gru_paper", {}), ("greff_fgr", {}),
+                                      ("mut1", {}), ("depth_gated", {})])
+def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
+    rnn = rnnlab.Recurrent(name, 3, 4, **kw)
+    x = torch.randn(2, 1, 3)
+    call = LayerCall(cell=rnn.cell, params=rnn.layer_params(0), x=x,
+                     state=rnn.cell.init_state(1, dtype=x.dtype, device=x.device))
+    assert not get_backend("triton").supports(call)
+    with pytest.raises(ValueError, match="triton"):
+        rnnlab.Recurrent(name, 3, 4, backend="triton", **kw)(x)
+
+
+def test_auto_on_cpu_keeps_the_cpp_kernels():
+    rnn = rnnlab.Recurrent("lstm", 3, 4)
+    x = torch.randn(2, 1, 3)
+    call = LayerCall(cell=rnn.cell, params=rnn.layer_params(0), x=x,
+                     state=rnn.cell.init_state(1, dtype=x.dtype, device=x.device))
+    from rnnlab.backends import select_backend
+
+    assert select_backend(call).name != "triton"  # the C++ kernels (or the reference) come first on the CPU
+
+
+def test_cpu_tensors_refused_without_the_opt_in(monkeypatch):
+    monkeypatch.delenv("RNNLAB_TRITON_ON_CPU")
+    rnn = rnnlab.Recurrent("lstm", 3, 4)
+    x = torch.randn(2, 1, 3)
+    call = LayerCall(cell=rnn.cell, params=rnn.layer_params(0), x=x,
+                     state=rnn.cell.init_state(1, dtype=x.dtype, device=x.device))
+    assert not get_backend("triton").supports(call)
