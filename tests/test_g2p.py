@@ -139,23 +139,32 @@ def test_inspect_writes_the_attention_picture(run_dir, tmp_path, capsys):
         assert torch.allclose(m.sum(-1), torch.ones(m.shape[0]), atol=1e-4)
 
 
-def test_resume_continues_a_g2p_run(tmp_path, capsys):
+def test_resume_and_reload_with_seq2seq_options(tmp_path, capsys):
+    """Seq2seq options typed on the command line (saved as strings) rebuild the same model for every command."""
     out = tmp_path / "small"
-    small = ["train", "g2p", "-o", "max_train=64", "-o", "max_eval=16", "--hidden-size", "16", "--embedding-dim",
-             "8", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)]
+    small = ["train", "g2p", "-o", "max_train=64", "-o", "max_eval=16", "-o", "attention=luong-general", "-o",
+             "teacher_forcing=0.5", "-o", "decoder_cell=gru", "--cell", "lstm", "--num-layers", "2", "--hidden-size",
+             "16", "--embedding-dim", "8", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(out)]
     assert main(small) == 0
     assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--quiet"]) == 0
     manifest = json.loads((out / "checkpoints" / "MANIFEST.json").read_text())
     assert manifest["latest"] == "step-00000004"  # 2 epochs x 2 batches of 32
+    from rnnlab.train.checkpoint import load_model
+
+    model, _ = load_model(out, "latest")
+    cfg = model.seq2seq_config
+    assert (cfg.attention, cfg.teacher_forcing, cfg.decoder_cell, cfg.num_layers) == ("luong-general", 0.5, "gru", 2)
+    capsys.readouterr()
+    assert main(["translate", str(out), "cab"]) == 0 and capsys.readouterr().out.startswith("cab ")
 
 
 @pytest.mark.slow
 def test_longer_training_gets_a_low_error_rate(tmp_path):
-    """A few minutes on one thread: 20k training words, a bidirectional LSTM encoder with attention."""
+    """The README run (~5 min on an idle thread): 20k training words, BiLSTM-128 encoder, attention, 2 epochs."""
     out = tmp_path / "run"
     argv = ["train", "g2p", "-o", "max_train=20000", "-o", "max_eval=1000", "--cell", "lstm", "--hidden-size", "128",
-            "--embedding-dim", "64", "--bidirectional", "--epochs", "4", "--batch-size", "64", "--lr", "0.004",
+            "--embedding-dim", "64", "--bidirectional", "--epochs", "2", "--batch-size", "64", "--lr", "0.004",
             "--threads", "1", "--quiet", "--out", str(out)]
     assert main(argv) == 0
     test = json.loads((out / "results.json").read_text())["test"]
-    assert test["per"] < 0.15 and test["wer"] < 0.55, test
+    assert test["per"] < 0.17 and test["wer"] < 0.6, test  # README: 0.147 and 0.533 on all 6,240 test words

@@ -228,8 +228,12 @@ class Seq2Seq(SequenceModel):
     def from_checkpoint_config(cls, config: dict[str, Any]) -> "Seq2Seq":
         """Rebuild from a run's config: ``model`` (ModelConfig), ``model_io`` vocabularies and the seq2seq
         options (:attr:`Seq2SeqConfig.EXTRA`) found among the task options."""
+        from rnnlab.tasks._util import coerce_options
+
         options = (config.get("task") or {}).get("options") or {}
-        extra = {k: options[k] for k in Seq2SeqConfig.EXTRA if k in options}
+        # options given on the command line are saved as the strings typed ("0.5"): convert like make_task does
+        extra = coerce_options(Seq2SeqConfig, {k: options[k] for k in Seq2SeqConfig.EXTRA if k in options},
+                               task="seq2seq")
         cfg = Seq2SeqConfig.from_model_config(ModelConfig.from_dict(config["model"]), **extra)
         io = config["model_io"]
         return cls(cfg, src_vocab=io["vocab_size"], tgt_vocab=io["output_size"])
