@@ -107,13 +107,14 @@ def test_cifg_is_onnx_input_forget():
     assert attrs["input_forget"] == 1
 
 
-@pytest.mark.parametrize("target, vocab, cell", [("class", 11, "peephole"), ("seq_class", 9, "mut1"),
-                                                 ("regression", None, "gru")])
-def test_whole_model_matches_pytorch(target, vocab, cell):
-    """Embedding (or features), the stack, the head; a carried state as for streaming evaluation."""
-    config = ModelConfig(cell=cell, hidden_size=6, num_layers=2, embedding_dim=4, backend="reference",
-                         bidirectional=target != "seq_class")
-    model = SequenceModel(config, input_size=3, output_size=4, target=target, vocab_size=vocab).eval()
+@pytest.mark.parametrize("target, vocab, cell, tied", [("class", 11, "peephole", False), ("seq_class", 9, "mut1", False),
+                                                       ("seq_class", 9, "lstm", True), ("regression", None, "gru", False)])
+def test_whole_model_matches_pytorch(target, vocab, cell, tied):
+    """Embedding (or features), the stack, the head (tied to the embedding too); a carried state."""
+    config = ModelConfig(cell=cell, hidden_size=6, num_layers=2, embedding_dim=6 if tied else 4, backend="reference",
+                         bidirectional=target != "seq_class", tie_embeddings=tied)
+    model = SequenceModel(config, input_size=3, output_size=vocab if tied else 4, target=target,
+                          vocab_size=vocab).eval()
     proto, _ = model_to_onnx(model)
     onnx.checker.check_model(proto)
     sess = _session(proto)
