@@ -107,8 +107,9 @@ def test_cifg_is_onnx_input_forget():
     assert attrs["input_forget"] == 1
 
 
-@pytest.mark.parametrize("target, vocab, cell, tied", [("class", 11, "peephole", False), ("seq_class", 9, "mut1", False),
-                                                       ("seq_class", 9, "lstm", True), ("regression", None, "gru", False)])
+@pytest.mark.parametrize("target, vocab, cell, tied", [
+    ("class", 11, "peephole", False), ("seq_class", 9, "mut1", False), ("seq_class", 9, "lstm", True),
+    ("regression", None, "gru", False)])
 def test_whole_model_matches_pytorch(target, vocab, cell, tied):
     """Embedding (or features), the stack, the head (tied to the embedding too); a carried state."""
     config = ModelConfig(cell=cell, hidden_size=6, num_layers=2, embedding_dim=6 if tied else 4, backend="reference",

@@ -93,10 +93,10 @@ def run_onnx_bench(cells: list[str], *, quick: bool, repeats: int, threads: int)
 
 def format_table(report: dict[str, Any]) -> str:
     s = report["shape"]
+    batch = f"batch B={s['batch']} T={s['steps']} ms"
     lines = [f"ONNX Runtime vs PyTorch eager (rnnlab default backend), I={s['input_size']} H={s['hidden_size']}, "
              f"{report['threads']} thread(s); medians",
-             f"{'cell':<8} {'stream B=1 µs/step':>28}   {'batch B=' + str(s['batch']) + ' T=' + str(s['steps']) + ' ms':>28}"
-             f"   {'int8 max|err|':>13}",
+             f"{'cell':<8} {'stream B=1 µs/step':>28}   {batch:>28}   {'int8 max|err|':>13}",
              f"{'':<8} {'torch':>8} {'ort fp32':>9} {'ort int8':>9}   {'torch':>8} {'ort fp32':>9} {'ort int8':>9}"]
     for r in report["rows"]:
         lines.append(f"{r['cell']:<8} {r['stream_us_torch']:>8.1f} {r['stream_us_onnx_fp32']:>9.1f} "
