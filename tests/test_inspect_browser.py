@@ -154,3 +154,19 @@ def test_sequence_page_shows_heatmaps(driver, tmp_path):
     Select(driver.find_element(By.ID, "gate")).select_by_value("r")
     assert driver.execute_script("return document.querySelector('canvas.heat').toDataURL()") != heat_before
     assert _errors(driver) == []
+
+
+@pytest.mark.parametrize("texts", [None, ["<!--<script>", "ab"], ["</script>", "ab"], ["<!--", "ab"]],
+                         ids=["all", "comment-script", "end-script", "comment"])
+def test_hostile_text_shows_literally(driver, tmp_path, texts):
+    from test_inspect_hostile import TITLE, hostile_page
+
+    page, texts = hostile_page(texts)  # "<!--<script>" alone left the page blank before the data was escaped
+    path = tmp_path / "hostile.html"
+    path.write_text(page, encoding="utf-8")
+    _open(driver, path)  # the script ran to the end: nothing in the text ended or hid it
+    assert _errors(driver) == []
+    shown = driver.execute_script("return [...document.querySelectorAll('#text span.ch')].map(s => s.textContent)")
+    assert "".join(shown) == "".join(texts)  # character for character, NUL and controls included
+    assert driver.execute_script("return document.getElementById('title').textContent") == TITLE
+    assert driver.execute_script("return document.querySelectorAll('script').length") == 1

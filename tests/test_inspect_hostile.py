@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from rnnlab.inspect.capture import Activations
 from rnnlab.inspect.html import page_data, render_page, script_json
@@ -29,25 +30,33 @@ def _script_bodies(page: str) -> list[str]:
     return re.findall(r"<script>(.*?)</script>", page, flags=re.S)
 
 
-def hostile_page() -> tuple[str, list[str]]:
-    texts = HOSTILE + ["".join(HOSTILE)]
-    return render_page(page_data(_acts(texts), title=TITLE, texts=texts, summary="".join(HOSTILE))), texts
+def hostile_page(texts: list[str] | None = None) -> tuple[str, list[str]]:
+    """The page for ``texts`` (default: every hostile string, then all of them joined) and those texts.
+
+    One string alone matters: ``<!--<script>`` with no ``-->`` after it is what left the script unclosed."""
+    texts = HOSTILE + ["".join(HOSTILE)] if texts is None else texts
+    return render_page(page_data(_acts(texts), title=TITLE, texts=texts, summary="".join(texts))), texts
 
 
-def test_hostile_text_round_trips_through_the_embedded_data():
-    page, texts = hostile_page()
+PAGES = [None] + [[s, "ok"] for s in HOSTILE]
+
+
+@pytest.mark.parametrize("texts", PAGES)
+def test_hostile_text_round_trips_through_the_embedded_data(texts):
+    page, texts = hostile_page(texts)
     bodies = _script_bodies(page)
     assert len(bodies) == 1  # one script element, closed by the template's own </script>
     payload = bodies[0].split("const DATA = ", 1)[1].split(";\n", 1)[0]
     data = json.loads(payload)  # still plain JSON: JSON.parse in the page reads the same
-    assert data["text"] == texts and data["title"] == TITLE and data["summary"] == "".join(HOSTILE)
+    assert data["text"] == texts and data["title"] == TITLE and data["summary"] == "".join(texts)
     # nothing in the data can open a comment, a script or end the element, whatever the HTML parser state
     assert "<" not in payload and ">" not in payload and "&" not in payload
     assert "\u2028" not in payload and "\u2029" not in payload and "\x00" not in payload
 
 
-def test_hostile_text_leaves_the_page_structure_intact():
-    page, _ = hostile_page()
+@pytest.mark.parametrize("texts", PAGES)
+def test_hostile_text_leaves_the_page_structure_intact(texts):
+    page, _ = hostile_page(texts)
     body = _script_bodies(page)[0]
     assert not re.search(r"<!--|<script|</script", body, flags=re.I)
     assert page.rstrip().endswith("</script>\n</body>\n</html>")
