@@ -75,6 +75,9 @@ class Recurrent(nn.Module):
             sequence for all steps (Gal & Ghahramani 2016); training only.
         zoneout: each unit of h and c keeps its previous value with this probability (Krueger et al. 2016);
             in eval the expectation is used.
+        weight_drop: DropConnect on the hidden-to-hidden weights (``weight_hh``), one mask per forward call
+            shared by every step (Wan et al. 2013; AWD-LSTM, Merity et al. 2017); training only.  The dropped
+            weight is what every backend receives, so the fused kernels run it unchanged.
         backend: ``"auto"`` (fastest that supports the call), ``"reference"`` or a registered name.
         check_finite: raise ``ValueError`` on NaN/inf in the input or initial state.
         **cell_kwargs: options of the cell (e.g. ``proj_size``, ``peepholes``, ``reset_after``).
@@ -97,6 +100,7 @@ class Recurrent(nn.Module):
     def __init__(self, cell: str | type[RecurrentCell] | CellFactory, input_size: int, hidden_size: int,
                  num_layers: int = 1, bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 weight_drop: float = 0.0,
                  backend: str = "auto", check_finite: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, **cell_kwargs: Any) -> None:
         super().__init__()
@@ -113,7 +117,7 @@ class Recurrent(nn.Module):
                 raise TypeError(f"{name}: expected bool, got {type(value).__name__} {value!r}")
         # dropout=1 is allowed as in torch.nn; a recurrent mask or zoneout of 1 would freeze the state
         for name, value, closed in (("dropout", dropout, True), ("recurrent_dropout", recurrent_dropout, False),
-                                    ("zoneout", zoneout, False)):
+                                    ("zoneout", zoneout, False), ("weight_drop", weight_drop, False)):
             number = not isinstance(value, bool) and isinstance(value, (int, float))
             if not number or not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
                 interval = "[0, 1]" if closed else "[0, 1)"
@@ -134,6 +138,7 @@ class Recurrent(nn.Module):
         self.bidirectional = bidirectional
         self.recurrent_dropout = float(recurrent_dropout)
         self.zoneout = float(zoneout)
+        self.weight_drop = float(weight_drop)
         self.backend = backend
         self.check_finite = check_finite
         self.cell_kwargs = dict(cell_kwargs)
@@ -168,6 +173,9 @@ class Recurrent(nn.Module):
             self._cells.append(row)
             self._param_names.append(names_row)
         self._recording: Recording | None = None
+        if weight_drop and "weight_hh" not in dict(self._param_names[0][0]):
+            raise OptionError(f"weight_drop: cell {cell!r} has no hidden-to-hidden weight (weight_hh) to drop, "
+                              f"got weight_drop={weight_drop!r}")
         # how extra_repr names the cell: the registered name as given, else the class or factory name
         self._cell_label = repr(cell) if isinstance(cell, str) else getattr(cell, "__name__", type(cell).__name__)
 
@@ -233,6 +241,7 @@ class Recurrent(nn.Module):
         options.pop("proj_size", None)
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
                               ("bidirectional", False), ("recurrent_dropout", 0.0), ("zoneout", 0.0),
+                              ("weight_drop", 0.0),
                               ("backend", "auto"), ("check_finite", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
@@ -320,7 +329,10 @@ class Recurrent(nn.Module):
                 if self.training and self.recurrent_dropout > 0:
                     keep = 1.0 - self.recurrent_dropout
                     rec_mask = torch.empty(B, c.output_size, dtype=x.dtype, device=x.device).bernoulli_(keep) / keep
-                call = LayerCall(cell=c, params=self.layer_params(layer, direction), x=x,
+                params = self.layer_params(layer, direction)
+                if self.weight_drop and self.training:  # DropConnect: one mask on W_hh for the whole call
+                    params = {**params, "weight_hh": F.dropout(params["weight_hh"], self.weight_drop, True)}
+                call = LayerCall(cell=c, params=params, x=x,
                                  state=per_k[k], lengths=lens, reverse=bool(direction),
                                  lower=lower_seq[direction] if c.needs_lower else None, rec_mask=rec_mask,
                                  zoneout=self.zoneout, training=self.training, record=record,

@@ -3,8 +3,8 @@
 ``torch.nn.LSTM`` on a GPU calls one ATen op (``_VF.lstm``, i.e. cuDNN) for all layers and directions at once.
 When an rnnlab stack computes exactly what that op computes — a plain :class:`~rnnlab.cells.LSTMCell` (all
 gates, no peepholes, activations on; ``proj_size`` allowed), a :class:`~rnnlab.cells.GRUCell` with the reset
-after the product, or an :class:`~rnnlab.cells.ElmanCell`; no recurrent dropout, zoneout, recording or
-forced backend — :func:`try_run` hands the whole stack to that op, so results and speed are torch.nn's own.
+after the product, or an :class:`~rnnlab.cells.ElmanCell`; no recurrent dropout, zoneout, weight drop,
+recording or forced backend — :func:`try_run` hands the whole stack to that op, so results and speed are torch.nn's own.
 Lengths go in as a packed sequence (as torch.nn takes them), dropout between layers is the op's own.
 
 The route is taken on CUDA tensors.  ``ROUTE_ON_CPU`` makes it run on the CPU too (the same op ``nn.LSTM``
@@ -32,7 +32,7 @@ ROUTE_ON_CPU = False
 
 def aten_mode(rnn: "Recurrent") -> str | None:
     """``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"`` when the stack equals that torch.nn module, else None."""
-    if rnn.recurrent_dropout or rnn.zoneout or rnn.backend != "auto" or not rnn.bias:
+    if rnn.recurrent_dropout or rnn.zoneout or rnn.weight_drop or rnn.backend != "auto" or not rnn.bias:
         return None
     cell = rnn.cell
     cls = type(cell)
