@@ -80,7 +80,7 @@ def test_train_eval_resume_generate_errors(capsys, tmp_path):
     assert main(["train", "--resume", "--out", str(out), "--epochs", "4", "--quiet"]) == 0
     capsys.readouterr()
     assert json.loads((out / "results.json").read_text())["steps"] == 48
-    assert "needs a charlm model" in _err(capsys, ["generate", str(out)])
+    assert "needs a charlm or wordlm model" in _err(capsys, ["generate", str(out)])
     # corrupt the weights: eval fails with one line
     latest = out / "checkpoints" / read_manifest(out)["best"] / "model.safetensors"
     latest.write_bytes(latest.read_bytes()[:-7])
