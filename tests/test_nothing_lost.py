@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -221,10 +222,26 @@ def test_demo_never_deletes_what_it_did_not_create(tmp_path, capsys):
         claim_out_dir(str(tmp_path), False)
 
 
-@pytest.mark.parametrize("argv", [["train", "cue"], ["compare"], ["demo"], ["inspect", "x"], ["bench", "--quick"]],
-                         ids=lambda a: a[0])
+def _commands_with_out() -> list[list[str]]:
+    """``[command, placeholder positionals...]`` for every registered command that has an --out option."""
+    from rnnlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, parser in sub.choices.items():
+        if any("--out" in a.option_strings for a in parser._actions):
+            positionals = [a for a in parser._actions if not a.option_strings and a.nargs not in ("?", "*")]
+            out.append([name, *(["x"] * len(positionals))])
+    return out
+
+
+@pytest.mark.parametrize("argv", _commands_with_out(), ids=lambda a: a[0])
 def test_empty_out_is_refused(capsys, argv):
     assert "--out" in _err(capsys, [*argv, "--out", ""])
+
+
+def test_every_command_with_out_is_covered():
+    assert {"train", "compare", "demo", "inspect", "bench"} <= {a[0] for a in _commands_with_out()}
 
 
 def test_results_json_is_strict():
