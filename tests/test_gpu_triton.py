@@ -207,3 +207,38 @@ def test_cpu_tensors_refused_without_the_opt_in(monkeypatch):
     call = LayerCall(cell=rnn.cell, params=rnn.layer_params(0), x=x,
                      state=rnn.cell.init_state(1, dtype=x.dtype, device=x.device))
     assert not get_backend("triton").supports(call)
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_storage_within_its_tolerance_of_fp32(name, dtype):
+    """bf16/fp16 storage (GEMMs and activations) with fp32 element-wise math and fp32 states."""
+    torch.manual_seed(10)
+    ref = rnnlab.Recurrent(name, 3, 8, backend="reference")
+    low = rnnlab.Recurrent(name, 3, 8, backend="triton", dtype=dtype)
+    low.load_state_dict({k: v.to(dtype) for k, v in ref.state_dict().items()})
+    x = torch.randn(6, 4, 3)
+    o1, _ = ref(x, lengths=[6, 5, 3, 1])
+    o2, s2 = low(x.to(dtype), lengths=[6, 5, 3, 1])
+    assert o2.dtype == dtype
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    torch.testing.assert_close(o2.float(), o1, atol=tol, rtol=tol)
+    g = torch.autograd.grad(o2.float().sum(), list(low.parameters()))
+    g_ref = torch.autograd.grad(ref(x, lengths=[6, 5, 3, 1])[0].sum(), list(ref.parameters()))
+    for a, b in zip(g, g_ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b, atol=tol * 4, rtol=tol * 4)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
+    torch.manual_seed(11)
+    ref, tri = _pair(name, dtype=torch.float32, num_layers=2)
+    x = torch.randn(5, 3, 3)
+    o1, s1 = ref(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        o2, s2 = tri(x)
+    assert o2.dtype == torch.bfloat16 and all(s.dtype == torch.float32 for s in _parts(s2))
+    torch.testing.assert_close(o2.float(), o1, atol=3e-2, rtol=3e-2)
+    o2.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in tri.parameters())

@@ -2,7 +2,8 @@
 
 ``supports`` accepts a call when Triton is installed, the tensors are on a CUDA device (or on the CPU with
 ``TRITON_INTERPRET=1 RNNLAB_TRITON_ON_CPU=1``, Triton's interpreter, which is how the test suite runs every kernel without a GPU),
-float32/float64, and the cell has a registered rule (:mod:`rnnlab.backends.gpu.rules`: the LSTM family but
+float32/float64 (or bf16/fp16 storage: element-wise math and states in fp32; under autocast the input and
+weights are cast to the autocast dtype), and the cell has a registered rule (:mod:`rnnlab.backends.gpu.rules`: the LSTM family but
 ``proj_size`` / FGR, the GRU in torch's form, Elman).  Options handled in the driver for every cell: lengths,
 reverse, recurrent dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
 Triton is imported on first use only, so ``import rnnlab`` does not pay for it.
@@ -18,7 +19,21 @@ import torch
 from rnnlab.backends.base import LayerCall, LayerResult
 from rnnlab.sequence import reverse_within_lengths
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type`` if it is bf16/fp16, else None."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no per-device query
+        on = torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+    if not on:
+        return None
+    dtype = torch.get_autocast_dtype(device_type) if hasattr(torch, "get_autocast_dtype") else \
+        (torch.get_autocast_gpu_dtype() if device_type == "cuda" else torch.get_autocast_cpu_dtype())
+    return dtype if dtype in _LOW else None
 
 
 def triton_available() -> bool:
@@ -46,8 +61,9 @@ class TritonBackend:
             return False
         if x.dtype not in _DTYPES or x.dim() != 3 or not triton_available():
             return False
+        autocast = _autocast_dtype(device.type) is not None  # weights are cast to the autocast dtype in run()
         for t in (*call.params.values(), *call.state):
-            if t.dtype != x.dtype or t.device != device:
+            if t.device != device or (t.dtype != x.dtype and not autocast):
                 return False
         from rnnlab.backends.gpu.rules import rule_for
 
@@ -59,7 +75,12 @@ class TritonBackend:
 
         cell, lengths = call.cell, call.lengths
         rule = rule_for(cell)
-        x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
+        x, params = call.x, call.params
+        low = _autocast_dtype(x.device.type)
+        if low is not None:  # autocast: input, weights and activations in bf16/fp16, states accumulate in fp32
+            x = x.to(low)
+            params = {k: v.to(low) for k, v in params.items()}
+        x = reverse_within_lengths(x, lengths) if call.reverse else x
         T, B = x.shape[0], x.shape[1]
         if lengths is None:
             valid = torch.ones(T, B, dtype=torch.int8, device=x.device)
@@ -71,12 +92,12 @@ class TritonBackend:
             shapes = [(T,) + tuple(s.shape) for s in call.state]
             keeps = tuple(torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
                           else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device) for s in shapes)
-        names = tuple(call.params)
+        names = tuple(params)
         spec = LoopSpec(cell, rule, names, len(call.state))
         rec_mask = None if call.rec_mask is None else call.rec_mask.contiguous()
         output, records, *final = RecurrentLoop.apply(spec, x.contiguous(), valid, rec_mask, keeps,
                                                       *[s.contiguous() for s in call.state],
-                                                      *call.params.values())
+                                                      *params.values())
         gates = {}
         if call.record:
             H = cell.hidden_size

@@ -7,6 +7,12 @@ import triton.language as tl
 
 
 @triton.jit
+def ld(ptr, mask, COMPUTE: tl.constexpr):
+    """Load and widen to the compute type (float32 for bf16/fp16/fp32 storage, float64 for float64)."""
+    return tl.load(ptr, mask=mask).to(COMPUTE)
+
+
+@triton.jit
 def sigmoid(z):
     # exp of a non-positive number only: finite for any z, including ±inf
     e = tl.exp(-tl.abs(z))

@@ -59,6 +59,18 @@ class CellRule(Protocol):
                  d_consts: Tensor, B: int, H: int) -> None: ...
 
 
+def accumulation_dtype(storage: torch.dtype) -> torch.dtype:
+    """States, saved activations and gradients: float64 stays float64, every narrower type accumulates in fp32."""
+    return torch.float64 if storage == torch.float64 else torch.float32
+
+
+def compute_type(t: Tensor):
+    """The Triton compute type of the element-wise kernels for a tensor in the accumulation dtype."""
+    import triton.language as tl
+
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
 def grid(B: int, H: int) -> tuple[int]:
     return ((B * H + BLOCK - 1) // BLOCK,)
 
@@ -80,31 +92,40 @@ class RecurrentLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: LoopSpec, x: Tensor, valid: Tensor, rec_mask: Tensor | None,
                 keeps: tuple[Tensor, ...] | None, *tensors: Tensor):
+        with torch.autocast(x.device.type, enabled=False):  # the storage dtype is chosen by the caller
+            return RecurrentLoop._forward(ctx, spec, x, valid, rec_mask, keeps, tensors)
+
+    @staticmethod
+    def _forward(ctx, spec: LoopSpec, x: Tensor, valid: Tensor, rec_mask: Tensor | None,
+                 keeps: tuple[Tensor, ...] | None, tensors: tuple[Tensor, ...]):
         S = spec.n_states
         state0, params = tensors[:S], tensors[S:]
         p = dict(zip(spec.names, params))
         rule = spec.rule
         T, B = x.shape[0], x.shape[1]
         H = spec.cell.hidden_size
+        acc = accumulation_dtype(x.dtype)
         prep = rule.prepare(p, H)
         w_ih, w_hh = p["weight_ih"], p["weight_hh"].contiguous()
         xp = torch.nn.functional.linear(x, w_ih, prep.b_x).contiguous()  # (T, B, G*H), one GEMM
-        seq = [x.new_empty((T + 1,) + s.shape) for s in state0]  # (T+1, B, S_k): the state before each step
+        # the state sequence and the saved activations in the accumulation dtype (fp32 for bf16/fp16 storage)
+        seq = [x.new_empty((T + 1,) + s.shape, dtype=acc) for s in state0]  # (T+1, B, S_k)
         for k, s in enumerate(state0):
             seq[k][0] = s
-        saved = x.new_empty(T, B, rule.n_saved * H)
+        saved = x.new_empty(T, B, rule.n_saved * H, dtype=acc)
         hh = x.new_empty(B, rule.n_gates * H)
+        mask = None if rec_mask is None else rec_mask.to(acc)
         for t in range(T):
             h_prev = seq[0][t]
-            hd = h_prev if rec_mask is None else h_prev * rec_mask
+            hd = (h_prev if mask is None else h_prev * mask).to(x.dtype)
             if prep.b_hh is None:
                 torch.mm(hd, w_hh.t(), out=hh)
             else:
                 torch.addmm(prep.b_hh, hd, w_hh.t(), out=hh)
             rule.forward(xp[t], hh, [s[t] for s in seq], [s[t + 1] for s in seq], saved[t], prep.consts,
                          valid[t], None if keeps is None else [k_[t] for k_ in keeps], B, H)
-        output = seq[0][1:] * valid.unsqueeze(-1)  # (T, B, H): zero at padded steps
-        finals = tuple(s[T].clone() for s in seq)
+        output = (seq[0][1:] * valid.unsqueeze(-1)).to(x.dtype)  # (T, B, H): zero at padded steps
+        finals = tuple(s[T].to(s0.dtype) for s, s0 in zip(seq, state0))
         ctx.spec = spec
         ctx.has_mask, ctx.has_keeps = rec_mask is not None, keeps is not None
         ctx.save_for_backward(x, valid, xp, saved, *[s for s in seq], *state0, *params,
@@ -125,37 +146,46 @@ class RecurrentLoop(torch.autograd.Function):
         keeps = tuple(rest[1 if ctx.has_mask else 0:]) if ctx.has_keeps else None
         if torch.is_grad_enabled():  # create_graph=True: gradients must themselves be differentiable
             return _differentiable_backward(spec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals)
+        with torch.autocast(x.device.type, enabled=False):
+            return RecurrentLoop._backward(spec, x, valid, xp, saved, seq, state0, params, rec_mask, keeps,
+                                           d_output, d_finals)
+
+    @staticmethod
+    def _backward(spec: LoopSpec, x, valid, xp, saved, seq, state0, params, rec_mask, keeps, d_output, d_finals):
         p = dict(zip(spec.names, params))
         rule = spec.rule
         T, B = x.shape[0], x.shape[1]
         H = spec.cell.hidden_size
+        acc = saved.dtype
         prep = rule.prepare(p, H)
         w_hh = p["weight_hh"].contiguous()
-        d_state = [torch.zeros_like(s) if d is None else d.clone() for d, s in zip(d_finals, state0)]
-        d_xp = torch.empty_like(xp)
-        d_hh = d_xp if rule.hh_is_xp else torch.empty_like(xp)
+        d_state = [x.new_zeros(s.shape, dtype=acc) if d is None else d.to(acc) for d, s in zip(d_finals, state0)]
+        d_xp = torch.empty_like(xp, dtype=acc)
+        d_hh = d_xp if rule.hh_is_xp else torch.empty_like(d_xp)
+        mask = None if rec_mask is None else rec_mask.to(acc)
         C = prep.consts.shape[0]
-        d_consts = x.new_zeros(T, B, C * H) if C else x.new_empty(0)
+        d_consts = x.new_zeros(T, B, C * H, dtype=acc) if C else x.new_empty(0, dtype=acc)
         for t in range(T - 1, -1, -1):
             if d_output is not None:
-                d_state[0] = d_state[0] + d_output[t] * valid[t].unsqueeze(-1)
+                d_state[0] = d_state[0] + d_output[t].to(acc) * valid[t].unsqueeze(-1)
             d_olds = [torch.empty_like(s) for s in d_state]
             rule.backward([d.contiguous() for d in d_state], saved[t], [s[t] for s in seq], prep.consts,
                           valid[t], None if keeps is None else [k[t] for k in keeps], d_xp[t], d_hh[t], d_olds,
                           d_consts[t] if C else d_consts, B, H)
-            back = torch.mm(d_hh[t], w_hh)  # (B, H): through the recurrent product
-            d_olds[0] += back if rec_mask is None else back * rec_mask
+            back = torch.mm(d_hh[t].to(w_hh.dtype), w_hh).to(acc)  # (B, H): through the recurrent product
+            d_olds[0] += back if mask is None else back * mask
             d_state = d_olds
-        h_prev = seq[0][:-1] if rec_mask is None else seq[0][:-1] * rec_mask  # (T, B, H)
+        h_prev = seq[0][:-1] if mask is None else seq[0][:-1] * mask  # (T, B, H)
         flat = d_hh.reshape(T * B, -1)  # (T*B, G*H)
         grads = {"weight_hh": flat.t().mm(h_prev.reshape(T * B, -1)),
-                 "weight_ih": d_xp.reshape(T * B, -1).t().mm(x.reshape(T * B, -1))}
-        d_x = torch.nn.functional.linear(d_xp, p["weight_ih"].t())  # (T, B, I)
+                 "weight_ih": d_xp.reshape(T * B, -1).t().mm(x.reshape(T * B, -1).to(acc))}
+        d_x = torch.nn.functional.linear(d_xp.to(x.dtype), p["weight_ih"].t())  # (T, B, I)
         d_b_x = d_xp.sum((0, 1)) if prep.b_x is not None else None
         d_b_hh = d_hh.sum((0, 1)) if prep.b_hh is not None else None
         grads.update(rule.param_grads(p, d_b_x, d_b_hh, d_consts.sum((0, 1)).view(C, H) if C else None))
-        d_params = tuple(grads.get(n) for n in spec.names)
-        return (None, d_x, None, None, None) + tuple(d_state) + d_params
+        d_params = tuple(None if grads.get(n) is None else grads[n].to(v.dtype) for n, v in zip(spec.names, params))
+        d_state0 = tuple(d.to(s.dtype) for d, s in zip(d_state, state0))
+        return (None, d_x, None, None, None) + d_state0 + d_params
 
 
 def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals):

@@ -6,18 +6,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.common import blend, blend_grad, ld, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.elman import ElmanCell
 
 
 @triton.jit
 def _elman_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, RELU: tl.constexpr, HAS_KEEP: tl.constexpr,
-               BLOCK: tl.constexpr):
+               COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
-    pre = tl.load(XP + offs, mask=m) + tl.load(HH + offs, mask=m)
+    pre = ld(XP + offs, m, COMPUTE) + ld(HH + offs, m, COMPUTE)
     if RELU:
         h = tl.maximum(pre, 0.0)
     else:
@@ -26,21 +26,21 @@ def _elman_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, RELU: tl.constexpr, HAS_K
     valid = tl.load(VALID + offs // H, mask=m) != 0
     kh = h
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
-    tl.store(H1 + offs, blend(h, tl.load(H0 + offs, mask=m), valid, kh, HAS_KEEP), mask=m)
+        kh = ld(KH + offs, m, COMPUTE)
+    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
 
 
 @triton.jit
 def _elman_bwd(DH1, SAVED, VALID, KH, DXP, DH0, N, H, RELU: tl.constexpr, HAS_KEEP: tl.constexpr,
-               BLOCK: tl.constexpr):
+               COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
-    pre = tl.load(SAVED + offs, mask=m)
+    pre = ld(SAVED + offs, m, COMPUTE)
     valid = tl.load(VALID + offs // H, mask=m) != 0
     kh = pre
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
-    dh, dh_old = blend_grad(tl.load(DH1 + offs, mask=m), valid, kh, HAS_KEEP)
+        kh = ld(KH + offs, m, COMPUTE)
+    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
     if RELU:
         dpre = tl.where(pre > 0.0, dh, 0.0)
     else:
@@ -74,12 +74,12 @@ class ElmanRule:
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
         kh = keeps[0] if keeps is not None else olds[0]
         _elman_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, kh, B * H, H, RELU=self.relu,
-                               HAS_KEEP=keeps is not None, BLOCK=BLOCK)
+                               HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
         kh = keeps[0] if keeps is not None else olds[0]
         _elman_bwd[grid(B, H)](d_news[0], saved, valid, kh, d_xp, d_olds[0], B * H, H, RELU=self.relu,
-                               HAS_KEEP=keeps is not None, BLOCK=BLOCK)
+                               HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
 
 register_rule(ElmanCell, lambda cell: ElmanRule(cell))

@@ -11,24 +11,25 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, sigmoid, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.gru import GRUCell
 
 
 @triton.jit
-def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     b = offs // H
     j = offs % H
     row = b * 3 * H + j
-    r = sigmoid(tl.load(XP + row, mask=m) + tl.load(HH + row, mask=m))
-    z = sigmoid(tl.load(XP + row + H, mask=m) + tl.load(HH + row + H, mask=m))
-    hn = tl.load(HH + row + 2 * H, mask=m)
-    n = tanh(tl.load(XP + row + 2 * H, mask=m) + r * hn)
-    h_prev = tl.load(H0 + offs, mask=m)
+    r = sigmoid(ld(XP + row, m, COMPUTE) + ld(HH + row, m, COMPUTE))
+    z = sigmoid(ld(XP + row + H, m, COMPUTE) + ld(HH + row + H, m, COMPUTE))
+    hn = ld(HH + row + 2 * H, m, COMPUTE)
+    n = tanh(ld(XP + row + 2 * H, m, COMPUTE) + r * hn)
+    h_prev = ld(H0 + offs, m, COMPUTE)
     h = (1.0 - z) * n + z * h_prev
     srow = b * 4 * H + j
     tl.store(SAVED + srow, r, mask=m)
@@ -38,27 +39,28 @@ def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, BLO
     valid = tl.load(VALID + b, mask=m) != 0
     kh = h
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
+        kh = ld(KH + offs, m, COMPUTE)
     tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
 
 
 @triton.jit
-def _gru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+def _gru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     b = offs // H
     j = offs % H
     srow = b * 4 * H + j
-    r = tl.load(SAVED + srow, mask=m)
-    z = tl.load(SAVED + srow + H, mask=m)
-    n = tl.load(SAVED + srow + 2 * H, mask=m)
-    hn = tl.load(SAVED + srow + 3 * H, mask=m)
-    h_prev = tl.load(H0 + offs, mask=m)
+    r = ld(SAVED + srow, m, COMPUTE)
+    z = ld(SAVED + srow + H, m, COMPUTE)
+    n = ld(SAVED + srow + 2 * H, m, COMPUTE)
+    hn = ld(SAVED + srow + 3 * H, m, COMPUTE)
+    h_prev = ld(H0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b, mask=m) != 0
     kh = h_prev
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
-    dh, dh_old = blend_grad(tl.load(DH1 + offs, mask=m), valid, kh, HAS_KEEP)
+        kh = ld(KH + offs, m, COMPUTE)
+    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
     dzn = dh * (1.0 - z) * (1.0 - n * n)
     dzz = dh * (h_prev - n) * z * (1.0 - z)
     dzr = dzn * hn * r * (1.0 - r)
@@ -92,12 +94,12 @@ class GRURule:
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
         kh = keeps[0] if keeps is not None else olds[0]
         _gru_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, kh, B * H, H, HAS_KEEP=keeps is not None,
-                             BLOCK=BLOCK)
+                             COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
         kh = keeps[0] if keeps is not None else olds[0]
         _gru_bwd[grid(B, H)](d_news[0], saved, olds[0], valid, kh, d_xp, d_hh, d_olds[0], B * H, H,
-                             HAS_KEEP=keeps is not None, BLOCK=BLOCK)
+                             HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
 
 register_rule(GRUCell, lambda cell: GRURule() if cell.reset_after else None)

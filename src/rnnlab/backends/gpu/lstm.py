@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, sigmoid, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.lstm import LSTMCell
 
@@ -22,41 +22,42 @@ from rnnlab.cells.lstm import LSTMCell
 def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     b = offs // H
     j = offs % H
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
-    c_prev = tl.load(C0 + offs, mask=m)
+    c_prev = ld(C0 + offs, m, COMPUTE)
     one = tl.full([BLOCK], 1.0, c_prev.dtype)
     i = one
     if HAS_I:
-        zi = tl.load(XP + row, mask=m) + tl.load(HH + row, mask=m)
+        zi = ld(XP + row, m, COMPUTE) + ld(HH + row, m, COMPUTE)
         if PEEP_I:
-            zi += tl.load(PEEP + j, mask=m) * c_prev
+            zi += ld(PEEP + j, m, COMPUTE) * c_prev
         i = sigmoid(zi)
     f = one
     if COUPLED:
         f = 1.0 - i
     if HAS_F:
         k = HAS_I * H
-        zf = tl.load(XP + row + k, mask=m) + tl.load(HH + row + k, mask=m)
+        zf = ld(XP + row + k, m, COMPUTE) + ld(HH + row + k, m, COMPUTE)
         if PEEP_F:
-            zf += tl.load(PEEP + H + j, mask=m) * c_prev
+            zf += ld(PEEP + H + j, m, COMPUTE) * c_prev
         f = sigmoid(zf)
     kg = (HAS_I + HAS_F) * H
-    g = tl.load(XP + row + kg, mask=m) + tl.load(HH + row + kg, mask=m)
+    g = ld(XP + row + kg, m, COMPUTE) + ld(HH + row + kg, m, COMPUTE)
     if IN_ACT:
         g = tanh(g)
     c = f * c_prev + i * g
     o = one
     if HAS_O:
         ko = (HAS_I + HAS_F + 1) * H
-        zo = tl.load(XP + row + ko, mask=m) + tl.load(HH + row + ko, mask=m)
+        zo = ld(XP + row + ko, m, COMPUTE) + ld(HH + row + ko, m, COMPUTE)
         if PEEP_O:
-            zo += tl.load(PEEP + 2 * H + j, mask=m) * c
+            zo += ld(PEEP + 2 * H + j, m, COMPUTE) * c
         o = sigmoid(zo)
     a = c
     if OUT_ACT:
@@ -72,9 +73,9 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
     kh = one
     kc = one
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
-        kc = tl.load(KC + offs, mask=m)
-    tl.store(H1 + offs, blend(h, tl.load(H0 + offs, mask=m), valid, kh, HAS_KEEP), mask=m)
+        kh = ld(KH + offs, m, COMPUTE)
+        kc = ld(KC + offs, m, COMPUTE)
+    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
     tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
 
 
@@ -82,7 +83,8 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
 def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     b = offs // H
@@ -90,21 +92,21 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
     srow = b * 5 * H + j
-    i = tl.load(SAVED + srow, mask=m)
-    f = tl.load(SAVED + srow + H, mask=m)
-    g = tl.load(SAVED + srow + 2 * H, mask=m)
-    o = tl.load(SAVED + srow + 3 * H, mask=m)
-    c = tl.load(SAVED + srow + 4 * H, mask=m)
-    c_prev = tl.load(C0 + offs, mask=m)
+    i = ld(SAVED + srow, m, COMPUTE)
+    f = ld(SAVED + srow + H, m, COMPUTE)
+    g = ld(SAVED + srow + 2 * H, m, COMPUTE)
+    o = ld(SAVED + srow + 3 * H, m, COMPUTE)
+    c = ld(SAVED + srow + 4 * H, m, COMPUTE)
+    c_prev = ld(C0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b, mask=m) != 0
     one = tl.full([BLOCK], 1.0, c.dtype)
     kh = one
     kc = one
     if HAS_KEEP:
-        kh = tl.load(KH + offs, mask=m)
-        kc = tl.load(KC + offs, mask=m)
-    dh, dh_old = blend_grad(tl.load(DH1 + offs, mask=m), valid, kh, HAS_KEEP)
-    dc, dc_old = blend_grad(tl.load(DC1 + offs, mask=m), valid, kc, HAS_KEEP)
+        kh = ld(KH + offs, m, COMPUTE)
+        kc = ld(KC + offs, m, COMPUTE)
+    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    dc, dc_old = blend_grad(ld(DC1 + offs, m, COMPUTE), valid, kc, HAS_KEEP)
     a = c
     if OUT_ACT:
         a = tanh(c)
@@ -114,7 +116,7 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     if HAS_O:
         dzo = dh * a * o * (1.0 - o)
         if PEEP_O:
-            dc += dzo * tl.load(PEEP + 2 * H + j, mask=m)
+            dc += dzo * ld(PEEP + 2 * H + j, m, COMPUTE)
             tl.store(DPEEP + b * 3 * H + 2 * H + j, dzo * c, mask=m)
         tl.store(DXP + row + (HAS_I + HAS_F + 1) * H, dzo, mask=m)
     df = dc * c_prev
@@ -129,13 +131,13 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     if HAS_F:
         dzf = df * f * (1.0 - f)
         if PEEP_F:
-            dc_prev += dzf * tl.load(PEEP + H + j, mask=m)
+            dc_prev += dzf * ld(PEEP + H + j, m, COMPUTE)
             tl.store(DPEEP + b * 3 * H + H + j, dzf * c_prev, mask=m)
         tl.store(DXP + row + HAS_I * H, dzf, mask=m)
     if HAS_I:
         dzi = di * i * (1.0 - i)
         if PEEP_I:
-            dc_prev += dzi * tl.load(PEEP + j, mask=m)
+            dc_prev += dzi * ld(PEEP + j, m, COMPUTE)
             tl.store(DPEEP + b * 3 * H + j, dzi * c_prev, mask=m)
         tl.store(DXP + row, dzi, mask=m)
     tl.store(DH0 + offs, dh_old, mask=m)
@@ -183,13 +185,14 @@ class LSTMRule:
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
         kh, kc = keeps if keeps is not None else (olds[0], olds[1])
         _lstm_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, kh, kc, B * H,
-                              H, HAS_KEEP=keeps is not None, BLOCK=BLOCK, **self.flags)
+                              H, HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK,
+                              **self.flags)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
         kh, kc = keeps if keeps is not None else (olds[0], olds[1])
         _lstm_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, kh, kc, d_xp, d_olds[0],
-                              d_olds[1], d_consts, B * H, H, HAS_KEEP=keeps is not None, BLOCK=BLOCK,
-                              **self.flags)
+                              d_olds[1], d_consts, B * H, H, HAS_KEEP=keeps is not None,
+                              COMPUTE=compute_type(saved), BLOCK=BLOCK, **self.flags)
 
 
 def _rule(cell: LSTMCell) -> LSTMRule | None:
