@@ -81,3 +81,17 @@ def test_cell_without_recurrent_weights_is_refused():
 
 def test_repr_shows_it():
     assert "weight_drop=0.25" in repr(rnnlab.LSTM(3, 4, weight_drop=0.25))
+
+
+def test_cli_flag_trains_and_bad_value_is_one_line(tmp_path, capsys):
+    from rnnlab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "cue", "--lag", "3", "--n-train", "32", "--hidden-size", "4", "--epochs", "1",
+                 "--weight-drop", "0.3", "--quiet", "--out", str(out)]) == 0
+    config = __import__("json").loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())
+    assert config["model"]["weight_drop"] == 0.3
+    capsys.readouterr()
+    assert main(["train", "cue", "--weight-drop", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weight-drop" in err[0] and "1.5" in err[0]

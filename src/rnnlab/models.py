@@ -24,6 +24,8 @@ class ModelConfig:
     bidirectional: bool = False
     recurrent_dropout: float = 0.0
     zoneout: float = 0.0
+    #: DropConnect on the hidden-to-hidden weights (AWD-LSTM), training only
+    weight_drop: float = 0.0
     #: embedding width for token inputs (tasks with a vocab_size)
     embedding_dim: int = 64
     #: extra options of the cell (e.g. {"peepholes": "if"}, {"reset_after": False})
@@ -91,6 +93,7 @@ class SequenceModel(nn.Module):
         self.rnn = Recurrent(config.cell, rnn_in, config.hidden_size, config.num_layers, dropout=config.dropout,
                              bidirectional=config.bidirectional, batch_first=True,
                              recurrent_dropout=config.recurrent_dropout, zoneout=config.zoneout,
+                             weight_drop=config.weight_drop,
                              backend=config.backend, **config.cell_options)
         D = 2 if config.bidirectional else 1
         head_in = D * self.rnn.cell.output_size

@@ -14,7 +14,8 @@ from rnnlab.cli import UserError
 #: CLI flag -> (section, field) of the JSON config; every one defaults to None so --config can fill it
 MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
                "embedding_dim": "embedding_dim", "dropout": "dropout", "recurrent_dropout": "recurrent_dropout",
-               "zoneout": "zoneout", "bidirectional": "bidirectional", "backend": "backend"}
+               "zoneout": "zoneout", "weight_drop": "weight_drop", "bidirectional": "bidirectional",
+               "backend": "backend", "tie_embeddings": "tie_embeddings"}
 TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size", "bptt": "bptt",
                "optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
                "schedule": "schedule", "warmup": "warmup_steps", "step_size": "step_size", "gamma": "gamma",
@@ -47,6 +48,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recurrent-dropout", type=float,
                    help="variational dropout on h where it enters the recurrent weights, in [0, 1) (default 0)")
     g.add_argument("--zoneout", type=float, help="zoneout probability for h and c, in [0, 1) (default 0)")
+    g.add_argument("--weight-drop", type=float,
+                   help="DropConnect on the hidden-to-hidden weights (AWD-LSTM), in [0, 1) (default 0)")
+    g.add_argument("--tie-embeddings", action="store_true", default=None,
+                   help="share the embedding matrix with the output layer (language models; Press & Wolf 2017)")
     g.add_argument("--bidirectional", action="store_true", default=None,
                    help="run a second layer over reversed time (not for per-step LM tasks)")
     g.add_argument("--cell-option", action="append", metavar="KEY=VALUE",

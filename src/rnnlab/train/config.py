@@ -189,7 +189,7 @@ def check_model_config(cfg: "ModelConfig") -> "ModelConfig":
         v = getattr(cfg, name)
         if not _is_int(v) or v < 1:
             raise bad(name, f"expected an integer >= 1, got {v!r}")
-    for name in ("dropout", "recurrent_dropout", "zoneout"):
+    for name in ("dropout", "recurrent_dropout", "zoneout", "weight_drop"):
         v = getattr(cfg, name)
         if not _is_number(v) or not 0 <= v < 1:  # NaN fails the comparison too
             raise bad(name, f"expected a probability in [0, 1), got {v!r}")
@@ -282,19 +282,30 @@ def _available_memory() -> int | None:
         return None
 
 
-def model_memory(task: "Task", cfg: "ModelConfig") -> tuple[int, int]:
-    """``(parameters, bytes to train them)`` of the model ``cfg`` builds for ``task``, counted on the meta device."""
+def _meta_model(task: "Task", cfg: "ModelConfig") -> Any:
+    """The model ``cfg`` builds for ``task``, on the meta device: shapes without memory.  Sizes too large to even
+    count (more than 2**63 bytes) raise :class:`NotEnoughMemory`."""
     import torch
 
     from rnnlab.models import SequenceModel
 
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        custom = getattr(task, "build_model", None)  # a task with its own architecture (g2p builds a Seq2Seq)
-        model = custom(cfg) if callable(custom) else SequenceModel(
-            cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
-            vocab_size=task.vocab_size)
-    n = sum(p.numel() for p in model.parameters())
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            custom = getattr(task, "build_model", None)  # a task with its own architecture (g2p builds a Seq2Seq)
+            return custom(cfg) if callable(custom) else SequenceModel(
+                cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
+                vocab_size=task.vocab_size)
+    except RuntimeError as e:
+        if "overflow" not in str(e).lower():
+            raise
+        raise NotEnoughMemory(f"hidden_size={cfg.hidden_size}, num_layers={cfg.num_layers}, embedding_dim="
+                              f"{cfg.embedding_dim} give a model too large to count ({e})") from None
+
+
+def model_memory(task: "Task", cfg: "ModelConfig") -> tuple[int, int]:
+    """``(parameters, bytes to train them)`` of the model ``cfg`` builds for ``task``, counted on the meta device."""
+    n = sum(p.numel() for p in _meta_model(task, cfg).parameters())
     return n, n * BYTES_PER_PARAMETER
 
 
@@ -329,6 +340,8 @@ def check_run_fits(task: "Task", cfg: "ModelConfig", train: TrainConfig) -> None
 def check_model_io(config: dict[str, Any], task: "Task") -> None:
     """A saved checkpoint's ``model_io`` must be what ``task`` gives (else its weights index the wrong vocabulary
     or classes); ``ConfigError`` naming the first difference."""
+    if callable(getattr(task, "build_model", None)):
+        return  # a task-built architecture (e.g. Seq2Seq) records its own sizes; check_weights_fit covers it
     io = config.get("model_io")
     if not isinstance(io, dict):
         raise ConfigError("model_io", f"expected a JSON object with input_size, output_size, target, got {io!r}")
@@ -341,17 +354,7 @@ def check_model_io(config: dict[str, Any], task: "Task") -> None:
 def check_weights_fit(task: "Task", cfg: "ModelConfig", state: dict[str, Any]) -> None:
     """Saved weights ``state`` must have exactly the names and shapes of the model ``cfg`` builds for ``task``
     (compared on the meta device); ``ConfigError`` naming the first that differs."""
-    import torch
-
-    from rnnlab.models import SequenceModel
-
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        custom = getattr(task, "build_model", None)  # a task with its own architecture (g2p builds a Seq2Seq)
-        model = custom(cfg) if callable(custom) else SequenceModel(
-            cfg, input_size=task.input_size, output_size=task.output_size, target=task.target,
-            vocab_size=task.vocab_size)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in _meta_model(task, cfg).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     for name in sorted(set(expected) | set(got)):
         if expected.get(name) != got.get(name):
