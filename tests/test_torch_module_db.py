@@ -492,12 +492,12 @@ def test_rnn_weight_norm():
     check_weight_norm(MODULES["LSTM"](10, 20, proj_size=10), "weight_hr_l0", 5)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("name", list(MODULES))
-def test_rnn_grad_and_gradgrad(name):
+def test_rnn_grad_and_gradgrad(name, backend):
     # test_nn.py's test_LSTM_grad_and_gradgrad / test_GRU_grad_and_gradgrad (float64, hsize=3, isize=2, 2 layers)
-    # on the reference backend: second derivatives through the fused CPU kernels are the kernel issue's
     torch.manual_seed(0)
-    mod = MODULES[name](2, 3, 2, backend="reference").double()
+    mod = MODULES[name](2, 3, 2, backend=backend).double()
     x = torch.randn(1, 4, 2, dtype=torch.double, requires_grad=True)
     names = [n for n, _ in mod.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in mod.parameters()]
