@@ -325,3 +325,14 @@ def test_tag_never_opens_the_checkpoints_text_path(tmp_path, capsys):
     _forge(run_dir, path=str(secret))
     err = _err(capsys, ["tag", str(run_dir), "once upon a time"])
     assert SECRET not in err and "--data FILE" in err
+
+
+def test_export_metadata_never_opens_the_checkpoints_path(charlm_run):
+    """`rnnlab export` copies the task's vocabulary into FILE.json: never from a file the checkpoint names."""
+    from rnnlab.export.files import task_metadata
+
+    run_dir, _, secret = charlm_run
+    secret.write_text(TEXT + "§¤" * 50)  # characters the training text does not have
+    _forge(run_dir, path=str(secret))
+    meta = task_metadata(load_checkpoint(run_dir).config)
+    assert "§" not in meta.get("vocabulary", [])

@@ -58,10 +58,11 @@ def task_metadata(config: dict[str, Any]) -> dict[str, Any]:
     Tasks compute these from their data when built; they are not in the checkpoint config, so the task is
     rebuilt once here and what a deployment needs is copied out.  An unbuildable task leaves them out.
     """
-    from rnnlab.train.runner import make_task
+    from rnnlab.train.runner import task_from_checkpoint
 
     try:
-        task = make_task(config["task"]["name"], config["task"]["options"])
+        # never the data path saved in the checkpoint (a text-file model's metadata is left out: CheckpointError)
+        task = task_from_checkpoint(config)
     except (ValueError, TypeError, OSError):
         return {}
     out: dict[str, Any] = {}
