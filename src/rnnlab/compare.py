@@ -1,4 +1,7 @@
-"""Grid runner: cells x lags x seeds on one task -> results.json, a Markdown table and a PNG plot.
+"""Grid runner: cells x lags x seeds on one task, or cells x tasks x seeds -> results.json, a table and a plot.
+
+With ``tasks`` set the columns are tasks instead of lags (each with its own metric, options, model and training
+settings): the layout of a variant study such as Greff et al. (2015), whose preset is :data:`GREFF_STUDY`.
 
 Example:
     >>> from rnnlab.compare import markdown_table
@@ -39,15 +42,24 @@ class GridSpec:
     #: per-cell extra options (e.g. {"lstm": {"forget_bias": 1.0}})
     cell_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 6, "batch_size": 32, "lr": 1e-2})
+    #: when set, sweep these tasks (columns) instead of lags; the per-task dicts below override the shared ones
+    tasks: list[str] = field(default_factory=list)
+    task_options_by_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_by_task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_by_task: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> "GridSpec":
         from rnnlab.cells import cell_names
+        from rnnlab.tasks import task_names
 
         for c in self.cells:
             if c not in cell_names():
                 raise ValueError(f"cells: unknown cell {c!r}; expected some of {', '.join(cell_names())}")
-        if not self.cells or not self.lags or not self.seeds:
-            raise ValueError("cells, lags, seeds: each needs at least one value")
+        for t in self.tasks:
+            if t not in task_names():
+                raise ValueError(f"tasks: unknown task {t!r}; expected some of {', '.join(task_names())}")
+        if not self.cells or not (self.lags or self.tasks) or not self.seeds:
+            raise ValueError("cells, lags (or tasks), seeds: each needs at least one value")
         for lag in self.lags:
             if isinstance(lag, bool) or not isinstance(lag, int) or lag < 0:
                 raise ValueError(f"lags: expected integers >= 0, got {lag!r}")
@@ -56,7 +68,21 @@ class GridSpec:
         return self
 
     def runs(self) -> list[dict[str, Any]]:
+        if self.tasks:
+            return [{"cell": c, "task": t, "seed": s} for t in self.tasks for c in self.cells for s in self.seeds]
         return [{"cell": c, "lag": lag, "seed": s} for lag in self.lags for c in self.cells for s in self.seeds]
+
+
+#: Greff et al. (2015), "LSTM: A Search Space Odyssey": the vanilla LSTM and its eight one-change variants on two
+#: real tasks (spoken vowels, Shakespeare characters), Adam for every run (the paper tuned each by random search)
+GREFF_STUDY = GridSpec(
+    task="vowels", cells=["greff_v", "greff_nig", "greff_nfg", "greff_nog", "greff_niaf", "greff_noaf", "greff_np",
+                          "greff_cifg", "greff_fgr"],
+    lags=[], seeds=[0, 1, 2], tasks=["vowels", "charlm"],
+    task_options_by_task={"charlm": {"max_chars": 100_000}},
+    model={"hidden_size": 64, "embedding_dim": 16},
+    train_by_task={"vowels": {"epochs": 15, "batch_size": 16, "lr": 1e-2},
+                   "charlm": {"epochs": 10, "max_steps": 150, "batch_size": 32, "bptt": 64, "lr": 4e-3}})
 
 
 def _one_run(spec: dict[str, Any], run: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -67,10 +93,15 @@ def _one_run(spec: dict[str, Any], run: dict[str, Any], threads: int) -> dict[st
 
     torch.set_num_threads(threads)
     cell = run["cell"]
-    model = ModelConfig.from_dict({**spec["model"], "cell": cell,
+    task = run.get("task", spec["task"])
+    model = ModelConfig.from_dict({**spec["model"], **spec.get("model_by_task", {}).get(task, {}), "cell": cell,
                                    "cell_options": dict(spec["cell_options"].get(cell, {}))})
-    train = TrainConfig.from_dict({**spec["train"], "seed": run["seed"], "threads": threads})
-    result = train_run(spec["task"], {**spec["task_options"], "lag": run["lag"]}, model, train)
+    train = TrainConfig.from_dict({**spec["train"], **spec.get("train_by_task", {}).get(task, {}),
+                                   "seed": run["seed"], "threads": threads})
+    options = {**spec["task_options"], **spec.get("task_options_by_task", {}).get(task, {})}
+    if "lag" in run:
+        options["lag"] = run["lag"]
+    result = train_run(task, options, model, train)
     return {**run, "metric": result.metric, "value": result.test[result.metric],
             "baseline": result.baseline.get(result.metric), "higher_is_better": result.higher_is_better,
             "steps": result.steps, "seconds": round(result.seconds, 2)}
@@ -107,6 +138,8 @@ def _summary(values: list[float]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     """Cells as rows, lags as columns: the test metric (mean ± std over seeds), then the baseline row."""
+    if "task" in rows[0]:
+        return task_table(rows)
     lags = sorted({r["lag"] for r in rows})
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     lines = ["| cell | " + " | ".join(f"lag {lag}" for lag in lags) + " |", "|---" * (len(lags) + 1) + "|"]
@@ -119,6 +152,73 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
         base.append(f"{b[0]:.3f}" if b else "")
     lines.append("| *baseline* | " + " | ".join(base) + " |")
     return "\n".join(lines)
+
+
+def _task_means(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    values = {(c, t): [r["value"] for r in rows if r["cell"] == c and r["task"] == t] for c in cells for t in tasks}
+    return tasks, cells, values
+
+
+def task_ranks(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over tasks of each cell's rank (1 = best mean metric on that task; ties share the better rank)."""
+    tasks, cells, values = _task_means(rows)
+    ranks: dict[str, list[int]] = {c: [] for c in cells}
+    for t in tasks:
+        better = next(r["higher_is_better"] for r in rows if r["task"] == t)
+        means = {c: statistics.mean(values[(c, t)]) for c in cells}
+        for c in cells:
+            ranks[c].append(1 + sum((m > means[c]) if better else (m < means[c]) for m in means.values()))
+    return {c: statistics.mean(r) for c, r in ranks.items()}
+
+
+def task_table(rows: list[dict[str, Any]]) -> str:
+    """Cells as rows, tasks as columns (each its own metric, ↑/↓), the mean rank, then the baseline row."""
+    tasks, cells, values = _task_means(rows)
+    heads = []
+    for t in tasks:
+        r0 = next(r for r in rows if r["task"] == t)
+        heads.append(f"{t} {r0['metric']} {'↑' if r0['higher_is_better'] else '↓'}")
+    ranks = task_ranks(rows)
+    lines = ["| cell | " + " | ".join(heads) + " | mean rank |", "|---" * (len(tasks) + 2) + "|"]
+    for c in sorted(cells, key=lambda c: ranks[c]):
+        lines.append(f"| {c} | " + " | ".join(_summary(values[(c, t)]) for t in tasks) + f" | {ranks[c]:.1f} |")
+    base = [next((f"{r['baseline']:.3f}" for r in rows if r["task"] == t and r.get("baseline") is not None), "")
+            for t in tasks]
+    lines.append("| *baseline* | " + " | ".join(base) + " | |")
+    return "\n".join(lines)
+
+
+def plot_tasks(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """One panel per task: a bar per cell (mean over seeds, error bar = std), the baseline dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tasks, cells, values = _task_means(rows)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), dpi=110, squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        r0 = next(r for r in rows if r["task"] == t)
+        means = [statistics.mean(values[(c, t)]) for c in cells]
+        errs = [statistics.stdev(values[(c, t)]) if len(values[(c, t)]) > 1 else 0.0 for c in cells]
+        ax.bar(range(len(cells)), means, yerr=errs, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(cells)), [c.replace("greff_", "") for c in cells], rotation=45)
+        if r0.get("baseline") is not None:
+            ax.axhline(r0["baseline"], color="k", linestyle="--", label="baseline")
+            ax.legend()
+        ax.set_title(f"{t}: test {r0['metric']} ({'higher' if r0['higher_is_better'] else 'lower'} is better)")
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot(rows: list[dict[str, Any]], metric: str, path: str | Path, title: str = "") -> Path | None:
@@ -167,9 +267,13 @@ def write_results(rows: list[dict[str, Any]], spec: GridSpec, out: str | Path, s
     data = {"grid": {k: getattr(spec, k) for k in spec.__dataclass_fields__}, "rows": rows,
             "seconds": round(seconds, 1)}
     files["json"].write_text(json.dumps(data, indent=1), encoding="utf-8")
-    title = f"{spec.task}: test {metric} vs lag"
+    if spec.tasks:
+        title = f"{', '.join(spec.cells)} on {', '.join(spec.tasks)}"
+        png = plot_tasks(rows, out / "plot.png", title)
+    else:
+        title = f"{spec.task}: test {metric} vs lag"
+        png = plot(rows, metric, out / "plot.png", title)
     files["table"].write_text(f"# {title}\n\n{markdown_table(rows, metric)}\n", encoding="utf-8")
-    png = plot(rows, metric, out / "plot.png", title)
     if png is not None:
         files["plot"] = png
     return files
@@ -182,7 +286,8 @@ def compare(spec: GridSpec, out: str | Path, *, jobs: int = 1, threads: int = 1,
 
     def report(row: dict[str, Any]) -> None:
         if log:
-            log(f"  {row['cell']:>6} lag {row['lag']:>3} seed {row['seed']}: {row['metric']} {row['value']:.3f} "
+            where = f"lag {row['lag']:>3}" if "lag" in row else row["task"]
+            log(f"  {row['cell']:>6} {where} seed {row['seed']}: {row['metric']} {row['value']:.3f} "
                 f"(baseline {row['baseline']:.3f}) in {row['seconds']:.0f}s")
 
     rows = run_grid(spec, jobs=jobs, threads=threads, on_result=report)

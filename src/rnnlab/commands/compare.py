@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        epilog="example: rnnlab compare --cells rnn,lstm,gru --lags 5,20,40 --seeds 0,1 "
                               "--out runs/compare")
     p.add_argument("--task", default="cue", help="a task with a lag option: cue, copy or adding")
+    p.add_argument("--preset", choices=["greff"],
+                   help="a whole study instead of a lag sweep: 'greff' trains the vanilla LSTM and Greff et al.'s "
+                        "eight variants on JapaneseVowels and Shakespeare characters (--seeds, --jobs, --threads, "
+                        "--out still apply; the other settings are the preset's, see rnnlab.compare.GREFF_STUDY)")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cell names (see `rnnlab cells`)")
     p.add_argument("--lags", type=_int_list, default=[5, 10, 20], help="comma-separated lags")
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (mean ± std in the table)")
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                         f"got {args.jobs}")
     if not args.out.strip() or Path(args.out).is_file():
         raise UserError(f"--out: expected an output directory, got {args.out!r}")
+    if args.preset:
+        return _run_preset(args)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     options = {"n_train": args.n_train, **parse_key_values(args.option, "--option")}
     _check_grid(args, cells, options)
@@ -112,6 +118,23 @@ def run(args: argparse.Namespace) -> int:
     n = len(spec.runs())
     print(f"compare: {n} runs on {args.task} ({len(cells)} cells x {len(args.lags)} lags x {len(args.seeds)} "
           f"seeds), {args.jobs} in parallel", flush=True)
+    rows, files = compare(spec, args.out, jobs=args.jobs, threads=args.threads, log=lambda s: print(s, flush=True))
+    print()
+    print(files["table"].read_text(encoding="utf-8"))
+    print("written: " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _run_preset(args: argparse.Namespace) -> int:
+    """A whole study (cells x tasks x seeds) with the preset's settings; only seeds, jobs, threads and out vary."""
+    import dataclasses
+
+    from rnnlab.compare import GREFF_STUDY, compare
+
+    seeds = args.seeds if args.seeds != [0] else GREFF_STUDY.seeds  # the parser's default: keep the preset's
+    spec = dataclasses.replace(GREFF_STUDY, seeds=seeds).validate()
+    print(f"compare --preset {args.preset}: {len(spec.runs())} runs ({len(spec.cells)} cells x {len(spec.tasks)} "
+          f"tasks x {len(seeds)} seeds), {args.jobs} in parallel", flush=True)
     rows, files = compare(spec, args.out, jobs=args.jobs, threads=args.threads, log=lambda s: print(s, flush=True))
     print()
     print(files["table"].read_text(encoding="utf-8"))
