@@ -93,6 +93,9 @@ def test_argparse_errors_are_one_line(capsys, argv, needle):
     (["--backend", "nosuch"], "--backend", "nosuch"),
     (["--bptt", "5"], "--bptt", "5"),
     (["--hidden-size", "0"], "--hidden-size", "0"),
+    (["--hidden-size", str(10**12)], "--hidden-size", str(10**12)),
+    (["--num-layers", "100000"], "--num-layers", "100000"),
+    (["--n-train", str(10**23)], "--n-train", str(10**23)),
     (["--num-layers", "-3"], "--num-layers", "-3"),
     (["--dropout", "nan"], "--dropout", "nan"),
     (["--zoneout", "1"], "--zoneout", "1"),
@@ -317,9 +320,11 @@ def test_compare_and_bench_out_errors(capsys, tmp_path, cmd):
 
 
 # --- resources: memory and disk -> exit 1, one line naming the cause and what was kept --------------------------
-def test_model_too_big_for_memory(capsys, tmp_path):
-    line = one_line(capsys, ["train", *TINY, "--hidden-size", "1000000", "--out", tmp_path / "r"], code=1)
-    assert "not enough memory" in line and "hidden_size=1000000" in line and "kept: nothing" in line
+@pytest.mark.parametrize("size", ["1000000", str(2**31 - 1)])
+def test_model_too_big_for_memory(capsys, tmp_path, size):
+    # counted on the meta device before any allocation (the largest width overflows even the count)
+    line = one_line(capsys, ["train", *TINY, "--hidden-size", size, "--out", tmp_path / "r"], code=1)
+    assert "not enough memory" in line and f"hidden_size={size}" in line and "kept: nothing" in line
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -370,3 +375,10 @@ def test_a_bug_still_shows_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(checkpoint, "save_file", _failing_save(KeyError("internal")))
     with pytest.raises(KeyError):
         main(["train", *TINY, "--out", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("edit,needle", RESUME_CASES)
+def test_eval_with_an_edited_config(capsys, tmp_path, cue_run, edit, needle):
+    run = _copy(cue_run, tmp_path)
+    _edit_config(run, edit)
+    assert needle in one_line(capsys, ["eval", run])

@@ -422,7 +422,11 @@ def build_model(config: dict[str, Any]) -> SequenceModel:
             from rnnlab.seq2seq import Seq2Seq
 
             return Seq2Seq.from_checkpoint_config(config)
-        return SequenceModel(ModelConfig.from_dict(config["model"]), input_size=io["input_size"],
+        from rnnlab.train.config import check_model_config
+
+        # every field checked first, so an edited config is named field by field (ConfigError is a ValueError)
+        model_config = check_model_config(ModelConfig.from_dict(config["model"]))
+        return SequenceModel(model_config, input_size=io["input_size"],
                              output_size=io["output_size"], target=io["target"], vocab_size=io.get("vocab_size"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint config: cannot rebuild the model ({type(e).__name__}: {e})") from None

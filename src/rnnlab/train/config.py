@@ -154,6 +154,10 @@ class RunConfig:
 
 #: bytes per parameter while training: weights, gradients and Adam's two moments in float32
 BYTES_PER_PARAMETER = 16
+#: hard bounds where even a shape-only model cannot be built (int32 widths, a loop over layers); the
+#: memory check (check_run_fits) refuses much smaller models on a real machine
+MAX_WIDTH = 2**31 - 1
+MAX_LAYERS = 1024
 
 
 def config_error_from(section: str, e: Exception) -> ConfigError:
@@ -185,10 +189,12 @@ def check_model_config(cfg: "ModelConfig") -> "ModelConfig":
 
     if not isinstance(cfg.cell, str) or cfg.cell not in cell_names():
         raise bad("cell", f"unknown cell {cfg.cell!r}; expected one of {', '.join(cell_names())}")
-    for name in ("hidden_size", "num_layers", "embedding_dim"):
+    for name, hi in (("hidden_size", MAX_WIDTH), ("num_layers", MAX_LAYERS), ("embedding_dim", MAX_WIDTH)):
         v = getattr(cfg, name)
         if not _is_int(v) or v < 1:
             raise bad(name, f"expected an integer >= 1, got {v!r}")
+        if v > hi:  # beyond any memory, and building (even counting) such a model would take forever
+            raise bad(name, f"expected an integer in [1, {hi}], got {v!r}")
     for name in ("dropout", "recurrent_dropout", "zoneout", "weight_drop"):
         v = getattr(cfg, name)
         if not _is_number(v) or not 0 <= v < 1:  # NaN fails the comparison too
@@ -227,6 +233,10 @@ def task_options_checked(name: Any, options: Any) -> dict[str, Any]:
     if not isinstance(options, dict):
         raise ConfigError("task.options", f"expected a JSON object, got {options!r}")
     spec = TASKS[name]
+    for key, value in options.items():
+        # torch takes sizes and seeds as 64-bit integers: a larger one is a typo, not a data set
+        if _is_int(value) and not -2**63 <= value < 2**63:
+            raise ConfigError(f"task.{key}", f"expected an integer that fits in 64 bits, got {value!r}")
     try:
         spec.config(**coerce_options(spec.config, options, task=name))
     except (TypeError, ValueError) as e:

@@ -147,9 +147,21 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data: str | Path 
                         ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """``(metrics, baseline, config)`` of a saved model on ``split`` of the task it was trained on
     (``data``: the data file of a task trained on one, see :func:`task_from_checkpoint`)."""
+    from rnnlab.train.config import ConfigError, check_model_io, run_config_from_dict
+
     model, config = ckpt.load_model(path)
+    seq2seq = config.get("model_io", {}).get("target") == "seq2seq"  # its own model config (rnnlab.seq2seq)
+    try:  # an edited config (checksum recomputed) must fail here, not as an IndexError deep in the model
+        train_cfg = TrainConfig.from_dict(config["train"]) if seq2seq else \
+            run_config_from_dict(config, saved=True).train
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{config['path']}/{ckpt.CONFIG_FILE}: {e}") from None
     task = task_from_checkpoint(config, data)
-    train_cfg = TrainConfig.from_dict(config["train"])
+    try:
+        if not seq2seq:
+            check_model_io(config, task)
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{config['path']}/{ckpt.CONFIG_FILE}: {e}") from None
     trainer = Trainer(model, task, train_cfg, task_spec=config["task"])
     return trainer.evaluate(split), task.baseline(split), config  # type: ignore[arg-type]
 
