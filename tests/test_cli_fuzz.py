@@ -15,9 +15,9 @@ from rnnlab.cli import main
 
 # a bounded number of examples in the default suite, many more under -m slow
 settings.register_profile("cli-default", max_examples=30, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("cli-slow", max_examples=600, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 #: a cue run that would train in about a second: every drawn value must stop it at validation
 BASE = ["train", "cue", "--lag", "2", "-o", "n_countries=3", "--n-train", "32", "-o", "n_val=16", "-o", "n_test=16",
@@ -132,6 +132,41 @@ def other_argv(draw) -> list[str]:
     return [*argv, f"{flag}={draw(table[flag])}"]
 
 
+TEXT = " ".join(["the quick brown fox jumps over a lazy dog"] * 40)
+GENERATE_OPTIONS = {
+    "--length": bad_int(0), "--temperature": bad_real(0), "--top-k": bad_int(1),
+    "--seed": st.one_of(bad_int(0), st.integers(min_value=2**64).map(str)),
+    # text with at least one character the tiny corpus does not have
+    "--prime": st.text(min_size=1, max_size=8).filter(lambda s: not set(s) <= set(TEXT)),
+}
+
+
+@pytest.fixture(scope="module")
+def charlm_run(tmp_path_factory):
+    """A char-LM run of two steps on a small text file: (run directory, text file)."""
+    base = tmp_path_factory.mktemp("fuzz-charlm")
+    text = base / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = base / "run"
+    assert main(["train", "charlm", "--text", str(text), "-o", "seq_len=16", "--hidden-size", "4",
+                 "--embedding-dim", "4", "--batch-size", "8", "--max-steps", "2", "--backend", "reference",
+                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    return str(out), str(text)
+
+
+@st.composite
+def generate_flags(draw) -> list[str]:
+    flag = draw(st.sampled_from(sorted(GENERATE_OPTIONS)))
+    return ["--prime", "the", "--length", "3", f"{flag}={draw(GENERATE_OPTIONS[flag])}"]
+
+
+@settings(settings.get_profile("cli-default"))
+@given(flags=generate_flags())
+def test_generate_rejects_bad_values_in_one_line(charlm_run, flags):
+    run, text = charlm_run
+    check(["generate", run, "--data", text, *flags])
+
+
 @settings(settings.get_profile("cli-default"))
 @given(train_argv())
 def test_train_rejects_bad_values_in_one_line(argv):
@@ -146,6 +181,7 @@ def test_compare_and_bench_reject_bad_values_in_one_line(argv):
 
 @pytest.mark.slow
 @settings(settings.get_profile("cli-slow"))
-@given(st.one_of(train_argv(), other_argv()))
-def test_cli_fuzz_many(argv):
+@given(st.one_of(train_argv(), other_argv()), generate_flags())
+def test_cli_fuzz_many(charlm_run, argv, flags):
     check(argv)
+    check(["generate", charlm_run[0], "--data", charlm_run[1], *flags])
