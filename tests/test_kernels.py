@@ -12,8 +12,7 @@ from rnnlab import Recurrent
 from rnnlab.backends import LayerCall, select_backend
 from rnnlab.backends.cpp import CppBackend, load_kernels
 from rnnlab.backends.cpp import loader
-from rnnlab.backends.cpp.functions import (ElmanFunction, GRUFunction, LNGRUFunction, LNLSTMFunction, LSTMFunction,
-                                          MUTFunction, ScanFunction)
+from rnnlab.backends.cpp import ops
 from rnnlab.backends.cpp.backend import lstm_flags
 from rnnlab.cells.gru import GRUCell
 from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
@@ -124,8 +123,7 @@ def test_kernel_unbatched_and_default_state() -> None:
                                   "gru", "gru_before", "rnn_tanh", "mut1", "mut2", "mut3", "ln_gru", "ln_gru_nobias",
                                   "ln_lstm", "ln_lstm_nobias"])
 def test_gradcheck_float64(case: str) -> None:
-    """The hand-written backward against finite differences, through the autograd Functions directly."""
-    ext = load_kernels()
+    """The hand-written backward against finite differences, through the registered ops directly."""
     cell, opts = CASES[case]
     torch.manual_seed(0)
     mod = Recurrent(cell, 3, 4, **opts).double()
@@ -146,21 +144,21 @@ def test_gradcheck_float64(case: str) -> None:
         inputs = [xp, h0, c0, w_hh, peep] + ([w_hr] if c.proj_size else [])
 
         def f(xp, h0, c0, w_hh, peep, *rest):
-            return LSTMFunction.apply(ext, lens, flags, xp, h0, c0, w_hh, peep, rest[0] if rest else w_hr)
+            return ops.lstm_forward(xp, h0, c0, w_hh, peep, rest[0] if rest else w_hr, lens, flags)[:3]
     elif isinstance(c, GRUCell):
         # b_hn sits behind the reset gate only in the reset_after form; otherwise it is folded into xp
         b_hn = torch.randn(c.hidden_size, **d) if c.reset_after else torch.empty(0, dtype=torch.float64)
         inputs = [xp, h0, w_hh] + ([b_hn] if c.reset_after else [])
 
         def f(xp, h0, w_hh, *rest):
-            return GRUFunction.apply(ext, lens, c.reset_after, xp, h0, w_hh, rest[0] if rest else b_hn)
+            return ops.gru_forward(xp, h0, w_hh, rest[0] if rest else b_hn, lens, c.reset_after)[:2]
     elif isinstance(c, LayerNormGRUCell):
         ln_w = torch.randn(3 * c.hidden_size, **d)
         ln_b = torch.randn(3 * c.hidden_size, **d) if c.bias else torch.empty(0, dtype=torch.float64)
         inputs = [xp, h0, w_hh, ln_w] + ([ln_b] if c.bias else [])
 
         def f(xp, h0, w_hh, ln_w, *rest):
-            return LNGRUFunction.apply(ext, lens, c.eps, xp, h0, w_hh, ln_w, rest[0] if rest else ln_b)
+            return ops.ln_gru_forward(xp, h0, w_hh, ln_w, rest[0] if rest else ln_b, lens, c.eps)[:2]
     elif isinstance(c, LayerNormLSTMCell):
         Hc = c.hidden_size
         c0 = torch.randn(Bg, Hc, **d)
@@ -171,18 +169,18 @@ def test_gradcheck_float64(case: str) -> None:
 
         def f(xp, h0, c0, w_hh, a2, a3, *rest):
             bb2, bb3 = rest if rest else (b2, b3)
-            return LNLSTMFunction.apply(ext, lens, c.eps, xp, h0, c0, w_hh, a2, bb2, a3, bb3)
+            return ops.ln_lstm_forward(xp, h0, c0, w_hh, a2, bb2, a3, bb3, lens, c.eps)[:3]
     elif isinstance(c, (MUT1Cell, MUT2Cell, MUT3Cell)):
         inputs = [xp, h0, w_hh]
         mode = int(c.kind[-1])
 
         def f(xp, h0, w_hh):
-            return MUTFunction.apply(ext, lens, mode, xp, h0, w_hh)
+            return ops.mut_forward(xp, h0, w_hh, lens, mode)[:2]
     else:
         inputs = [xp, h0, w_hh]
 
         def f(xp, h0, w_hh):
-            return ElmanFunction.apply(ext, lens, c.nonlinearity == "relu", xp, h0, w_hh)
+            return ops.elman_forward(xp, h0, w_hh, lens, c.nonlinearity == "relu")
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
 
 
@@ -296,11 +294,10 @@ def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm
 
 @needs_kernels
 def test_scan_gradcheck_float64_and_log_scan_refused() -> None:
-    ext = load_kernels()
     d = dict(dtype=torch.float64, requires_grad=True)
     a, b, h0 = torch.rand(5, 3, 4, **d), torch.randn(5, 3, 4, **d), torch.randn(3, 4, **d)
     lens = torch.tensor([5, 2, 4])
-    assert torch.autograd.gradcheck(lambda a, b, h0: ScanFunction.apply(ext, lens, a, b, h0), [a, b, h0],
+    assert torch.autograd.gradcheck(lambda a, b, h0: ops.scan_forward(a, b, h0, lens), [a, b, h0],
                                     eps=1e-6, atol=1e-6)
     mod = Recurrent("mingru", I, H, scan="log")
     call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),

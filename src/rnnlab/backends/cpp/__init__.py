@@ -1,4 +1,4 @@
-"""Fused C++ CPU kernels with hand-written BPTT (LSTM family, GRU, Elman, MUT1-3, LN cells), built on first use."""
+"""Fused C++ CPU kernels with hand-written BPTT, built on first use and registered as torch.ops.rnnlab.* (ops.py)."""
 
 from rnnlab.backends.cpp.backend import CppBackend, kernel_for
 from rnnlab.backends.cpp.loader import load_kernels

@@ -1,0 +1,543 @@
+"""The fused kernels as registered PyTorch operators (``torch.ops.rnnlab.*``), visible to compile/export/func/autocast.
+
+One forward and one backward op per kernel kind (``rnnlab::lstm_forward``, ``rnnlab::lstm_backward``, ...: lstm,
+gru, elman, mut, ln_gru, ln_lstm, scan, clockwork), each defined with ``torch.library.custom_op`` and given:
+
+- a CPU implementation: the compiled extension (loader.py);
+- a fake implementation (output shapes only), so ``torch.compile(fullgraph=True)`` and ``torch.export`` (with a
+  dynamic sequence length) trace through them;
+- an autograd formula: the forward op's extra outputs (gates, cell states, ...) are what the backward op needs.
+  When the gradient itself is being differentiated (``create_graph=True``: the backward runs with grad mode on),
+  the layer is re-run with its differentiable twin (twins.py) and differentiated instead, so second derivatives
+  are exact, never ``None`` or zero;
+- a vmap rule: a loop over the vmapped dimension (each slice is one ordinary kernel call);
+- an autocast policy: under ``torch.autocast("cpu", torch.bfloat16 / torch.float16)`` every floating input is cast
+  to float32 and the op computes and returns float32 (the kernels take float32 / float64 only; the recurrence
+  accumulates over all steps, so its state stays in float32 as ``torch.nn.LSTM``'s oneDNN kernel does);
+- under ``torch.jit.trace`` (what ``torch.onnx.export(dynamo=False)`` runs) :func:`run` raises a clear error
+  instead of exporting a graph of uninitialised constants (use ``backend="reference"`` or ``rnnlab export``).
+
+Example:
+    >>> import torch
+    >>> from rnnlab.backends.cpp import ops
+    >>> out, h = torch.ops.rnnlab.elman_forward(torch.randn(5, 2, 4), torch.zeros(2, 4), torch.randn(4, 4),
+    ...                                         ops.NO_LENGTHS, False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from rnnlab.backends.cpp import twins
+from rnnlab.backends.cpp.loader import load_kernels
+
+#: "every sequence is full" (lengths argument of every op)
+NO_LENGTHS = torch.empty(0, dtype=torch.int64)
+
+ONNX_ERROR = ("rnnlab: the fused C++ kernels (torch.ops.rnnlab.*) cannot be exported to ONNX; build the model "
+              "with backend='reference' (or set RNNLAB_BACKEND=reference) before torch.onnx.export, or use "
+              "`rnnlab export`")
+
+
+def _ext() -> ModuleType:
+    ext = load_kernels()
+    if ext is None:
+        raise RuntimeError("rnnlab: the fused C++ kernels could not be built (see the warning logged by "
+                           "rnnlab.backends); use backend='reference'")
+    return ext
+
+
+def plain(t: Tensor) -> bool:
+    """A real CPU tensor in plain eager mode: no compile/export tracing (fake tensors), no torch.func transform,
+    no jit tracing.  There the extension is called directly (the op dispatch costs tens of µs per call)."""
+    return (type(t) is Tensor and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+def _call(op, name: str, *args):
+    """``op(*args)``, or the extension function behind it directly when that is equivalent (plain eager)."""
+    if plain(args[0]):
+        return tuple(getattr(_ext(), name)(*args))
+    return op(*args)
+
+
+def _z(g: Tensor | None, like: Tensor) -> Tensor:
+    """Autograd passes None for an output that was not used; the kernels want zeros."""
+    return torch.zeros_like(like) if g is None else g
+
+
+def _opt(g: Tensor, t: Tensor) -> Tensor | None:
+    """Gradient of an optional input passed as an empty tensor when absent."""
+    return g if t.numel() else None
+
+
+def _twin_backward(twin: Callable[..., tuple[Tensor, ...]], args: Sequence[object], grads: Sequence[Tensor | None],
+                   needs: Sequence[bool]) -> list[Tensor | None]:
+    """Gradients of the differentiable twin (create_graph path): exact and themselves differentiable."""
+    with torch.enable_grad():
+        outs = twin(*args)
+    wrt = [i for i, a in enumerate(args) if needs[i] and isinstance(a, Tensor) and a.requires_grad]
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    result: list[Tensor | None] = [None] * len(args)
+    if not wrt or not pairs:
+        return result
+    got = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wrt], [g for _, g in pairs],  # type: ignore
+                              create_graph=True, allow_unused=True)
+    for i, g in zip(wrt, got):
+        result[i] = g if g is not None else torch.zeros_like(args[i])  # type: ignore[arg-type]
+    return result
+
+
+# --- LSTM -----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::lstm_forward", mutates_args=())
+def lstm_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, peep: Tensor, w_hr: Tensor, lengths: Tensor,
+                 flags: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().lstm_forward(xp, h0, c0, w_hh, peep, w_hr, lengths, flags))  # type: ignore[return-value]
+
+
+@lstm_forward.register_fake
+def _(xp, h0, c0, w_hh, peep, w_hr, lengths, flags):
+    T, B, G = xp.shape
+    R, H = h0.shape[1], c0.shape[1]
+    ms = xp.new_empty(T, B, H) if w_hr.numel() else xp.new_empty(0)
+    return (xp.new_empty(T, B, R), xp.new_empty(B, R), xp.new_empty(B, H), xp.new_empty(T, B, G),
+            xp.new_empty(T, B, H), ms)
+
+
+@torch.library.custom_op("rnnlab::lstm_backward", mutates_args=())
+def lstm_backward(gout: Tensor, ghT: Tensor, gcT: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, peep: Tensor,
+                  w_hr: Tensor, lengths: Tensor, flags: int, out: Tensor, gates: Tensor, cs: Tensor,
+                  ms: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().lstm_backward(gout, ghT, gcT, h0, c0, w_hh, peep, w_hr, lengths, flags, out, gates,  # type: ignore[return-value]
+                                      cs, ms))
+
+
+@lstm_backward.register_fake
+def _(gout, ghT, gcT, h0, c0, w_hh, peep, w_hr, lengths, flags, out, gates, cs, ms):
+    return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape), w_hh.new_empty(w_hh.shape),
+            peep.new_empty(3, c0.shape[1]), w_hr.new_empty(w_hr.shape) if w_hr.numel() else w_hr.new_empty(0))
+
+
+def _lstm_setup(ctx, inputs, output):
+    xp, h0, c0, w_hh, peep, w_hr, lengths, flags = inputs
+    ctx.flags = flags
+    ctx.save_for_backward(xp, h0, c0, w_hh, peep, w_hr, lengths, *output)
+
+
+def _lstm_backward(ctx, gout, ghT, gcT, *_aux):
+    xp, h0, c0, w_hh, peep, w_hr, lengths, out, hT, cT, gates, cs, ms = ctx.saved_tensors
+    if torch.is_grad_enabled():  # the gradient will be differentiated: use the differentiable twin
+        args = (xp, h0, c0, w_hh, peep, w_hr, lengths, ctx.flags)
+        return tuple(_twin_backward(twins.lstm, args, (gout, ghT, gcT), ctx.needs_input_grad))
+    dxp, dh0, dc0, dw_hh, dpeep, dw_hr = _call(lstm_backward, "lstm_backward", _z(gout, out), _z(ghT, hT), _z(gcT, cT), h0, c0, w_hh, peep,
+                                                       w_hr, lengths, ctx.flags, out, gates, cs, ms)
+    return dxp, dh0, dc0, dw_hh, dpeep, _opt(dw_hr, w_hr), None, None
+
+
+lstm_forward.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+
+
+# --- GRU ------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::gru_forward", mutates_args=())
+def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, lengths: Tensor,
+                reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().gru_forward(xp, h0, w_hh, b_hn, lengths, reset_after))  # type: ignore[return-value]
+
+
+@gru_forward.register_fake
+def _(xp, h0, w_hh, b_hn, lengths, reset_after):
+    T, B, G = xp.shape
+    H = h0.shape[1]
+    return xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, H)
+
+
+@torch.library.custom_op("rnnlab::gru_backward", mutates_args=())
+def gru_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, reset_after: bool,
+                 out: Tensor, gates: Tensor, aux: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().gru_backward(gout, ghT, h0, w_hh, lengths, reset_after, out, gates, aux))  # type: ignore[return-value]
+
+
+@gru_backward.register_fake
+def _(gout, ghT, h0, w_hh, lengths, reset_after, out, gates, aux):
+    H = h0.shape[1]
+    return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
+            h0.new_empty(H) if reset_after else h0.new_empty(0))
+
+
+def _gru_setup(ctx, inputs, output):
+    xp, h0, w_hh, b_hn, lengths, reset_after = inputs
+    ctx.reset_after = reset_after
+    ctx.save_for_backward(xp, h0, w_hh, b_hn, lengths, *output)
+
+
+def _gru_backward(ctx, gout, ghT, *_aux):
+    xp, h0, w_hh, b_hn, lengths, out, hT, gates, aux = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, w_hh, b_hn, lengths, ctx.reset_after)
+        return tuple(_twin_backward(twins.gru, args, (gout, ghT), ctx.needs_input_grad))
+    dxp, dh0, dw_hh, db_hn = _call(gru_backward, "gru_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.reset_after, out,
+                                          gates, aux)
+    return dxp, dh0, dw_hh, _opt(db_hn, b_hn), None, None
+
+
+gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup)
+
+
+# --- Elman ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::elman_forward", mutates_args=())
+def elman_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    return tuple(_ext().elman_forward(xp, h0, w_hh, lengths, relu))  # type: ignore[return-value]
+
+
+@elman_forward.register_fake
+def _(xp, h0, w_hh, lengths, relu):
+    return xp.new_empty(xp.shape), xp.new_empty(h0.shape)
+
+
+@torch.library.custom_op("rnnlab::elman_backward", mutates_args=())
+def elman_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool,
+                   out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_ext().elman_backward(gout, ghT, h0, w_hh, lengths, relu, out))  # type: ignore[return-value]
+
+
+@elman_backward.register_fake
+def _(gout, ghT, h0, w_hh, lengths, relu, out):
+    return out.new_empty(out.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
+
+
+def _elman_setup(ctx, inputs, output):
+    xp, h0, w_hh, lengths, relu = inputs
+    ctx.relu = relu
+    ctx.save_for_backward(xp, h0, w_hh, lengths, *output)
+
+
+def _elman_backward(ctx, gout, ghT):
+    xp, h0, w_hh, lengths, out, hT = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, w_hh, lengths, ctx.relu)
+        return tuple(_twin_backward(twins.elman, args, (gout, ghT), ctx.needs_input_grad))
+    dxp, dh0, dw_hh = _call(elman_backward, "elman_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.relu, out)
+    return dxp, dh0, dw_hh, None, None
+
+
+elman_forward.register_autograd(_elman_backward, setup_context=_elman_setup)
+
+
+# --- MUT1-3 ---------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::mut_forward", mutates_args=())
+def mut_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor,
+                mode: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().mut_forward(xp, h0, w_hh, lengths, mode))  # type: ignore[return-value]
+
+
+@mut_forward.register_fake
+def _(xp, h0, w_hh, lengths, mode):
+    T, B, G = xp.shape
+    H = h0.shape[1]
+    ths = xp.new_empty(T, B, H) if mode == 3 else xp.new_empty(0)
+    return xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, H), ths
+
+
+@torch.library.custom_op("rnnlab::mut_backward", mutates_args=())
+def mut_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, mode: int, out: Tensor,
+                 gates: Tensor, us: Tensor, ths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_ext().mut_backward(gout, ghT, h0, w_hh, lengths, mode, out, gates, us, ths))  # type: ignore[return-value]
+
+
+@mut_backward.register_fake
+def _(gout, ghT, h0, w_hh, lengths, mode, out, gates, us, ths):
+    return gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
+
+
+def _mut_setup(ctx, inputs, output):
+    xp, h0, w_hh, lengths, mode = inputs
+    ctx.mode = mode
+    ctx.save_for_backward(xp, h0, w_hh, lengths, *output)
+
+
+def _mut_backward(ctx, gout, ghT, *_aux):
+    xp, h0, w_hh, lengths, out, hT, gates, us, ths = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, w_hh, lengths, ctx.mode)
+        return tuple(_twin_backward(twins.mut, args, (gout, ghT), ctx.needs_input_grad))
+    dxp, dh0, dw_hh = _call(mut_backward, "mut_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.mode, out, gates, us, ths)
+    return dxp, dh0, dw_hh, None, None
+
+
+mut_forward.register_autograd(_mut_backward, setup_context=_mut_setup)
+
+
+# --- LN-GRU ---------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::ln_gru_forward", mutates_args=())
+def ln_gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor, lengths: Tensor,
+                   eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().ln_gru_forward(xp, h0, w_hh, ln_w, ln_b, lengths, eps))  # type: ignore[return-value]
+
+
+@ln_gru_forward.register_fake
+def _(xp, h0, w_hh, ln_w, ln_b, lengths, eps):
+    T, B, G = xp.shape
+    H = h0.shape[1]
+    return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, G),
+            xp.new_empty(T, B))
+
+
+@torch.library.custom_op("rnnlab::ln_gru_backward", mutates_args=())
+def ln_gru_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor,
+                    lengths: Tensor, out: Tensor, gates: Tensor, ahs: Tensor,
+                    rs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().ln_gru_backward(gout, ghT, h0, w_hh, ln_w, ln_b, lengths, out, gates, ahs, rs))  # type: ignore[return-value]
+
+
+@ln_gru_backward.register_fake
+def _(gout, ghT, h0, w_hh, ln_w, ln_b, lengths, out, gates, ahs, rs):
+    return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
+            ln_w.new_empty(ln_w.shape), ln_b.new_empty(ln_b.shape) if ln_b.numel() else ln_b.new_empty(0))
+
+
+def _ln_gru_setup(ctx, inputs, output):
+    xp, h0, w_hh, ln_w, ln_b, lengths, eps = inputs
+    ctx.eps = eps
+    ctx.save_for_backward(xp, h0, w_hh, ln_w, ln_b, lengths, *output)
+
+
+def _ln_gru_backward(ctx, gout, ghT, *_aux):
+    xp, h0, w_hh, ln_w, ln_b, lengths, out, hT, gates, ahs, rs = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, w_hh, ln_w, ln_b, lengths, ctx.eps)
+        return tuple(_twin_backward(twins.ln_gru, args, (gout, ghT), ctx.needs_input_grad))
+    dxp, dh0, dw_hh, dln_w, dln_b = _call(ln_gru_backward, "ln_gru_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, ln_w, ln_b, lengths, out,
+                                                    gates, ahs, rs)
+    return dxp, dh0, dw_hh, dln_w, _opt(dln_b, ln_b), None, None
+
+
+ln_gru_forward.register_autograd(_ln_gru_backward, setup_context=_ln_gru_setup)
+
+
+# --- LN-LSTM --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::ln_lstm_forward", mutates_args=())
+def ln_lstm_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor, lnh_b: Tensor, lnc_w: Tensor,
+                    lnc_b: Tensor, lengths: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                         Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().ln_lstm_forward(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps))  # type: ignore[return-value]
+
+
+@ln_lstm_forward.register_fake
+def _(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps):
+    T, B, G = xp.shape
+    H = h0.shape[1]
+    e = xp.new_empty
+    return (e(T, B, H), e(B, H), e(B, H), e(T, B, G), e(T, B, H), e(T, B, G), e(T, B), e(T, B, H), e(T, B))
+
+
+@torch.library.custom_op("rnnlab::ln_lstm_backward", mutates_args=())
+def ln_lstm_backward(gout: Tensor, ghT: Tensor, gcT: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor,
+                     lnh_b: Tensor, lnc_w: Tensor, lnc_b: Tensor, lengths: Tensor, out: Tensor, gates: Tensor,
+                     cs: Tensor, ahs: Tensor, ras: Tensor, chs: Tensor, rcs: Tensor) -> tuple[
+                         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().ln_lstm_backward(gout, ghT, gcT, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths,  # type: ignore[return-value]
+                                         out, gates, cs, ahs, ras, chs, rcs))
+
+
+@ln_lstm_backward.register_fake
+def _(gout, ghT, gcT, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, gates, cs, ahs, ras, chs, rcs):
+    def like(t: Tensor) -> Tensor:
+        return t.new_empty(t.shape) if t.numel() else t.new_empty(0)
+
+    return (like(gates), like(h0), like(c0), like(w_hh), like(lnh_w), like(lnh_b), like(lnc_w), like(lnc_b))
+
+
+def _ln_lstm_setup(ctx, inputs, output):
+    xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps = inputs
+    ctx.eps = eps
+    ctx.save_for_backward(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, *output)
+
+
+def _ln_lstm_backward(ctx, gout, ghT, gcT, *_aux):
+    xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, hT, cT, *saved = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, ctx.eps)
+        return tuple(_twin_backward(twins.ln_lstm, args, (gout, ghT, gcT), ctx.needs_input_grad))
+    dxp, dh0, dc0, dw_hh, da2, db2, da3, db3 = _call(ln_lstm_backward, "ln_lstm_backward", 
+        _z(gout, out), _z(ghT, hT), _z(gcT, cT), h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, *saved)
+    return dxp, dh0, dc0, dw_hh, da2, _opt(db2, lnh_b), da3, _opt(db3, lnc_b), None, None
+
+
+ln_lstm_forward.register_autograd(_ln_lstm_backward, setup_context=_ln_lstm_setup)
+
+
+# --- element-wise scan (minGRU / minLSTM) ---------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::scan_forward", mutates_args=())
+def scan_forward(a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    return tuple(_ext().scan_forward(a, b, h0, lengths))  # type: ignore[return-value]
+
+
+@scan_forward.register_fake
+def _(a, b, h0, lengths):
+    return a.new_empty(a.shape), a.new_empty(h0.shape)
+
+
+@torch.library.custom_op("rnnlab::scan_backward", mutates_args=())
+def scan_backward(gout: Tensor, ghT: Tensor, a: Tensor, out: Tensor, h0: Tensor,
+                  lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_ext().scan_backward(gout, ghT, a, out, h0, lengths))  # type: ignore[return-value]
+
+
+@scan_backward.register_fake
+def _(gout, ghT, a, out, h0, lengths):
+    return a.new_empty(a.shape), a.new_empty(a.shape), h0.new_empty(h0.shape)
+
+
+def _scan_setup(ctx, inputs, output):
+    a, b, h0, lengths = inputs
+    ctx.save_for_backward(a, b, h0, lengths, *output)
+
+
+def _scan_backward(ctx, gout, ghT):
+    a, b, h0, lengths, out, hT = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return tuple(_twin_backward(twins.scan, (a, b, h0, lengths), (gout, ghT), ctx.needs_input_grad))
+    da, db, dh0 = _call(scan_backward, "scan_backward", _z(gout, out), _z(ghT, hT), a, out, h0, lengths)
+    return da, db, dh0, None
+
+
+scan_forward.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+# --- Clockwork ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::clockwork_forward", mutates_args=())
+def clockwork_forward(xp: Tensor, h0: Tensor, n0: Tensor, w_hh: Tensor, periods: Tensor,
+                      lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``n0`` (B,): the step counter; returns (out, h_T, n_T (B,), activations, update mask)."""
+    return tuple(_ext().clockwork_forward(xp, h0, n0, w_hh, periods, lengths))  # type: ignore[return-value]
+
+
+@clockwork_forward.register_fake
+def _(xp, h0, n0, w_hh, periods, lengths):
+    return xp.new_empty(xp.shape), h0.new_empty(h0.shape), n0.new_empty(n0.shape), xp.new_empty(xp.shape), \
+        xp.new_empty(xp.shape)
+
+
+@torch.library.custom_op("rnnlab::clockwork_backward", mutates_args=())
+def clockwork_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, out: Tensor,
+                       acts: Tensor, upd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_ext().clockwork_backward(gout, ghT, h0, w_hh, lengths, out, acts, upd))  # type: ignore[return-value]
+
+
+@clockwork_backward.register_fake
+def _(gout, ghT, h0, w_hh, lengths, out, acts, upd):
+    return out.new_empty(out.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
+
+
+def _clockwork_setup(ctx, inputs, output):
+    xp, h0, n0, w_hh, periods, lengths = inputs
+    ctx.save_for_backward(xp, h0, n0, w_hh, periods, lengths, *output)
+
+
+def _clockwork_backward(ctx, gout, ghT, gnT, *_aux):
+    xp, h0, n0, w_hh, periods, lengths, out, hT, nT, acts, upd = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        args = (xp, h0, n0, w_hh, periods, lengths)
+        needs = list(ctx.needs_input_grad)
+        needs[2] = needs[4] = False  # the counter and the periods are not differentiable
+        grads = _twin_backward(twins.clockwork, args, (gout, ghT, None), needs)
+        grads[2] = gnT  # n_T = n_0 + steps: identity for n
+        return tuple(grads)
+    dxp, dh0, dw_hh = _call(clockwork_backward, "clockwork_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, out, acts, upd)
+    return dxp, dh0, gnT, dw_hh, None, None
+
+
+clockwork_forward.register_autograd(_clockwork_backward, setup_context=_clockwork_setup)
+
+
+# --- shared rules: vmap, autocast -----------------------------------------------------------------------------
+FORWARD_OPS = (lstm_forward, gru_forward, elman_forward, mut_forward, ln_gru_forward, ln_lstm_forward, scan_forward,
+               clockwork_forward)
+BACKWARD_OPS = (lstm_backward, gru_backward, elman_backward, mut_backward, ln_gru_backward, ln_lstm_backward,
+                scan_backward, clockwork_backward)
+
+
+def _vmap_loop(op):
+    """A vmap rule for ``op``: one ordinary call per slice of the vmapped dimension, outputs stacked on dim 0."""
+
+    def rule(info, in_dims, *args):
+        outs = []
+        for k in range(info.batch_size):
+            sliced = [a.select(d, k) if d is not None else a for a, d in zip(args, in_dims)]
+            outs.append(op(*sliced))
+        stacked = tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
+        return stacked, tuple(0 for _ in stacked)
+
+    return rule
+
+
+for _op in FORWARD_OPS + BACKWARD_OPS:
+    torch.library.register_vmap(_op, _vmap_loop(_op))
+    # reduced precision in, float32 compute and out (module docstring)
+    torch.library.register_autocast(_op, "cpu", torch.float32)
+
+
+# --- eager entry point ----------------------------------------------------------------------------------------
+def _eager_function(kind: str, setup, backward) -> type[torch.autograd.Function]:
+    """The same autograd formula as the op, as a plain autograd.Function calling the extension (eager only)."""
+    name = f"{kind}_forward"
+
+    def forward(ctx, *args):
+        # classic forward(ctx, ...) form: measured cheaper per call than a separate setup_context
+        output = tuple(getattr(_ext(), name)(*args))
+        setup(ctx, args, output)
+        return output
+
+    return type(f"{kind.title().replace('_', '')}Function", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+def _func_function(kind: str, op, setup, backward) -> type[torch.autograd.Function]:
+    """The op's autograd formula as an autograd.Function in the form torch.func transforms accept (separate
+    setup_context, vmap rule generated from the op's own): the op's built-in autograd wrapper is refused by
+    ``torch.func.grad`` / ``jacrev``."""
+
+    def forward(*args):
+        return op(*args)
+
+    return type(f"{kind.title().replace('_', '')}FuncFunction", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "setup_context": staticmethod(setup),
+                 "backward": staticmethod(backward), "generate_vmap_rule": True})
+
+
+_KINDS = {"lstm": (lstm_forward, _lstm_setup, _lstm_backward), "gru": (gru_forward, _gru_setup, _gru_backward),
+          "elman": (elman_forward, _elman_setup, _elman_backward), "mut": (mut_forward, _mut_setup, _mut_backward),
+          "ln_gru": (ln_gru_forward, _ln_gru_setup, _ln_gru_backward),
+          "ln_lstm": (ln_lstm_forward, _ln_lstm_setup, _ln_lstm_backward),
+          "scan": (scan_forward, _scan_setup, _scan_backward),
+          "clockwork": (clockwork_forward, _clockwork_setup, _clockwork_backward)}
+_EAGER = {kind: _eager_function(kind, setup, bwd) for kind, (_, setup, bwd) in _KINDS.items()}
+_FUNC = {kind: _func_function(kind, op, setup, bwd) for kind, (op, setup, bwd) in _KINDS.items()}
+_OPS = {kind: op for kind, (op, _, _) in _KINDS.items()}
+_EXT_NAMES = {kind: f"{kind}_forward" for kind in _KINDS}
+
+
+def run(kind: str, *args):
+    """Run kernel ``kind`` ("lstm", "gru", ...) with the op's arguments; returns all of the op's outputs.
+
+    Plain eager float32/64 calls skip the dispatcher: without autograd the extension is called directly, with
+    autograd through an ``autograd.Function`` sharing the op's formula.  Everything else (torch.compile /
+    export tracing, torch.func transforms, autocast's reduced-precision inputs, jit tracing) calls the
+    registered op, which handles it (under torch.func transforms through an autograd.Function with the same
+    formula, the form those transforms accept).
+    """
+    if torch.jit.is_tracing():
+        # torch.jit.trace, what torch.onnx.export(dynamo=False) runs: the ONNX exporter has no rule for these ops
+        raise RuntimeError(ONNX_ERROR)
+    xp = args[0]
+    if plain(xp) and xp.dtype in (torch.float32, torch.float64):
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return _EAGER[kind].apply(*args)
+        return tuple(getattr(_ext(), _EXT_NAMES[kind])(*args))
+    if torch._C._are_functorch_transforms_active():
+        return _FUNC[kind].apply(*args)
+    return _OPS[kind](*args)

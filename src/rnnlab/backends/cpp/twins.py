@@ -1,0 +1,161 @@
+"""Differentiable pure-PyTorch twins of the fused kernels, on the kernels' own inputs (used for second derivatives).
+
+The C++ backward of each kernel is not itself differentiable.  When a gradient is taken with
+``create_graph=True`` (a gradient penalty, ``torch.autograd.gradgradcheck``, nested ``torch.func.grad``), the
+op's autograd formula re-runs the layer with the twin below under ``torch.enable_grad`` and differentiates that
+instead, so second derivatives are exact rather than silently ``None`` or zero.  Each twin computes the same
+recurrence as its kernel (see the comments above each kernel in kernels.cpp) from the same arguments:
+``xp`` (T, B, G*H) with the folded biases, the initial state, the recurrent weights, ``lengths`` (B,) int64 or
+an empty tensor (row b is active at step t iff t < lengths[b]; inactive rows keep their state, output zero).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+# LSTM kernel flags (kernels.cpp / backend.py)
+_HAS_I, _HAS_F, _HAS_O, _COUPLED, _IN_ACT, _OUT_ACT = 1, 2, 4, 8, 16, 32
+
+
+def _keep(lengths: Tensor, t: int, new: Tensor, old: Tensor) -> Tensor:
+    """The new state where row b is active at step t, else the old one."""
+    if not lengths.numel():
+        return new
+    return torch.where((lengths > t).unsqueeze(1), new, old)
+
+
+def _out(lengths: Tensor, t: int, h: Tensor) -> Tensor:
+    return h if not lengths.numel() else h * (lengths > t).unsqueeze(1).to(h.dtype)
+
+
+def lstm(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, peep: Tensor, w_hr: Tensor, lengths: Tensor,
+         flags: int) -> tuple[Tensor, Tensor, Tensor]:
+    H = c0.shape[1]
+    offsets, k = {}, 0
+    for gate, bit in (("i", _HAS_I), ("f", _HAS_F), ("g", 0), ("o", _HAS_O)):
+        if bit == 0 or flags & bit:
+            offsets[gate] = k * H
+            k += 1
+    h, c, outs = h0, c0, []
+    for t in range(xp.shape[0]):
+        pre = xp[t] + h @ w_hh.t()  # (B, G*H)
+
+        def block(gate: str) -> Tensor:
+            return pre[:, offsets[gate]:offsets[gate] + H]
+
+        i = torch.sigmoid(block("i") + peep[0] * c) if flags & _HAS_I else torch.ones_like(c)
+        if flags & _COUPLED:
+            f = 1 - i
+        else:
+            f = torch.sigmoid(block("f") + peep[1] * c) if flags & _HAS_F else torch.ones_like(c)
+        g = torch.tanh(block("g")) if flags & _IN_ACT else block("g")
+        cn = f * c + i * g
+        o = torch.sigmoid(block("o") + peep[2] * cn) if flags & _HAS_O else torch.ones_like(c)
+        m = o * (torch.tanh(cn) if flags & _OUT_ACT else cn)
+        hn = m @ w_hr.t() if w_hr.numel() else m
+        h, c = _keep(lengths, t, hn, h), _keep(lengths, t, cn, c)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h, c
+
+
+def gru(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, lengths: Tensor,
+        reset_after: bool) -> tuple[Tensor, Tensor]:
+    H = h0.shape[1]
+    h, outs = h0, []
+    for t in range(xp.shape[0]):
+        x = xp[t]
+        if reset_after:
+            q = h @ w_hh.t()  # (B, 3H)
+            r = torch.sigmoid(x[:, :H] + q[:, :H])
+            z = torch.sigmoid(x[:, H:2 * H] + q[:, H:2 * H])
+            hn = q[:, 2 * H:] + (b_hn if b_hn.numel() else 0)
+            n = torch.tanh(x[:, 2 * H:] + r * hn)
+        else:
+            q = h @ w_hh[:2 * H].t()
+            r = torch.sigmoid(x[:, :H] + q[:, :H])
+            z = torch.sigmoid(x[:, H:2 * H] + q[:, H:])
+            n = torch.tanh(x[:, 2 * H:] + (r * h) @ w_hh[2 * H:].t())
+        h = _keep(lengths, t, (1 - z) * n + z * h, h)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h
+
+
+def elman(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
+    h, outs = h0, []
+    for t in range(xp.shape[0]):
+        pre = xp[t] + h @ w_hh.t()
+        h = _keep(lengths, t, torch.relu(pre) if relu else torch.tanh(pre), h)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h
+
+
+def mut(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, mode: int) -> tuple[Tensor, Tensor]:
+    # W_hh row blocks: MUT1 [r, h]; MUT2/3 [z, r, h]; xp blocks [z, r, h] with every bias folded in
+    H = h0.shape[1]
+    nb = 1 if mode == 1 else 2
+    w_r, w_n = w_hh[(nb - 1) * H:nb * H], w_hh[nb * H:]
+    h, outs = h0, []
+    for t in range(xp.shape[0]):
+        x = xp[t]
+        zpre = x[:, :H]
+        if mode == 2:
+            zpre = zpre + h @ w_hh[:H].t()
+        elif mode == 3:
+            zpre = zpre + torch.tanh(h) @ w_hh[:H].t()
+        z = torch.sigmoid(zpre)
+        r = torch.sigmoid(x[:, H:2 * H] + h @ w_r.t())
+        n = torch.tanh(x[:, 2 * H:] + (r * h) @ w_n.t())
+        h = _keep(lengths, t, z * n + (1 - z) * h, h)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h
+
+
+def ln_gru(xp: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor, lengths: Tensor,
+           eps: float) -> tuple[Tensor, Tensor]:
+    H = h0.shape[1]
+    h, outs = h0, []
+    for t in range(xp.shape[0]):
+        x = xp[t]
+        a = F.layer_norm(h @ w_hh.t(), (3 * H,), ln_w, ln_b if ln_b.numel() else None, eps)
+        r = torch.sigmoid(x[:, :H] + a[:, :H])
+        z = torch.sigmoid(x[:, H:2 * H] + a[:, H:2 * H])
+        n = torch.tanh(x[:, 2 * H:] + r * a[:, 2 * H:])
+        h = _keep(lengths, t, (1 - z) * n + z * h, h)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h
+
+
+def ln_lstm(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor, lnh_b: Tensor, lnc_w: Tensor,
+            lnc_b: Tensor, lengths: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    H = h0.shape[1]
+    h, c, outs = h0, c0, []
+    for t in range(xp.shape[0]):
+        pre = xp[t] + F.layer_norm(h @ w_hh.t(), (4 * H,), lnh_w, lnh_b if lnh_b.numel() else None, eps)
+        i, f, g, o = pre.chunk(4, dim=1)  # each (B, H)
+        cn = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        hn = torch.sigmoid(o) * torch.tanh(F.layer_norm(cn, (H,), lnc_w, lnc_b if lnc_b.numel() else None, eps))
+        h, c = _keep(lengths, t, hn, h), _keep(lengths, t, cn, c)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h, c
+
+
+def scan(a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    h, outs = h0, []
+    for t in range(a.shape[0]):
+        h = _keep(lengths, t, a[t] * h + b[t], h)
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h
+
+
+def clockwork(xp: Tensor, h0: Tensor, n0: Tensor, w_hh: Tensor, periods: Tensor,
+              lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    h, n, outs = h0, n0, []  # n (B,) step counter, advanced by 1 per valid step
+    for t in range(xp.shape[0]):
+        act = torch.tanh(xp[t] + h @ w_hh.t())
+        on = torch.fmod(torch.round(n).unsqueeze(1), periods) == 0  # (B, H): unit j updates this step
+        h = _keep(lengths, t, torch.where(on, act, h), h)
+        n = n + (1.0 if not lengths.numel() else (lengths > t).to(n.dtype))
+        outs.append(_out(lengths, t, h))
+    return torch.stack(outs), h, n

@@ -1,0 +1,285 @@
+"""The fused kernels as torch.ops.rnnlab.*: compile, export (dynamic T), autocast, vmap, func.grad, second derivatives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import Recurrent
+from rnnlab.backends import LayerCall, select_backend
+from rnnlab.backends.cpp import kernel_for, load_kernels, ops
+
+needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
+
+I, H, B, T = 3, 4, 2, 5
+FUSED = [n for n in rnnlab.cell_names() if kernel_for(Recurrent(n, I, H).cell) is not None]
+# the default suite compiles/exports a representative set; the rest run with -m slow (each compile takes seconds)
+REPRESENTATIVE = ["lstm", "gru", "peephole", "mut1", "ln_lstm"]
+# (name, options) layouts: one layer; bidirectional with lengths; two layers
+LAYOUTS = {"plain": {}, "bidir": {"bidirectional": True}, "layers2": {"num_layers": 2}}
+LENGTHS = torch.tensor([T, 3])
+
+
+def _cases(representative: list[str]) -> list:
+    return [pytest.param(c, marks=() if c in representative else pytest.mark.slow) for c in FUSED]
+
+
+def _module(cell: str, layout: str = "plain", dtype: torch.dtype = torch.float32) -> Recurrent:
+    opts = dict(LAYOUTS[layout])
+    if cell == "depth_gated":  # upper layers of depth_gated are not fused (they need the layer below)
+        opts.pop("num_layers", None)
+    torch.manual_seed(0)
+    # backend="cpp": a call the kernels refuse raises instead of silently running on the reference
+    return Recurrent(cell, I, H, backend="cpp", dtype=dtype, **opts)
+
+
+def _outputs(mod: Recurrent, x: torch.Tensor, lengths: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Output and every differentiable final state (the clockwork step counter is not)."""
+    out, hn = mod(x, lengths=lengths)
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    return (out, *(s for name, s in zip(mod.state_names, hn) if name != "n"))
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_fused_cells_run_on_the_cpp_backend(cell: str) -> None:
+    mod = _module(cell)
+    x = torch.randn(T, B, I)
+    call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
+                     state=mod.cell.init_state(B, dtype=x.dtype, device=x.device))
+    assert select_backend(call).name == "cpp"
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", _cases(REPRESENTATIVE))
+def test_compile_fullgraph_equals_eager(cell: str) -> None:
+    torch._dynamo.reset()
+    for layout in LAYOUTS:
+        mod = _module(cell, layout)
+        x = torch.randn(T, B, I, requires_grad=True)
+        # no lengths here: the wrapper validates them with data-dependent Python checks (validation.py,
+        # recurrent.py), a graph break before any kernel runs; the kernels' lengths path is compiled in
+        # test_compile_kernel_op_with_lengths
+        want = _outputs(mod, x)
+        compiled = torch.compile(lambda x: _outputs(mod, x), fullgraph=True)
+        got = compiled(x)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+        # gradients through the compiled graph (the op's autograd formula)
+        g_got = torch.autograd.grad(sum(o.sum() for o in got), x)[0]
+        g_want = torch.autograd.grad(sum(o.sum() for o in want), x)[0]
+        # inductor fuses the input layer norm differently: float32 rounding, as in test_kernels
+        tol = 1e-4 if cell.startswith("ln_") else 1e-5
+        torch.testing.assert_close(g_got, g_want, atol=tol, rtol=tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["lstm", "gru", "ln_lstm"])
+def test_compile_kernel_op_with_lengths(name: str) -> None:
+    """The ops with a lengths tensor inside a fullgraph compiled function (as the backend calls them)."""
+    torch._dynamo.reset()
+    args = dict(_op_samples())[name]
+    compiled = torch.compile(lambda *a: ops.run(name, *a), fullgraph=True)
+    for a, b in zip(compiled(*args), ops.run(name, *args)):
+        torch.testing.assert_close(a, b)
+
+
+@needs_kernels
+def test_compile_plain_lstm_at_the_onednn_sizes() -> None:
+    """T*B >= 256 normally runs aten.mkldnn_rnn_layer in eager; compiled it must still give the same numbers."""
+    torch._dynamo.reset()
+    mod = _module("lstm")
+    x = torch.randn(32, 16, I)
+    torch.testing.assert_close(torch.compile(mod, fullgraph=True)(x)[0], mod(x)[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", _cases(REPRESENTATIVE))
+def test_export_with_dynamic_sequence_length(cell: str) -> None:
+    mod = _module(cell)
+    steps = torch.export.Dim("T", min=2, max=64)
+    program = torch.export.export(mod, (torch.randn(T, B, I),), dynamic_shapes=({0: steps},))
+    for t in (3, 11):
+        x = torch.randn(t, B, I)
+        for a, b in zip(torch.utils._pytree.tree_leaves(program.module()(x)), torch.utils._pytree.tree_leaves(mod(x))):
+            torch.testing.assert_close(a, b)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_autocast_bf16_within_tolerance_of_fp32(cell: str) -> None:
+    mod = _module(cell, "bidir")
+    x = torch.randn(T, B, I)
+    want = _outputs(mod, x, LENGTHS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _outputs(mod, x, LENGTHS)
+    assert got[0].dtype == torch.float32  # the kernels compute and return float32 under autocast
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, atol=4e-2, rtol=4e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_vmap_over_inputs_equals_a_loop(cell: str) -> None:
+    mod = _module(cell, "bidir")
+    xs = torch.randn(3, T, B, I)
+    got = torch.func.vmap(lambda x: _outputs(mod, x, LENGTHS))(xs)
+    want = [torch.stack(parts) for parts in zip(*(_outputs(mod, x, LENGTHS) for x in xs))]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_func_grad_equals_backward(cell: str) -> None:
+    mod = _module(cell, "layers2")
+    x = torch.randn(T, B, I)
+    got = torch.func.grad(lambda x: sum(o.sum() for o in _outputs(mod, x)))(x)
+    xr = x.clone().requires_grad_()
+    sum(o.sum() for o in _outputs(mod, xr)).backward()
+    # torch.func.grad differentiates with create_graph: the twin's float32 layer norm rounds differently
+    tol = 1e-4 if cell.startswith("ln_") else 1e-5
+    torch.testing.assert_close(got, xr.grad, atol=tol, rtol=tol)
+    # and per-example gradients: vmap of grad
+    xs = torch.randn(2, T, B, I)
+    per = torch.func.vmap(torch.func.grad(lambda x: sum(o.sum() for o in _outputs(mod, x))))(xs)
+    for k in range(2):
+        xk = xs[k].clone().requires_grad_()
+        sum(o.sum() for o in _outputs(mod, xk)).backward()
+        torch.testing.assert_close(per[k], xk.grad, atol=tol, rtol=tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_gradcheck_and_gradgradcheck_float64(cell: str) -> None:
+    mod = _module(cell, "bidir", torch.float64)
+    x = torch.randn(4, B, I, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2])
+
+    def f(x):
+        return _outputs(mod, x, lengths)
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradgradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", FUSED)
+def test_gradient_penalty_second_derivative_wrt_parameters(cell: str) -> None:
+    """d/dθ ||∂L/∂x||² (create_graph=True through the kernels) against finite differences, never None/zero.
+
+    Checked numerically rather than against the reference backend: for mingru/minlstm the reference's own
+    second derivative w.r.t. the parameters disagrees with finite differences (0.434 vs 0.414 on one entry)."""
+    mod = _module(cell, "plain", torch.float64)
+    x = torch.randn(4, B, I, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in mod.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in mod.parameters())
+
+    def penalty(*ps):
+        out = torch.func.functional_call(mod, dict(zip(names, ps)), (x,))
+        hn = out[1] if isinstance(out[1], tuple) else (out[1],)
+        loss = out[0].sum() + sum(s.sum() for n, s in zip(mod.state_names, hn) if n != "n")
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        return gx.pow(2).sum()
+
+    grads = torch.autograd.grad(penalty(*params), params, allow_unused=True)
+    assert any(g is not None and bool(g.any()) for g in grads)
+    assert torch.autograd.gradcheck(penalty, params, eps=1e-6, atol=1e-5)
+
+
+def _op_samples() -> list:
+    """Arguments for each forward op (and, from its outputs, the matching backward op), float64, with lengths."""
+    torch.manual_seed(0)
+    d = torch.float64
+    Tn, Bn, Hn = 4, 2, 3
+    lens = torch.tensor([4, 2])
+
+    def r(*shape, grad=True):
+        return torch.randn(*shape, dtype=d, requires_grad=grad)
+
+    e = torch.empty(0, dtype=d)
+    return [
+        ("lstm", (r(Tn, Bn, 4 * Hn), r(Bn, Hn), r(Bn, Hn), r(4 * Hn, Hn), r(3, Hn), e, lens, 55)),
+        ("lstm_proj", (r(Tn, Bn, 4 * Hn), r(Bn, 2), r(Bn, Hn), r(4 * Hn, 2), r(3, Hn), r(2, Hn), lens, 55)),
+        ("gru", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), r(Hn), lens, True)),
+        ("gru_paper", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), e, lens, False)),
+        ("elman", (r(Tn, Bn, Hn), r(Bn, Hn), r(Hn, Hn), lens, False)),
+        ("mut1", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(2 * Hn, Hn), lens, 1)),
+        ("mut3", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), lens, 3)),
+        ("ln_gru", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), r(3 * Hn), r(3 * Hn), lens, 1e-5)),
+        ("ln_lstm", (r(Tn, Bn, 4 * Hn), r(Bn, Hn), r(Bn, Hn), r(4 * Hn, Hn), r(4 * Hn), r(4 * Hn), r(Hn), r(Hn),
+                     lens, 1e-5)),
+        ("scan", (torch.rand(Tn, Bn, Hn, dtype=d, requires_grad=True), r(Tn, Bn, Hn), r(Bn, Hn), lens)),
+        ("clockwork", (r(Tn, Bn, Hn), r(Bn, Hn), torch.tensor([0.0, 3.0], dtype=d), r(Hn, Hn),
+                       torch.tensor([1.0, 2.0, 4.0], dtype=d), lens)),
+    ]
+
+
+_FORWARD = {"lstm": ops.lstm_forward, "lstm_proj": ops.lstm_forward, "gru": ops.gru_forward,
+            "gru_paper": ops.gru_forward, "elman": ops.elman_forward, "mut1": ops.mut_forward,
+            "mut3": ops.mut_forward, "ln_gru": ops.ln_gru_forward, "ln_lstm": ops.ln_lstm_forward,
+            "scan": ops.scan_forward, "clockwork": ops.clockwork_forward}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name,args", _op_samples(), ids=[n for n, _ in _op_samples()])
+def test_opcheck_forward_ops(name: str, args: tuple) -> None:
+    torch.library.opcheck(_FORWARD[name], args)
+
+
+@needs_kernels
+@pytest.mark.parametrize("name,args", _op_samples(), ids=[n for n, _ in _op_samples()])
+def test_opcheck_backward_ops(name: str, args: tuple) -> None:
+    """Each backward op, called with the saved outputs of its forward op, as the autograd formula calls it."""
+    plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    outs = _FORWARD[name](*plain)
+    g = [torch.randn_like(o) for o in outs[:3]]
+    if name.startswith("lstm"):
+        xp, h0, c0, w_hh, peep, w_hr, lens, flags = plain
+        bargs = (g[0], g[1], g[2], h0, c0, w_hh, peep, w_hr, lens, flags, outs[0], *outs[3:])
+        op = ops.lstm_backward
+    elif name.startswith("gru"):
+        xp, h0, w_hh, b_hn, lens, after = plain
+        bargs, op = (g[0], g[1], h0, w_hh, lens, after, outs[0], outs[2], outs[3]), ops.gru_backward
+    elif name == "elman":
+        xp, h0, w_hh, lens, relu = plain
+        bargs, op = (g[0], g[1], h0, w_hh, lens, relu, outs[0]), ops.elman_backward
+    elif name.startswith("mut"):
+        xp, h0, w_hh, lens, mode = plain
+        bargs, op = (g[0], g[1], h0, w_hh, lens, mode, outs[0], *outs[2:]), ops.mut_backward
+    elif name == "ln_gru":
+        xp, h0, w_hh, ln_w, ln_b, lens, eps = plain
+        bargs, op = (g[0], g[1], h0, w_hh, ln_w, ln_b, lens, outs[0], *outs[2:]), ops.ln_gru_backward
+    elif name == "ln_lstm":
+        xp, h0, c0, w_hh, a2, b2, a3, b3, lens, eps = plain
+        bargs = (g[0], g[1], g[2], h0, c0, w_hh, a2, b2, a3, b3, lens, outs[0], *outs[3:])
+        op = ops.ln_lstm_backward
+    elif name == "scan":
+        a, b, h0, lens = plain
+        bargs, op = (g[0], g[1], a, outs[0], h0, lens), ops.scan_backward
+    else:
+        xp, h0, n0, w_hh, periods, lens = plain
+        bargs, op = (g[0], g[1], h0, w_hh, lens, outs[0], outs[3], outs[4]), ops.clockwork_backward
+    torch.library.opcheck(op, bargs)
+
+
+@needs_kernels
+def test_onnx_legacy_export_raises_a_clear_error(tmp_path) -> None:
+    mod = _module("lstm")
+    with pytest.raises(Exception, match="backend='reference'"):
+        torch.onnx.export(mod, (torch.randn(T, B, I),), str(tmp_path / "m.onnx"), dynamo=False)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@needs_kernels
+def test_eager_calls_skip_the_dispatcher_but_equal_the_op() -> None:
+    """ops.run's eager shortcut (direct extension / autograd.Function) gives what the registered op gives."""
+    name, args = _op_samples()[0]
+    direct = ops.run("lstm", *args)
+    via_op = ops.lstm_forward(*args)
+    for a, b in zip(direct, via_op):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    ga = torch.autograd.grad(direct[0].sum(), args[0])[0]
+    gb = torch.autograd.grad(via_op[0].sum(), args[0])[0]
+    torch.testing.assert_close(ga, gb, atol=0, rtol=0)
