@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.cli import UserError
+from rnnlab.train.device import DeviceUnavailable
 
 #: CLI flag -> (section, field) of the JSON config; every one defaults to None so --config can fill it
 MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
@@ -21,7 +22,7 @@ TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "batch_size": "batc
                "schedule": "schedule", "warmup": "warmup_steps", "step_size": "step_size", "gamma": "gamma",
                "clip_norm": "clip_norm", "eval_every": "eval_every", "patience": "patience",
                "checkpoint_every": "checkpoint_every", "keep": "keep_checkpoints", "log_every": "log_every",
-               "seed": "seed", "threads": "threads"}
+               "seed": "seed", "threads": "threads", "device": "device", "precision": "precision"}
 #: task options with their own flag (others go through --option KEY=VALUE)
 TASK_FLAGS = {"lag": "lag", "text": "path", "window": "window", "works": "works", "max_chars": "max_chars",
               "n_train": "n_train"}
@@ -86,6 +87,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-every", type=int, help="log the training loss every N steps (default 10)")
     g.add_argument("--seed", type=int, help="seed of weights, shuffling and dropout (default 0)")
     g.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    g.add_argument("--device", help="auto (a CUDA GPU when one is visible, else the CPU), cpu or cuda (default auto)")
+    g.add_argument("--precision", help="fp32, bf16 or fp16: autocast compute, fp16 with loss scaling (default fp32)")
     g.add_argument("--nondeterministic", action="store_true",
                    help="do not call torch.use_deterministic_algorithms (deterministic is the default)")
 
@@ -350,7 +353,11 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             raise UserError(f"{source}: {e}") from None
         raise config_user_error(e, {f"train.{k}" for k in ("bptt", "batch_size")}, None) from None
-    info = dd.init_from_env()
+    import torch
+
+    # NCCL between GPUs, gloo on the CPU
+    on_gpu = train_config.device != "cpu" and torch.cuda.is_available()
+    info = dd.init_from_env("nccl" if on_gpu else "gloo")
     try:
         result = train_run(task_name, options, model_config, train_config, run_dir=out, resume=args.resume,
                            quiet=args.quiet, progress=not args.no_progress, dist_info=info, task=task,
@@ -359,6 +366,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     except ckpt.CheckpointError as e:
         raise UserError(str(e)) from None
+    except DeviceUnavailable as e:  # e.g. --device cuda on a machine without a GPU
+        raise UserError(f"--{e}") from None
     finally:
         if info.enabled:
             import torch.distributed as tdist

@@ -71,6 +71,10 @@ class TrainConfig:
     deterministic: bool = True
     #: torch intra-op threads (``None``: leave torch's default)
     threads: int | None = None
+    #: where to train: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu" or "cuda"
+    device: str = "auto"
+    #: "fp32", or autocast "bf16" / "fp16" (fp16 with loss scaling); weights and optimiser state stay fp32
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +134,12 @@ class TrainConfig:
             raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic: expected bool, got {self.deterministic!r}")
+        from rnnlab.train.device import DEVICES, PRECISIONS
+
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 
 

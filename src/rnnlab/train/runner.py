@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import time
@@ -162,6 +164,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data: str | Path 
             check_model_io(config, task)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{config['path']}/{ckpt.CONFIG_FILE}: {e}") from None
+    # wherever it was trained, evaluate on this machine's best device (a GPU checkpoint evaluates on a CPU)
+    train_cfg = dataclasses.replace(train_cfg, device="auto")
     trainer = Trainer(model, task, train_cfg, task_spec=config["task"])
     return trainer.evaluate(split), task.baseline(split), config  # type: ignore[arg-type]
 

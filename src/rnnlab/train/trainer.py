@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from rnnlab.train import checkpoint as ckpt
 from rnnlab.train import distributed as dd
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.datafiles import with_data_hashes
+from rnnlab.train.device import Precision, resolve_device
 from rnnlab.train.hooks import Hook
 from rnnlab.train.optim import build_optimizer, lr_at
 from rnnlab.validation import check_finite
@@ -117,8 +119,13 @@ class Trainer:
         self._stop = False
         self.carry: Any = None  # recurrent state carried between truncated-BPTT chunks
         self.last_eval: dict[str, dict[str, float]] = {}
+        # the device first: the optimiser's state is created where the parameters live
+        self.device = resolve_device(self.config.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        model.to(self.device)
+        self.precision = Precision(self.config.precision, self.device)
         self.optimizer = build_optimizer(model.parameters(), self.config)
-        self.net: nn.Module = DistributedDataParallel(model) if self.dist.enabled else model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net: nn.Module = DistributedDataParallel(model, device_ids=ids) if self.dist.enabled else model
         self.total_steps = self._count_total_steps()
         if self.run_dir is not None:
             # a NaN/inf setting (e.g. a cell option of 1e400) could never be saved: refuse it before training
@@ -177,10 +184,11 @@ class Trainer:
         self.model.train()
         if reset:
             self.carry = None
-        local = dd.shard_batch(batch, self.dist)
+        local = dd.shard_batch(batch, self.dist).to(self.device)
         check_finite("batch x", local.x)
-        out, state = self.net(local.x, local.lengths, self.carry)
-        loss = self.task.loss(out, local)
+        with self.precision.autocast():
+            out, state = self.net(local.x, local.lengths, self.carry)
+            loss = self.task.loss(out, local)
         bad = not bool(torch.isfinite(loss.detach()))
         if dd.any_flag(bad, self.dist):
             self._diverged(f"loss is {loss.item()}" if bad else "loss is not finite on another rank")
@@ -190,12 +198,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        dd.scale_for_shard(loss, len(local), len(batch), self.dist).backward()
+        self.precision.backward(dd.scale_for_shard(loss, len(local), len(batch), self.dist))
+        self.precision.unscale(self.optimizer)  # clip the true gradients, not the fp16 loss-scaled ones
         max_norm = cfg.clip_norm if cfg.clip_norm > 0 else math.inf
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm) and self.precision.scaler is None:
             self._diverged(f"gradient norm is {grad_norm}")
-        self.optimizer.step()
+        # fp16: an overflowed step is skipped by the loss scaler (which lowers the scale), not a divergence
+        self.precision.step(self.optimizer)
         loss_value = float(loss.detach())
         if self.dist.enabled:
             loss_value = dd.all_reduce_sums({"l": loss_value * len(local)}, self.dist)["l"] / len(batch)
@@ -221,14 +231,17 @@ class Trainer:
             else:
                 items = ((b, False) for b in self.task.batches(split, self.config.batch_size))
             for batch, reset in items:
-                local = dd.shard_batch(batch, self.dist)
+                local = dd.shard_batch(batch, self.dist).to(self.device)
                 if len(local) == 0:
                     continue
-                if self.stream:
-                    carry = None if reset else carry
-                    out, carry = self.model(local.x, local.lengths, carry)
-                else:
-                    out, _ = self.model(local.x, local.lengths)
+                with self.precision.autocast():
+                    if self.stream:
+                        carry = None if reset else carry
+                        out, carry = self.model(local.x, local.lengths, carry)
+                    else:
+                        out, _ = self.model(local.x, local.lengths)
+                if isinstance(out, Tensor) and out.is_floating_point():
+                    out = out.float()  # metrics in fp32 whatever the autocast dtype
                 m = dict(self.task.metrics(out, local))
                 if "loss" not in m:  # tasks may report their own loss sum; else the mean loss x count
                     m["loss"] = float(self.task.loss(out, local)) * float(m.get("count", len(local)))
@@ -356,6 +369,10 @@ class Trainer:
             return None
         name = f"step-{self.state.step:08d}"
         tensors = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for k, v in self.precision.state_dict().items():  # fp16's loss scaler
+            tensors[f"amp.{k}"] = torch.tensor(v, dtype=torch.float64)
         for k, s in enumerate(carry):
             tensors[f"carry.{k}"] = s
         path = ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.checkpoint_config(),
@@ -408,10 +425,14 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt.optimizer_state_from_flat(ck.trainer_tensors, opt_meta))
         if "rng.torch" in ck.trainer_tensors:
             torch.set_rng_state(ck.trainer_tensors["rng.torch"])
+        if "rng.cuda" in ck.trainer_tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck.trainer_tensors["rng.cuda"], self.device)
+        self.precision.load_state_dict({k[4:]: float(v) for k, v in ck.trainer_tensors.items()
+                                        if k.startswith("amp.")})
         self.state = TrainState(**ck.config["trainer_state"])
         self.state.finished = False  # a finished run resumed with more epochs/steps goes on
         self.last_eval["val"] = ck.config.get("metrics", {}).get("val", {})
-        carry = [ck.trainer_tensors[f"carry.{k}"] for k in range(len(ck.trainer_tensors))
+        carry = [ck.trainer_tensors[f"carry.{k}"].to(self.device) for k in range(len(ck.trainer_tensors))
                  if f"carry.{k}" in ck.trainer_tensors]
         self.carry = None if not carry else (carry[0] if len(carry) == 1 else tuple(carry))
         if self.carry is not None and self.dist.enabled:
