@@ -10,6 +10,8 @@ from rnnlab.cells.depth_gated import DepthGatedLSTMCell
 from rnnlab.cells.clockwork import ClockworkCell
 from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell
+from rnnlab.cells.indrnn import IndRNNCell
+from rnnlab.cells.sru import SRUCell
 
 register_cell("rnn", ElmanCell, "Elman RNN, tanh (Elman 1990)")
 register_cell("rnn_tanh", ElmanCell, "Elman RNN, tanh (Elman 1990)")
@@ -32,8 +34,10 @@ register_cell("ln_lstm", LayerNormLSTMCell, "Layer-normalised LSTM (Ba, Kiros & 
 register_cell("ln_gru", LayerNormGRUCell, "Layer-normalised GRU (Ba, Kiros & Hinton 2016)")
 register_cell("mingru", MinGRUCell, "minGRU, parallel scan (Feng et al. 2024, Were RNNs All We Needed?)")
 register_cell("minlstm", MinLSTMCell, "minLSTM, parallel scan (Feng et al. 2024, Were RNNs All We Needed?)")
+register_cell("indrnn", IndRNNCell, "IndRNN, diagonal recurrence u ⊙ h, ReLU (Li et al. 2018)")
+register_cell("sru", SRUCell, "Simple recurrent unit, element-wise recurrence on c (Lei et al. 2018)")
 
 __all__ = ["RecurrentCell", "ParamSpec", "StepContext", "NO_CONTEXT", "ElmanCell", "LSTMCell", "PeepholeLSTMCell",
            "CIFGLSTMCell", "GreffLSTMCell", "GREFF_VARIANTS", "GRUCell", "register_cell", "cell_names", "cell_doc",
            "resolve_cell", "MUT1Cell", "MUT2Cell", "MUT3Cell", "DepthGatedLSTMCell", "ClockworkCell",
-           "LayerNormLSTMCell", "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell"]
+           "LayerNormLSTMCell", "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell", "IndRNNCell", "SRUCell"]

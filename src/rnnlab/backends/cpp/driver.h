@@ -1,0 +1,236 @@
+// The shared CPU time loop: one templated forward/backward driver for every cell declared in cells/<name>.h.
+//
+// A cell is a struct with compile-time sizes and two static element-wise functions for ONE batch row:
+//   X   blocks of H in the projected input xp (T, B, X*H), formed once for all steps by the caller's input GEMM;
+//   G   blocks of H in the recurrent product hh (B, G*H) of the previous h (state component 0);
+//   S   state components of H each, carried as one (B, S*H) row; component 0 is the output h;
+//   A   blocks of H the forward step saves for the backward step;
+//   E   element-wise parameter vectors (E, H) the step reads (e.g. SRU's v_f, v_r); the driver sums their grads;
+//   REC the recurrent product the driver forms (Rec below);
+//   forward(H, opt, xp, hh, e, s0, s1, a)                       -> writes s1 (S*H) and a (A*H)
+//   backward(H, opt, xp, hh, e, s0, s1, a, ds1, dxp, dhh, de, ds0) -> writes dxp (X*H), dhh (G*H), ds0 (S*H)
+//                                                                   and adds to de (E*H)
+// ds0 is only the element-wise part; the driver adds dhh through the recurrent weights to ds0's h block.
+//
+// The driver owns everything else: the loop over time, lengths (a row past its length keeps its state and
+// outputs 0; its gradients pass straight through), the recurrent product per step, the saved tensors and the
+// recurrent weight gradient as one product over all T*B rows.  No -ffast-math (loader flags): the helpers
+// below are exact at ±inf and never overflow.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+namespace rnnlab_generic {
+
+using at::Tensor;
+
+// How hh = R(h_{t-1}) is formed (B, G*H) from h (B, H):
+//   Full:     W (G*H, H), hh = h Wᵀ (one at::mm per step)
+//   Diagonal: u (G*H,), hh[g*H + j] = u[g*H + j] h[j]   (IndRNN)
+//   None:     no recurrent product (G = 0; the cell reads its own state, e.g. SRU)
+//   Heads:    block-diagonal over nh heads: W (G*H, dh) with dh = H / nh, row g*H + k*dh + j of head k sees
+//             h[k*dh : (k+1)*dh]  (sLSTM; one batched product per step)
+enum class Rec { Full, Diagonal, None, Heads };
+
+// σ from e = exp(-|x|) <= 1: never overflows; exact 0/1 at ±inf; NaN stays NaN.
+template <typename T>
+inline T sigm(T x) {
+  const T e = std::exp(-std::abs(x));
+  const T r = T(1) / (T(1) + e);
+  return x >= T(0) ? r : e * r;
+}
+
+// log σ(x) = -softplus(-x) = min(x, 0) - log1p(exp(-|x|)): finite for finite x, -inf at -inf, 0 at +inf.
+template <typename T>
+inline T log_sigm(T x) {
+  return std::min(x, T(0)) - std::log1p(std::exp(-std::abs(x)));
+}
+
+inline std::vector<int64_t> row_lengths(const Tensor& lengths, int64_t T, int64_t B) {
+  std::vector<int64_t> len(B, T);
+  if (lengths.defined() && lengths.numel() > 0) {
+    TORCH_CHECK(lengths.numel() == B, "lengths: expected ", B, " entries, got ", lengths.numel());
+    auto l = lengths.contiguous().to(at::kLong);
+    const int64_t* p = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
+  }
+  return len;
+}
+
+// The (E, H) element-wise parameters, or nullptr when the cell has none.
+template <typename T>
+inline const T* E_ptr(const Tensor& e) { return e.numel() > 0 ? e.data_ptr<T>() : nullptr; }
+
+// hh (B, G*H) = R(h), h (B, H) possibly strided.
+template <Rec R>
+inline Tensor recurrent(const Tensor& h, const Tensor& w, int64_t G, int64_t heads) {
+  const int64_t B = h.size(0), H = h.size(1);
+  if constexpr (R == Rec::Full) {
+    return at::mm(h, w.t());
+  } else if constexpr (R == Rec::Diagonal) {
+    return (h.unsqueeze(1) * w.view({G, H})).reshape({B, G * H});  // (B, G, H) -> (B, G*H)
+  } else if constexpr (R == Rec::Heads) {
+    const int64_t dh = H / heads;
+    // w (G*H, dh) -> per head (nh, G*dh, dh); h (B, H) -> (nh, B, dh)
+    auto wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh});
+    auto hk = h.reshape({B, heads, dh}).transpose(0, 1);
+    auto q = at::bmm(hk, wk.transpose(1, 2));  // (nh, B, G*dh)
+    return q.view({heads, B, G, dh}).permute({1, 2, 0, 3}).reshape({B, G * H});  // (B, G, nh, dh) -> (B, G*H)
+  } else {
+    return Tensor();
+  }
+}
+
+// dh (B, H) = dhh (B, G*H) through R.
+template <Rec R>
+inline Tensor recurrent_back(const Tensor& dhh, const Tensor& w, int64_t H, int64_t G, int64_t heads) {
+  const int64_t B = dhh.size(0);
+  if constexpr (R == Rec::Full) {
+    return at::mm(dhh, w);
+  } else if constexpr (R == Rec::Diagonal) {
+    return (dhh.view({B, G, H}) * w.view({G, H})).sum(1);
+  } else {
+    const int64_t dh = H / heads;
+    auto wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh});
+    auto qk = dhh.view({B, G, heads, dh}).permute({2, 0, 1, 3}).reshape({heads, B, G * dh});
+    return at::bmm(qk, wk).transpose(0, 1).reshape({B, H});  // (nh, B, dh) -> (B, H)
+  }
+}
+
+// dW over all steps at once from dhh (N, G*H) and the previous h (N, H), N = T*B.
+template <Rec R>
+inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const Tensor& w, int64_t G,
+                                    int64_t heads) {
+  const int64_t N = hp.size(0), H = hp.size(1);
+  if constexpr (R == Rec::Full) {
+    return at::mm(dhh.t(), hp);
+  } else if constexpr (R == Rec::Diagonal) {
+    return (dhh.view({N, G, H}) * hp.unsqueeze(1)).sum(0).reshape({G * H});
+  } else {
+    const int64_t dh = H / heads;
+    auto qk = dhh.view({N, G, heads, dh}).permute({2, 1, 3, 0}).reshape({heads, G * dh, N});
+    auto hk = hp.reshape({N, heads, dh}).transpose(0, 1);  // (nh, N, dh)
+    auto g = at::bmm(qk, hk);                               // (nh, G*dh, dh)
+    return g.view({heads, G, dh, dh}).permute({1, 0, 2, 3}).reshape_as(w);
+  }
+}
+
+// Forward over the whole sequence.
+//   xp (T, B, X*H), s0 (B, S*H), w (recurrent weights, any shape REC needs; empty for None), e (E, H) or empty,
+//   lengths (B,) int64 or empty (all full), heads (Rec::Heads only), opt (the cell's option word).
+// Returns out (T, B, H), states (T+1, B, S*H) (every step's state, saved for backward; [T] is the final one),
+// saved (T, B, A*H).
+template <class Cell>
+std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
+                            const Tensor& lengths, int64_t heads, int64_t opt) {
+  constexpr int64_t X = Cell::X, G = Cell::G, S = Cell::S, A = Cell::A;
+  TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
+  const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
+  TORCH_CHECK(xp_in.size(2) == X * H && s0.size(0) == B && s0.size(1) == S * H, "state/input sizes disagree");
+  if constexpr (Cell::REC == Rec::Heads) TORCH_CHECK(heads > 0 && H % heads == 0, "heads must divide H");
+  auto xp = xp_in.contiguous();
+  auto e = e_in.contiguous();
+  auto opts = xp.options();
+  auto out = at::zeros({T, B, H}, opts);
+  auto states = at::empty({T + 1, B, S * H}, opts);
+  states[0].copy_(s0);
+  auto saved = at::zeros({T, B, A > 0 ? A * H : 0}, opts);
+  const auto len = row_lengths(lengths, T, B);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
+    using T_ = scalar_t;
+    const T_* ep = E_ptr<T_>(e);
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor hh;
+      if constexpr (Cell::REC != Rec::None) hh = recurrent<Cell::REC>(states[t].narrow(1, 0, H), w, G, heads)
+                                                     .contiguous();
+      const T_* hhp = G > 0 ? hh.template data_ptr<T_>() : nullptr;
+      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
+      T_* sp = states.template data_ptr<T_>() + t * B * S * H;
+      T_* sn = sp + B * S * H;
+      T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
+      T_* ot = out.template data_ptr<T_>() + t * B * H;
+      for (int64_t b = 0; b < B; ++b) {
+        T_* s1 = sn + b * S * H;
+        const T_* s0r = sp + b * S * H;
+        if (t < len[b]) {
+          Cell::forward(H, opt, xt + b * X * H, hhp ? hhp + b * G * H : nullptr, ep, s0r, s1,
+                        at_ ? at_ + b * A * H : nullptr);
+          for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
+        } else {  // padding: state carried, output stays 0
+          for (int64_t j = 0; j < S * H; ++j) s1[j] = s0r[j];
+        }
+      }
+    }
+  });
+  return {out, states, saved};
+}
+
+// Backward.  dout (T, B, H), dsT (B, S*H) or undefined; the rest as forward returned / received.
+// Returns dxp (T, B, X*H), ds0 (B, S*H), dw (like w; empty for None), de (E, H).
+template <class Cell>
+std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Tensor& xp_in, const Tensor& w,
+                             const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t opt,
+                             const Tensor& states, const Tensor& saved) {
+  constexpr int64_t X = Cell::X, G = Cell::G, S = Cell::S, A = Cell::A, E = Cell::E;
+  const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
+  auto xp = xp_in.contiguous();
+  auto e = e_in.contiguous();
+  auto opts = xp.options();
+  auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, H}, opts);
+  auto dxp = at::empty_like(xp);
+  auto dhh_all = at::zeros({T, B, G * H}, opts);
+  auto de = at::zeros({E, H}, opts);
+  auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, S * H}, opts);
+  auto ds0 = at::empty({B, S * H}, opts);
+  const auto len = row_lengths(lengths, T, B);
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
+    using T_ = scalar_t;
+    const T_* ep = E_ptr<T_>(e);
+    T_* dep = E > 0 ? de.template data_ptr<T_>() : nullptr;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor hh;
+      if constexpr (Cell::REC != Rec::None) hh = recurrent<Cell::REC>(states[t].narrow(1, 0, H), w, G, heads)
+                                                     .contiguous();
+      const T_* hhp = G > 0 ? hh.template data_ptr<T_>() : nullptr;
+      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
+      const T_* sp = states.template data_ptr<T_>() + t * B * S * H;
+      const T_* sn = sp + B * S * H;
+      const T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
+      const T_* dot = dout.template data_ptr<T_>() + t * B * H;
+      T_* d1 = ds1.template data_ptr<T_>();
+      T_* d0 = ds0.template data_ptr<T_>();
+      T_* dxt = dxp.template data_ptr<T_>() + t * B * X * H;
+      T_* dht = G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
+      for (int64_t b = 0; b < B; ++b) {
+        T_* d1r = d1 + b * S * H;
+        T_* d0r = d0 + b * S * H;
+        if (t < len[b]) {
+          for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
+          Cell::backward(H, opt, xt + b * X * H, hhp ? hhp + b * G * H : nullptr, ep, sp + b * S * H,
+                         sn + b * S * H, at_ ? at_ + b * A * H : nullptr, d1r, dxt + b * X * H,
+                         dht ? dht + b * G * H : nullptr, dep, d0r);
+        } else {  // padding: the state passed through unchanged; the zero output has no gradient path
+          for (int64_t j = 0; j < S * H; ++j) d0r[j] = d1r[j];
+          for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
+        }
+      }
+      if constexpr (Cell::REC != Rec::None) {
+        ds0.narrow(1, 0, H).add_(recurrent_back<Cell::REC>(dhh_all[t], w, H, G, heads));
+      }
+      std::swap(ds0, ds1);
+    }
+  });
+  Tensor dw = at::zeros_like(w);
+  if constexpr (Cell::REC != Rec::None) {
+    if (T > 0) {
+      auto hp = states.narrow(0, 0, T).narrow(2, 0, H).reshape({T * B, H});  // every h_{t-1}, (T*B, H)
+      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp, w, G, heads);
+    }
+  }
+  return {dxp, ds1, dw, de};
+}
+
+}  // namespace rnnlab_generic
