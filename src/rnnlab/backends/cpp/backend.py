@@ -47,8 +47,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from rnnlab.backends.base import LayerCall, LayerResult
-from rnnlab.backends.cpp.functions import (ClockworkFunction, ElmanFunction, GRUFunction, LNGRUFunction,
-                                          LNLSTMFunction, LSTMFunction, MUTFunction, ScanFunction)
+from rnnlab.backends.cpp import ops
 from rnnlab.backends.cpp.loader import kernels_failed, load_kernels
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.cells.base import RecurrentCell
@@ -77,14 +76,22 @@ _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; rea
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
-    """Whether autograd must record the kernel call; when not, the kernels are called without a Function
-    (its bookkeeping is a measurable share of a small inference call)."""
+    """Whether autograd must record the kernel call."""
     if not torch.is_grad_enabled():
         return False
     for t in tensors:
         if t.requires_grad:
             return True
     return False
+
+
+def _onednn_ok(x: Tensor) -> bool:
+    """``aten.mkldnn_rnn_layer`` only in plain eager mode.  Under torch.compile / export (no fake-tensor rule for
+    its packed weights in every version), torch.func transforms (no batching rule), autocast (bf16 weights
+    would change the numbers) and jit tracing the registered op (ops.py) runs instead."""
+    return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing())
 
 
 _ZEROS: dict[tuple[int, torch.dtype], Tensor] = {}
@@ -203,8 +210,8 @@ class CppBackend:
     @staticmethod
     def _lstm(ext, cell: LSTMCell, p, x: Tensor, state, lens: Tensor):
         h0, c0, w_hh = state[0], state[1], p["weight_hh"]
-        if (_HAS_ONEDNN_LSTM and x.dtype == torch.float32 and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB
-                and not lens.numel() and "bias_ih" in p
+        if (_HAS_ONEDNN_LSTM and _onednn_ok(x) and x.dtype == torch.float32
+                and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and not lens.numel() and "bias_ih" in p
                 and not cell.peepholes and not cell.proj_size and lstm_flags(cell) == _PLAIN_LSTM
                 and torch._C._get_mkldnn_enabled()):
             train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
@@ -226,10 +233,7 @@ class CppBackend:
         else:  # the common case: a shared zero tensor instead of an allocation per call
             peep = _zeros(H, x.dtype)
         w_hr = p["weight_hr"] if cell.proj_size else _zeros(0, x.dtype)
-        if not _needs_grad(xp, h0, c0, w_hh, peep, w_hr):
-            out, h, c = ext.lstm_forward(xp, h0, c0, w_hh, peep, w_hr, lens, lstm_flags(cell))[:3]
-            return out, (h, c)
-        out, h, c = LSTMFunction.apply(ext, lens, lstm_flags(cell), xp, h0, c0, w_hh, peep, w_hr)
+        out, h, c = ops.run("lstm", xp, h0, c0, w_hh, peep, w_hr, lens, lstm_flags(cell))[:3]
         return out, (h, c)
 
     @staticmethod
@@ -244,10 +248,7 @@ class CppBackend:
             else:
                 b = p["bias_ih"] + p["bias_hh"]
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, 3H)
-        if not _needs_grad(xp, state[0], p["weight_hh"], b_hn):
-            out, h = ext.gru_forward(xp, state[0], p["weight_hh"], b_hn, lens, cell.reset_after)[:2]
-            return out, (h,)
-        out, h = GRUFunction.apply(ext, lens, cell.reset_after, xp, state[0], p["weight_hh"], b_hn)
+        out, h = ops.run("gru", xp, state[0], p["weight_hh"], b_hn, lens, cell.reset_after)[:2]
         return out, (h,)
 
     @staticmethod
@@ -255,10 +256,7 @@ class CppBackend:
         b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
         xp = F.linear(x, p["weight_ih"], b)  # (T, B, H)
         relu = cell.nonlinearity == "relu"
-        if not _needs_grad(xp, state[0], p["weight_hh"]):
-            out, h = ext.elman_forward(xp, state[0], p["weight_hh"], lens, relu)
-            return out, (h,)
-        out, h = ElmanFunction.apply(ext, lens, relu, xp, state[0], p["weight_hh"])
+        out, h = ops.run("elman", xp, state[0], p["weight_hh"], lens, relu)
         return out, (h,)
 
     @staticmethod
@@ -270,14 +268,14 @@ class CppBackend:
             b = p["bias_hh"]
             xp = xp + (torch.cat([b.new_zeros(cell.hidden_size), b]) if cell.kind == "mut1" else b)
         mode = int(cell.kind[-1])
-        out, h = MUTFunction.apply(ext, lens, mode, xp, state[0], p["weight_hh"])
+        out, h = ops.run("mut", xp, state[0], p["weight_hh"], lens, mode)[:2]
         return out, (h,)
 
     @staticmethod
     def _ln_gru(ext, cell: LayerNormGRUCell, p, x: Tensor, state, lens: Tensor):
         xp = cell.project_input(x, p)  # (T, B, 3H) = LN(W_ih x), autograd through F.layer_norm
         ln_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
-        out, h = LNGRUFunction.apply(ext, lens, cell.eps, xp, state[0], p["weight_hh"], p["weight_ln_hh"], ln_b)
+        out, h = ops.run("ln_gru", xp, state[0], p["weight_hh"], p["weight_ln_hh"], ln_b, lens, cell.eps)[:2]
         return out, (h,)
 
     @staticmethod
@@ -285,8 +283,8 @@ class CppBackend:
         xp = cell.project_input(x, p)  # (T, B, 4H) = LN(W_ih x)
         lnh_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
         lnc_b = p["bias_ln_c"] if "bias_ln_c" in p else x.new_empty(0)
-        out, h, c = LNLSTMFunction.apply(ext, lens, cell.eps, xp, state[0], state[1], p["weight_hh"],
-                                         p["weight_ln_hh"], lnh_b, p["weight_ln_c"], lnc_b)
+        out, h, c = ops.run("ln_lstm", xp, state[0], state[1], p["weight_hh"], p["weight_ln_hh"], lnh_b,
+                                        p["weight_ln_c"], lnc_b, lens, cell.eps)[:3]
         return out, (h, c)
 
     @staticmethod
@@ -301,7 +299,7 @@ class CppBackend:
             k_f, k_i, k_h = xp.chunk(3, dim=-1)
             diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
             a, b = torch.exp(-F.softplus(diff)), torch.exp(-F.softplus(-diff)) * g(k_h)
-        out, h = ScanFunction.apply(ext, lens, a, b, state[0])
+        out, h = ops.run("scan", a, b, state[0], lens)
         return out, (h,)
 
     @staticmethod
@@ -312,8 +310,9 @@ class CppBackend:
         w_hh = p["weight_hh"] * cell.recurrent_mask(x.dtype, x.device)  # autograd masks the gradient
         periods = torch.tensor([P for P, size in zip(cell.periods, cell.module_sizes) for _ in range(size)],
                                dtype=x.dtype)
-        out, h, n = ClockworkFunction.apply(ext, lens, periods, xp, state[0], state[1], w_hh)
-        return out, (h, n)
+        n0 = state[1]  # (B, 1)
+        out, h, n = ops.run("clockwork", xp, state[0], n0.reshape(-1), w_hh, periods, lens)[:3]
+        return out, (h, n.view_as(n0))
 
     @staticmethod
     def _depth_gated(ext, cell: DepthGatedLSTMCell, p, x: Tensor, state, lens: Tensor):
@@ -327,6 +326,5 @@ class CppBackend:
         else:
             peep = x.new_zeros(3, H)
         flags = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
-        out, h, c = LSTMFunction.apply(ext, lens, flags, xp, state[0], state[1], p["weight_hh"], peep,
-                                       x.new_empty(0))
+        out, h, c = ops.run("lstm", xp, state[0], state[1], p["weight_hh"], peep, x.new_empty(0), lens, flags)[:3]
         return out, (h, c)
