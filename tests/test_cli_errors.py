@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -350,11 +351,26 @@ def _failing_save(exc, after=0):
     (OSError(errno.ENOSPC, "No space left on device"), "disk full"),
     (OSError(errno.EROFS, "Read-only file system"), "read-only"),
     (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
+    (MemoryError(), "not enough memory"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes"), "not enough memory"),
 ])
 def test_disk_failure_on_the_first_checkpoint(capsys, tmp_path, monkeypatch, exc, cause):
     monkeypatch.setattr(checkpoint, "save_file", _failing_save(exc))
     line = one_line(capsys, ["train", *TINY, "--out", tmp_path / "r"], code=1)
     assert cause in line and "kept: nothing" in line
+
+
+def test_read_only_directory(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores the mode bits: the monkeypatched cases above cover it
+            pytest.skip("running as root: chmod 0o555 does not stop writes")
+        line = one_line(capsys, ["train", *TINY, "--out", ro / "run"], code=1)
+        assert "permission denied" in line and "kept: nothing" in line
+    finally:
+        ro.chmod(0o755)
 
 
 def test_disk_full_later_keeps_the_checkpoints(capsys, tmp_path, monkeypatch):
