@@ -1,4 +1,4 @@
-"""`rnnlab demo` (`make demo`): RNN vs LSTM vs GRU on a long-lag task, then a small Shakespeare char LSTM."""
+"""`rnnlab demo` (`make demo`): RNN vs LSTM vs GRU at a lag, a Shakespeare char LSTM, translation, inspection."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ LSTM_FORGET_BIAS = 2.0
 #: the first million characters of the Shakespeare texts (All's Well That Ends Well to Hamlet in
 #: alphabetical order, then the start of Henry IV Part 1), whose speaker lines look like "KING." (so the prime is one of them)
 LM_OPTIONS = {"max_chars": 1_000_000}
+#: part 3: a small attention encoder-decoder from spelling to pronunciation (CMUdict), tens of seconds
+G2P_ARGS = ["-o", "max_train=1000", "-o", "max_eval=200", "--cell", "gru", "--hidden-size", "64", "--embedding-dim",
+            "32", "--bidirectional", "--epochs", "3", "--lr", "0.005"]
 #: written into --out by the demo: only a folder holding it is one the demo may write over
 MARKER = ".rnnlab-demo"
 
@@ -27,8 +30,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                        description="1) trains the Elman RNN, LSTM and GRU on the cue-at-distance task "
                        "('i grew up in france . <lag filler words> so i speak fluent' -> french; 4 countries, "
                        "chance 0.25) at growing lags and prints the comparison table (plot saved as PNG); "
-                       "2) trains a small character LSTM on Shakespeare and prints text it generates.  About "
-                       "four to five minutes on two CPU cores.")
+                       "2) trains a small character LSTM on Shakespeare and prints text it generates; "
+                       "3) trains a small attention encoder-decoder from spelling to pronunciation (CMUdict) and "
+                       "translates a few words; 4) writes the character LSTM's inspection page (gates, cell "
+                       "states, gradient flow) and prints its path.  About five minutes on two CPU cores.")
     p.add_argument("--out", default="runs/demo", help="where the table, plot and checkpoints go")
     p.add_argument("--lags", default="5,10,20", help="comma-separated lags of the comparison")
     p.add_argument("--lm-steps", type=int, default=1800, help="training steps of the char LSTM (batch 32 x 64 chars)")
@@ -39,6 +44,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
                    help="torch threads of the char LSTM (its matrices are small: more threads gain little "
                         "and lose a lot when the cores are shared)")
     p.add_argument("--skip-lm", action="store_true", help="only the comparison")
+    p.add_argument("--translate", default="hello world recurrent network",
+                   help="the words the small translation model pronounces")
     p.add_argument("--force", action="store_true",
                    help="write into --out even if it exists and is not an earlier demo's output (its charlm/ and "
                         "compare/ results are replaced)")
@@ -94,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
                             eval_every=args.lm_steps, schedule="cosine", warmup_steps=20, threads=args.threads)
     lm_dir = os.path.join(args.out, "charlm")
     # a fresh run, never a resumed one; --out holds the marker (claim_out_dir), so charlm/ is the demo's own
-    if os.path.islink(lm_dir):
-        os.unlink(lm_dir)  # only the link, never what it points to
-    shutil.rmtree(lm_dir, ignore_errors=True)
+    _replace_own_dir(lm_dir)
     result = train_run("charlm", LM_OPTIONS, model_cfg, train_cfg, run_dir=lm_dir, task=task, quiet=False)
     print(format_result(result))
     model, _ = load_model(lm_dir)
@@ -104,9 +109,37 @@ def run(args: argparse.Namespace) -> int:
     text = generate(model, task, prime, 400, temperature=0.7, top_k=10, generator=torch.Generator().manual_seed(0))
     print(f"\n--- generated (temperature 0.7) ---\n{prime}{text}\n---")
     t_lm = time.perf_counter() - t1
+
+    from rnnlab.cli import main as rnnlab_cli  # parts 3 and 4 are the commands a user would type next
+
+    print("\n== 3. Translation: spelling -> pronunciation, an attention encoder-decoder on CMUdict ==", flush=True)
+    t2 = time.perf_counter()
+    g2p_dir = os.path.join(args.out, "g2p")
+    _replace_own_dir(g2p_dir)
+    if rnnlab_cli(["train", "g2p", *G2P_ARGS, "--threads", str(args.threads), "--out", g2p_dir]) != 0:
+        raise UserError("the translation part failed (its error is above)")
+    print(f"$ rnnlab translate {g2p_dir} {args.translate!r}", flush=True)
+    if rnnlab_cli(["translate", g2p_dir, args.translate]) != 0:
+        raise UserError("--translate: the words could not be translated (the error is above)")
+    t_g2p = time.perf_counter() - t2
+
+    print("\n== 4. Inside the character LSTM: gates, cell states, gradient flow ==", flush=True)
+    t3 = time.perf_counter()
+    page_dir = os.path.join(lm_dir, "inspect")
+    if rnnlab_cli(["inspect", lm_dir, "--out", page_dir]) != 0:
+        raise UserError("the inspection part failed (its error is above)")
+    print(f"open {os.path.join(page_dir, 'index.html')}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s (comparison {t_compare:.0f}s, char LSTM "
-          f"{t_lm:.0f}s); outputs in {args.out}")
+          f"{t_lm:.0f}s, translation {t_g2p:.0f}s, inspection {time.perf_counter() - t3:.0f}s); outputs in "
+          f"{args.out}")
     return 0
+
+
+def _replace_own_dir(path: str) -> None:
+    """A fresh run directory under the demo's own --out (claim_out_dir checked it is the demo's)."""
+    if os.path.islink(path):
+        os.unlink(path)  # only the link, never what it points to
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def claim_out_dir(out: str, force: bool) -> None:
