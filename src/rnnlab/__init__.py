@@ -5,7 +5,7 @@ from rnnlab.cells import (GREFF_VARIANTS, CIFGLSTMCell, ElmanCell, GreffLSTMCell
                           PeepholeLSTMCell, RecurrentCell, cell_names, register_cell)
 from rnnlab.cells import (ClockworkCell, DepthGatedLSTMCell, LayerNormGRUCell, LayerNormLSTMCell, MinGRUCell,
                           MinLSTMCell, MUT1Cell, MUT2Cell, MUT3Cell)
-from rnnlab.cells import IndRNNCell, SRUCell
+from rnnlab.cells import IndRNNCell, SLSTMCell, SRUCell
 from rnnlab.modules import GRU, LSTM, RNN
 from rnnlab.recurrent import Recording, Recurrent
 from rnnlab.validation import check_finite
@@ -16,4 +16,4 @@ __all__ = ["Recurrent", "Recording", "LSTM", "GRU", "RNN", "RecurrentCell", "Elm
            "PeepholeLSTMCell", "CIFGLSTMCell", "GreffLSTMCell", "GREFF_VARIANTS", "GRUCell", "cell_names",
            "register_cell", "register_backend", "available_backends", "check_finite", "__version__",
            "MUT1Cell", "MUT2Cell", "MUT3Cell", "DepthGatedLSTMCell", "ClockworkCell", "LayerNormLSTMCell",
-           "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell", "IndRNNCell", "SRUCell"]
+           "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell", "IndRNNCell", "SRUCell", "SLSTMCell"]

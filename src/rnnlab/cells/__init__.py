@@ -12,6 +12,7 @@ from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell
 from rnnlab.cells.indrnn import IndRNNCell
 from rnnlab.cells.sru import SRUCell
+from rnnlab.cells.slstm import SLSTMCell
 
 register_cell("rnn", ElmanCell, "Elman RNN, tanh (Elman 1990)")
 register_cell("rnn_tanh", ElmanCell, "Elman RNN, tanh (Elman 1990)")
@@ -36,8 +37,10 @@ register_cell("mingru", MinGRUCell, "minGRU, parallel scan (Feng et al. 2024, We
 register_cell("minlstm", MinLSTMCell, "minLSTM, parallel scan (Feng et al. 2024, Were RNNs All We Needed?)")
 register_cell("indrnn", IndRNNCell, "IndRNN, diagonal recurrence u ⊙ h, ReLU (Li et al. 2018)")
 register_cell("sru", SRUCell, "Simple recurrent unit, element-wise recurrence on c (Lei et al. 2018)")
+register_cell("slstm", SLSTMCell, "sLSTM, exponential gating, head-wise recurrence (Beck et al. 2024, xLSTM)")
 
 __all__ = ["RecurrentCell", "ParamSpec", "StepContext", "NO_CONTEXT", "ElmanCell", "LSTMCell", "PeepholeLSTMCell",
            "CIFGLSTMCell", "GreffLSTMCell", "GREFF_VARIANTS", "GRUCell", "register_cell", "cell_names", "cell_doc",
            "resolve_cell", "MUT1Cell", "MUT2Cell", "MUT3Cell", "DepthGatedLSTMCell", "ClockworkCell",
-           "LayerNormLSTMCell", "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell", "IndRNNCell", "SRUCell"]
+           "LayerNormLSTMCell", "LayerNormGRUCell", "MinGRUCell", "MinLSTMCell", "IndRNNCell", "SRUCell",
+           "SLSTMCell"]

@@ -3,6 +3,7 @@
 
 #include "cells/elman.h"
 #include "cells/indrnn.h"
+#include "cells/slstm.h"
 #include "cells/sru.h"
 
 // <name>_forward(xp, s0, w, e, lengths, heads, opt) -> [out, states, saved]
@@ -20,4 +21,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, indrnn, IndRNN);
   RNNLAB_CELL(m, sru, SRU);
+  RNNLAB_CELL(m, slstm, SLSTM);
 }
