@@ -142,3 +142,18 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
     (tmp_path / "x.onnx").write_text("not a model")
     (tmp_path / "x.onnx.json").write_text(json.dumps({"format": "rnnlab-export"}))
     assert "cannot load the ONNX model" in _err(capsys, ["eval", "--onnx", str(tmp_path / "x.onnx")])
+
+
+def test_metadata_carries_the_input_and_target_normalisation():
+    """A deployed forecaster must scale raw features as in training: the export metadata has the statistics."""
+    from rnnlab.export.files import task_metadata
+    from rnnlab.tasks import make_task
+
+    meta = task_metadata({"task": {"name": "weather", "options": {}}})
+    task = make_task("weather")
+    norm = meta["normalisation"]
+    assert norm["input_mean"] == pytest.approx(task.input_mean.tolist())
+    assert norm["input_std"] == pytest.approx(task.input_std.tolist()) and len(norm["input_std"]) == 4
+    assert "target_mean" in norm and meta["feature_names"] == list(task.feature_names)
+    vowels = task_metadata({"task": {"name": "vowels", "options": {}}})
+    assert len(vowels["normalisation"]["input_mean"]) == 12

@@ -122,6 +122,9 @@ class VowelsTask(ClassificationMixin, TensorTask):
             steps = np.concatenate(groups["train"][0])  # (sum T_i, 12): valid steps only, padding excluded
             mean, std = steps.mean(0), steps.std(0) + 1e-8
             groups = {s: ([(a - mean) / std for a in xs], ys) for s, (xs, ys) in groups.items()}
+            # kept so that a deployed model (rnnlab export) can scale raw coefficients the same way
+            self.input_mean = torch.tensor(mean, dtype=torch.float64)
+            self.input_std = torch.tensor(std, dtype=torch.float64)
         self._data = {}
         for split, (xs, ys) in groups.items():
             x, lengths = pad([a.astype(np.float32) for a in xs])

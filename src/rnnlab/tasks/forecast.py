@@ -140,6 +140,10 @@ class ForecastTask(RegressionMixin, TensorTask):
         feats = series.values[:, f_cols]
         mean, std = feats[:train_end].mean(0), feats[:train_end].std(0) + 1e-8
         x_all = (feats - mean) / std  # (N, F)
+        # kept so that a deployed model (rnnlab export) can scale raw features the same way (calendar columns,
+        # appended below, are not standardised)
+        self.input_mean = torch.tensor(mean, dtype=torch.float64)
+        self.input_std = torch.tensor(std, dtype=torch.float64)
         if cfg.calendar and series.phase is not None:
             x_all = np.concatenate([x_all, _calendar(series.phase)], axis=1)
         raw_t = series.values[:, t_cols]  # (N, K)
