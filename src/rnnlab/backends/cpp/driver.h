@@ -8,13 +8,15 @@
 //   E   element-wise parameter vectors (E, H) the step reads (e.g. SRU's v_f, v_r); the driver sums their grads;
 //   REC the recurrent product the driver forms (Rec below);
 //   forward(H, opt, xp, hh, e, s0, s1, a)                       -> writes s1 (S*H) and a (A*H)
-//   backward(H, opt, xp, hh, e, s0, s1, a, ds1, dxp, dhh, de, ds0) -> writes dxp (X*H), dhh (G*H), ds0 (S*H)
+//   backward(H, opt, xp, e, s0, s1, a, ds1, dxp, dhh, de, ds0) -> writes dxp (X*H), dhh (G*H), ds0 (S*H)
 //                                                                   and adds to de (E*H)
 // ds0 is only the element-wise part; the driver adds dhh through the recurrent weights to ds0's h block.
+// backward gets no hh (it is not recomputed): what the backward needs beyond xp and the states goes into a.
 //
 // The driver owns everything else: the loop over time, lengths (a row past its length keeps its state and
 // outputs 0; its gradients pass straight through), the recurrent product per step, the saved tensors and the
-// recurrent weight gradient as one product over all T*B rows.  No -ffast-math (loader flags): the helpers
+// recurrent weight gradient as one product over all T*B rows.  Per step the recurrent product writes into
+// buffers allocated once per call (Recurrence): an at::mm / at::bmm into them, or an inline loop (diagonal).  No -ffast-math (loader flags): the helpers
 // below are exact at ±inf and never overflow.
 #pragma once
 
@@ -64,41 +66,86 @@ inline std::vector<int64_t> row_lengths(const Tensor& lengths, int64_t T, int64_
 template <typename T>
 inline const T* E_ptr(const Tensor& e) { return e.numel() > 0 ? e.data_ptr<T>() : nullptr; }
 
-// hh (B, G*H) = R(h), h (B, H) possibly strided.
-template <Rec R>
-inline Tensor recurrent(const Tensor& h, const Tensor& w, int64_t G, int64_t heads) {
-  const int64_t B = h.size(0), H = h.size(1);
-  if constexpr (R == Rec::Full) {
-    return at::mm(h, w.t());
-  } else if constexpr (R == Rec::Diagonal) {
-    return (h.unsqueeze(1) * w.view({G, H})).reshape({B, G * H});  // (B, G, H) -> (B, G*H)
-  } else if constexpr (R == Rec::Heads) {
-    const int64_t dh = H / heads;
-    // w (G*H, dh) -> per head (nh, G*dh, dh); h (B, H) -> (nh, B, dh)
-    auto wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh});
-    auto hk = h.reshape({B, heads, dh}).transpose(0, 1);
-    auto q = at::bmm(hk, wk.transpose(1, 2));  // (nh, B, G*dh)
-    return q.view({heads, B, G, dh}).permute({1, 2, 0, 3}).reshape({B, G * H});  // (B, G, nh, dh) -> (B, G*H)
-  } else {
-    return Tensor();
-  }
-}
+// The recurrent product of one call: weights rearranged and buffers allocated once, then per step
+// hh (B, G*H) = R(h_{t-1}) and, backward, dh_{t-1} += R^T(dhh).  h is block 0 of the (B, S*H) state rows.
+template <Rec R, typename T>
+struct Recurrence {
+  int64_t B, H, G, S, heads, dh;
+  Tensor w, wk, hh, q, dq, dhk;
 
-// dh (B, H) = dhh (B, G*H) through R.
-template <Rec R>
-inline Tensor recurrent_back(const Tensor& dhh, const Tensor& w, int64_t H, int64_t G, int64_t heads) {
-  const int64_t B = dhh.size(0);
-  if constexpr (R == Rec::Full) {
-    return at::mm(dhh, w);
-  } else if constexpr (R == Rec::Diagonal) {
-    return (dhh.view({B, G, H}) * w.view({G, H})).sum(1);
-  } else {
-    const int64_t dh = H / heads;
-    auto wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh});
-    auto qk = dhh.view({B, G, heads, dh}).permute({2, 0, 1, 3}).reshape({heads, B, G * dh});
-    return at::bmm(qk, wk).transpose(0, 1).reshape({B, H});  // (nh, B, dh) -> (B, H)
+  Recurrence(const Tensor& w_in, int64_t B_, int64_t H_, int64_t G_, int64_t S_, int64_t heads_)
+      : B(B_), H(H_), G(G_), S(S_), heads(heads_ > 0 ? heads_ : 1), dh(H_ / (heads_ > 0 ? heads_ : 1)) {
+    w = w_in.contiguous();
+    auto opts = w.options();
+    if constexpr (R != Rec::None) hh = at::empty({B, G * H}, opts);
+    if constexpr (R == Rec::Full) dq = at::empty({B, H}, opts);
+    if constexpr (R == Rec::Heads) {
+      // w (G*H, dh), row g*H + k*dh + j -> per head (nh, G*dh, dh), row g*dh + j
+      wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh}).contiguous();
+      q = at::empty({heads, B, G * dh}, opts);
+      dq = at::empty({heads, B, G * dh}, opts);
+      dhk = at::empty({heads, B, dh}, opts);
+    }
   }
-}
+
+  // hh for the state rows s (B, S*H); nullptr for Rec::None.
+  const T* forward(const Tensor& s) {
+    if constexpr (R == Rec::None) {
+      return nullptr;
+    } else if constexpr (R == Rec::Full) {
+      at::mm_out(hh, s.narrow(1, 0, H), w.t());
+    } else if constexpr (R == Rec::Diagonal) {
+      const T* sp = s.data_ptr<T>();
+      const T* u = w.data_ptr<T>();
+      T* o = hh.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * sp[b * S * H + j];
+    } else {
+      // (B, H) state block viewed (nh, B, dh) without a copy: strides (dh, S*H, 1)
+      auto hk = s.narrow(1, 0, H).view({B, heads, dh}).transpose(0, 1);
+      at::bmm_out(q, hk, wk.transpose(1, 2));  // (nh, B, G*dh)
+      const T* qp = q.data_ptr<T>();
+      T* o = hh.data_ptr<T>();
+      for (int64_t k = 0; k < heads; ++k)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t j = 0; j < dh; ++j)
+              o[b * G * H + g * H + k * dh + j] = qp[(k * B + b) * G * dh + g * dh + j];
+    }
+    return hh.data_ptr<T>();
+  }
+
+  // ds (B, S*H) block 0 += R^T(dhh), dhh (B, G*H) contiguous.
+  void backward(const Tensor& dhh, Tensor& ds) {
+    T* d = ds.data_ptr<T>();
+    if constexpr (R == Rec::Full) {
+      at::mm_out(dq, dhh, w);
+      const T* p = dq.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += p[b * H + j];
+    } else if constexpr (R == Rec::Diagonal) {
+      const T* u = w.data_ptr<T>();
+      const T* p = dhh.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += p[(b * G + g) * H + j] * u[g * H + j];
+    } else if constexpr (R == Rec::Heads) {
+      const T* p = dhh.data_ptr<T>();
+      T* qp = dq.data_ptr<T>();
+      for (int64_t k = 0; k < heads; ++k)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t j = 0; j < dh; ++j)
+              qp[(k * B + b) * G * dh + g * dh + j] = p[b * G * H + g * H + k * dh + j];
+      at::bmm_out(dhk, dq, wk);  // (nh, B, dh)
+      const T* r = dhk.data_ptr<T>();
+      for (int64_t k = 0; k < heads; ++k)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < dh; ++j) d[b * S * H + k * dh + j] += r[(k * B + b) * dh + j];
+    }
+  }
+};
 
 // dW over all steps at once from dhh (N, G*H) and the previous h (N, H), N = T*B.
 template <Rec R>
@@ -142,11 +189,9 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
+    Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = 0; t < T; ++t) {
-      Tensor hh;
-      if constexpr (Cell::REC != Rec::None) hh = recurrent<Cell::REC>(states[t].narrow(1, 0, H), w, G, heads)
-                                                     .contiguous();
-      const T_* hhp = G > 0 ? hh.template data_ptr<T_>() : nullptr;
+      const T_* hhp = rec.forward(states[t]);
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       T_* sp = states.template data_ptr<T_>() + t * B * S * H;
       T_* sn = sp + B * S * H;
@@ -190,11 +235,8 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
     T_* dep = E > 0 ? de.template data_ptr<T_>() : nullptr;
+    Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor hh;
-      if constexpr (Cell::REC != Rec::None) hh = recurrent<Cell::REC>(states[t].narrow(1, 0, H), w, G, heads)
-                                                     .contiguous();
-      const T_* hhp = G > 0 ? hh.template data_ptr<T_>() : nullptr;
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       const T_* sp = states.template data_ptr<T_>() + t * B * S * H;
       const T_* sn = sp + B * S * H;
@@ -209,7 +251,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         T_* d0r = d0 + b * S * H;
         if (t < len[b]) {
           for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
-          Cell::backward(H, opt, xt + b * X * H, hhp ? hhp + b * G * H : nullptr, ep, sp + b * S * H,
+          Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H,
                          sn + b * S * H, at_ ? at_ + b * A * H : nullptr, d1r, dxt + b * X * H,
                          dht ? dht + b * G * H : nullptr, dep, d0r);
         } else {  // padding: the state passed through unchanged; the zero output has no gradient path
@@ -217,9 +259,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
       }
-      if constexpr (Cell::REC != Rec::None) {
-        ds0.narrow(1, 0, H).add_(recurrent_back<Cell::REC>(dhh_all[t], w, H, G, heads));
-      }
+      if constexpr (Cell::REC != Rec::None) rec.backward(dhh_all[t], ds0);
       std::swap(ds0, ds1);
     }
   });

@@ -19,7 +19,7 @@ struct IndRNN {
   }
 
   template <typename T>
-  static inline void backward(int64_t H, int64_t opt, const T*, const T*, const T*, const T*, const T* s1,
+  static inline void backward(int64_t H, int64_t opt, const T*, const T*, const T*, const T* s1,
                               const T*, const T* ds1, T* dxp, T* dhh, T*, T* ds0) {
     for (int64_t j = 0; j < H; ++j) {
       const T h = s1[j];

@@ -41,7 +41,7 @@ struct SLSTM {
   }
 
   template <typename T>
-  static inline void backward(int64_t H, int64_t, const T*, const T*, const T*, const T* s0, const T* s1,
+  static inline void backward(int64_t H, int64_t, const T*, const T*, const T* s0, const T* s1,
                               const T* sv, const T* ds1, T* dxp, T* dhh, T*, T* ds0) {
     const T *c0 = s0 + H, *n0 = s0 + 2 * H;
     const T *c1 = s1 + H, *n1 = s1 + 2 * H;

@@ -26,7 +26,7 @@ struct SRU {
   }
 
   template <typename T>
-  static inline void backward(int64_t H, int64_t, const T* xp, const T*, const T* e, const T* s0, const T* s1,
+  static inline void backward(int64_t H, int64_t, const T* xp, const T* e, const T* s0, const T* s1,
                               const T* a, const T* ds1, T* dxp, T*, T* de, T* ds0) {
     const T* c0 = s0 + H;
     const T* c1 = s1 + H;
