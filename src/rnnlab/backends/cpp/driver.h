@@ -16,8 +16,8 @@
 // The driver owns everything else: the loop over time, lengths (a row past its length keeps its state and
 // outputs 0; its gradients pass straight through), the recurrent product per step, the saved tensors and the
 // recurrent weight gradient as one product over all T*B rows.  Per step the recurrent product writes into
-// buffers allocated once per call (Recurrence): an at::mm / at::bmm into them, or an inline loop (diagonal).  No -ffast-math (loader flags): the helpers
-// below are exact at ±inf and never overflow.
+// buffers allocated once per call (Recurrence): an at::mm / at::bmm into them, or an inline loop (diagonal).
+// No -ffast-math (loader flags): the helpers below are exact at ±inf and never overflow.
 #pragma once
 
 #include <torch/extension.h>
