@@ -16,10 +16,10 @@ import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
 from rnnlab import Recurrent, cell_names  # noqa: E402
-from rnnlab.inspect import (Activations, compare_cells, exploding_demo, gradient_flow, rank_units,  # noqa: E402
+from rnnlab.inspection import (Activations, compare_cells, exploding_demo, gradient_flow, rank_units,  # noqa: E402
                             record_activations, text_features, unroll)
-from rnnlab.inspect.html import page_data, render_page  # noqa: E402
-from rnnlab.inspect.plots import (plot_cell_trajectories, plot_exploding, plot_gate_heatmaps,  # noqa: E402
+from rnnlab.inspection.html import page_data, render_page  # noqa: E402
+from rnnlab.inspection.plots import (plot_cell_trajectories, plot_exploding, plot_gate_heatmaps,  # noqa: E402
                                   plot_gradient_flow)
 from rnnlab.models import ModelConfig, SequenceModel  # noqa: E402
 

@@ -14,9 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from rnnlab.inspect.capture import record_activations  # noqa: E402
-from rnnlab.inspect.gradflow import adding_problem  # noqa: E402
-from rnnlab.inspect.report import inspect_model  # noqa: E402
+from rnnlab.inspection.capture import record_activations  # noqa: E402
+from rnnlab.inspection.gradflow import adding_problem  # noqa: E402
+from rnnlab.inspection.report import inspect_model  # noqa: E402
 from rnnlab.models import ModelConfig, SequenceModel  # noqa: E402
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")

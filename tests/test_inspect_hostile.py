@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from rnnlab.inspect.capture import Activations
-from rnnlab.inspect.html import page_data, render_page, script_json
+from rnnlab.inspection.capture import Activations
+from rnnlab.inspection.html import page_data, render_page, script_json
 
 # every sequence that can change how an HTML parser reads a <script> element or a JS string, plus every
 # C0/C1 control character, NUL, the JS line terminators and an astral character

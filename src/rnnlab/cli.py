@@ -25,7 +25,7 @@ COMMANDS = {
     "compare": "compare",
     "demo": "demo",
     "bench": "bench",
-    "inspect": "inspect",
+    "inspect": "inspection",
     "cells": "cells",
     "export": "export",
     "tag": "tag",

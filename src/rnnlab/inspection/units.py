@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rnnlab.inspect.capture import Activations
+from rnnlab.inspection.capture import Activations
 
 VOWELS = set("aeiouAEIOU")
 _OPEN, _CLOSE = "([{", ")]}"

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnlab.inspect.capture import Activations, record_activations
-from rnnlab.inspect.gradflow import GradFlow, compare_cells, exploding_demo, gradient_flow
-from rnnlab.inspect.html import write_page
-from rnnlab.inspect.plots import (plot_cell_trajectories, plot_exploding, plot_gate_heatmaps,
+from rnnlab.inspection.capture import Activations, record_activations
+from rnnlab.inspection.gradflow import GradFlow, compare_cells, exploding_demo, gradient_flow
+from rnnlab.inspection.html import write_page
+from rnnlab.inspection.plots import (plot_cell_trajectories, plot_exploding, plot_gate_heatmaps,
                                   plot_gradient_flow)
-from rnnlab.inspect.units import rank_units, sequence_features, text_features
+from rnnlab.inspection.units import rank_units, sequence_features, text_features
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -51,7 +51,7 @@ def last_step_loss(model: nn.Module, y: Tensor):
 
 
 def model_gradient_flow(model: nn.Module, x: Tensor, y: Tensor, lengths: Tensor | None = None) -> GradFlow:
-    """:func:`~rnnlab.inspect.gradflow.gradient_flow` of a ``SequenceModel``'s last-step loss.
+    """:func:`~rnnlab.inspection.gradflow.gradient_flow` of a ``SequenceModel``'s last-step loss.
 
     Sequences are cut to the shortest length so every step is real; for token inputs ∂L/∂x is taken with
     respect to the embedding vectors.

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from rnnlab.inspect.capture import Activations
-from rnnlab.inspect.page import PAGE
+from rnnlab.inspection.capture import Activations
+from rnnlab.inspection.page import PAGE
 
 
 def _quantise(v: np.ndarray) -> dict[str, object]:

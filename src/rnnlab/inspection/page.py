@@ -1,4 +1,4 @@
-"""The HTML/CSS/JS template of the inspection page; :mod:`rnnlab.inspect.html` fills in the data."""
+"""The HTML/CSS/JS template of the inspection page; :mod:`rnnlab.inspection.html` fills in the data."""
 
 #: ``__DATA__`` is replaced by the JSON payload, ``__TITLE__`` by the HTML-escaped title.
 PAGE = r"""<!DOCTYPE html>

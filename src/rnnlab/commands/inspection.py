@@ -67,7 +67,7 @@ def _task(config: dict, data: str | None = None):
 
 def run(args: argparse.Namespace) -> int:
     from rnnlab.cli import UserError
-    from rnnlab.inspect.report import inspect_model
+    from rnnlab.inspection.report import inspect_model
 
     for name in ("--length", "--sequences", "--top"):
         _positive(name, getattr(args, name.lstrip("-")))

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rnnlab.inspect.gradflow import GradFlow  # noqa: E402
+from rnnlab.inspection.gradflow import GradFlow  # noqa: E402
 
 DPI = 100
 
@@ -113,7 +113,7 @@ def plot_gradient_flow(flows: Mapping[str, GradFlow], path: str | Path, *, title
 
 
 def plot_exploding(demo: Mapping[str, object], path: str | Path) -> Figure:
-    """The exploding-gradient demo (:func:`rnnlab.inspect.gradflow.exploding_demo`): the growing
+    """The exploding-gradient demo (:func:`rnnlab.inspection.gradflow.exploding_demo`): the growing
     ‖∂L/∂h‖ curve, and the training loss without and with gradient clipping."""
     flow: GradFlow = demo["flow"]  # type: ignore[assignment]
     fig, (ax_g, ax_l) = plt.subplots(1, 2, figsize=(11, 4), dpi=DPI)
