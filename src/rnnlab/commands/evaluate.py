@@ -61,6 +61,7 @@ def config_task(path: str) -> str:
     except Exception:  # only decorates an error message
         return "(unknown)"
 
+
 def run_onnx(args: argparse.Namespace) -> int:
     """`eval --onnx FILE`: the same metrics through ONNX Runtime (checks a deployed model)."""
     from rnnlab.export.runtime import ExportError, evaluate_onnx
