@@ -12,6 +12,7 @@ import pytest
 
 from rnnlab.cli import main
 from rnnlab.train import checkpoint
+from cli_helpers import tiny_charlm_run  # noqa: E402
 
 #: a cue run that trains in about a second; the reference backend needs no C++ build
 TINY = ["cue", "--lag", "2", "-o", "n_countries=3", "--n-train", "32", "-o", "n_val=16", "-o", "n_test=16",
@@ -43,14 +44,7 @@ def cue_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def charlm_run(tmp_path_factory):
     """One tiny char-LM run on a small text file (two steps)."""
-    base = tmp_path_factory.mktemp("charlm")
-    text = base / "text.txt"
-    text.write_text(TEXT, encoding="utf-8")
-    out = base / "run"
-    assert main(["train", "charlm", "--text", str(text), "-o", "seq_len=16", "--hidden-size", "4",
-                 "--embedding-dim", "4", "--batch-size", "8", "--max-steps", "2", "--backend", "reference",
-                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
-    return out, text
+    return tiny_charlm_run(tmp_path_factory.mktemp("charlm"), TEXT)
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rnnlab.cells import cell_names
 from rnnlab.cli import main
+from cli_helpers import tiny_charlm_run  # noqa: E402
 
 # a bounded number of examples in the default suite, many more under -m slow
 settings.register_profile("cli-default", max_examples=30, deadline=None, derandomize=True,
@@ -144,13 +145,7 @@ GENERATE_OPTIONS = {
 @pytest.fixture(scope="module")
 def charlm_run(tmp_path_factory):
     """A char-LM run of two steps on a small text file: (run directory, text file)."""
-    base = tmp_path_factory.mktemp("fuzz-charlm")
-    text = base / "text.txt"
-    text.write_text(TEXT, encoding="utf-8")
-    out = base / "run"
-    assert main(["train", "charlm", "--text", str(text), "-o", "seq_len=16", "--hidden-size", "4",
-                 "--embedding-dim", "4", "--batch-size", "8", "--max-steps", "2", "--backend", "reference",
-                 "--threads", "1", "--quiet", "--out", str(out)]) == 0
+    out, text = tiny_charlm_run(tmp_path_factory.mktemp("fuzz-charlm"), TEXT)
     return str(out), str(text)
 
 

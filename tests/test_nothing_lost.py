@@ -20,6 +20,7 @@ from rnnlab.train import Checkpointing, MetricsLog, TrainConfig, Trainer, Traini
 from rnnlab.train.checkpoint import MANIFEST, clean_stale_files, read_manifest, save_checkpoint, strict_json
 from toy_tasks import SignTask
 from test_trainer import sign_model
+from cli_helpers import one_line_error
 
 TINY = ["cue", "--lag", "2", "-o", "n_countries=3", "--n-train", "32", "-o", "n_val=16", "-o", "n_test=16",
         "--cell", "gru", "--hidden-size", "4", "--embedding-dim", "4", "--batch-size", "16", "--epochs", "2",
@@ -54,12 +55,7 @@ sys.exit(main(argv))
 """
 
 
-def _err(capsys, argv):
-    code = main(argv)
-    cap = capsys.readouterr()
-    assert code == 2, cap.err
-    assert "Traceback" not in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
-    return cap.err
+_err = one_line_error
 
 
 def _leftovers(run_dir):

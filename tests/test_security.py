@@ -16,6 +16,7 @@ from rnnlab.train.checkpoint import (MANIFEST, CheckpointError, clean_stale_file
                                      read_manifest, remove_checkpoint)
 from toy_tasks import SignTask
 from test_trainer import sign_model
+from cli_helpers import one_line_error  # noqa: E402
 
 TINY = ["cue", "--lag", "2", "-o", "n_countries=3", "--n-train", "32", "-o", "n_val=16", "-o", "n_test=16",
         "--cell", "gru", "--hidden-size", "4", "--embedding-dim", "4", "--batch-size", "16", "--epochs", "2",
@@ -30,12 +31,7 @@ BAD_NAMES = ["../../victim", "/tmp/victim-abs", "step-00000002/../../victim", ".
 BAD_TYPES = [5, 1.5, ["step-00000002"], {"a": 1}, True]
 
 
-def _err(capsys, argv):
-    code = main(argv)
-    cap = capsys.readouterr()
-    assert code == 2, cap.err
-    assert "Traceback" not in cap.err and len(cap.err.strip().splitlines()) == 1, cap.err
-    return cap.err
+_err = one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,6 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from rnnlab.tasks.charlm import generate
     from rnnlab.train.checkpoint import CONFIG_FILE, CheckpointError, load_model
     from rnnlab.train.config import ConfigError, check_model_io, run_config_from_dict
     from rnnlab.train.datafiles import is_data_option, task_spec_from_checkpoint
@@ -82,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
         check_model_io(config, task)
     except ConfigError as e:
         raise UserError(f"{where}: {e}") from None
+    return _sample_chars(args, model, task)
+
+
+def _sample_chars(args: argparse.Namespace, model, task) -> int:
+    """Print --prime and the characters ``model`` (a checkpoint's or an ONNX export's) samples after it."""
+    import torch
+
+    from rnnlab.tasks.charlm import generate
+
     try:
         task.encode(args.prime)
     except ValueError as e:
@@ -109,10 +115,7 @@ def _generate_words(args: argparse.Namespace, model, config: dict) -> int:
 
 def _generate_onnx(args: argparse.Namespace) -> int:
     """`generate --onnx FILE`: the same sampler over an exported charlm model run by ONNX Runtime."""
-    import torch
-
     from rnnlab.export.runtime import ExportError, OnnxSequenceModel, read_metadata, task_from_metadata
-    from rnnlab.tasks.charlm import generate
     from rnnlab.train.checkpoint import CheckpointError
 
     try:
@@ -127,11 +130,4 @@ def _generate_onnx(args: argparse.Namespace) -> int:
     if task.vocab_size != model.vocab_size:
         raise UserError(f"--onnx: the text gives a vocabulary of {task.vocab_size} characters, the export has "
                         f"{model.vocab_size} (did the text file change?)")
-    try:
-        task.encode(args.prime)
-    except ValueError as e:
-        raise UserError(f"--prime: {str(e).partition(': ')[2]}; got {args.prime!r}") from None
-    text = generate(model, task, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-                    generator=torch.Generator().manual_seed(args.seed))
-    print(args.prime + text)
-    return 0
+    return _sample_chars(args, model, task)
