@@ -25,9 +25,29 @@
 #include <cmath>
 #include <vector>
 
+// glibc's libmvec has vector exp/tanh/log1p that follow IEEE rules for inf/NaN, but <math.h> declares them only
+// under -ffast-math; declaring the SIMD variants (as kernels.cpp does) lets the cells' loops vectorise.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && __GLIBC_PREREQ(2, 35)
+extern "C" {
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+__attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
+__attribute__((simd("notinbranch"))) double tanh(double) noexcept;
+__attribute__((simd("notinbranch"))) float log1pf(float) noexcept;
+__attribute__((simd("notinbranch"))) double log1p(double) noexcept;
+}
+#endif
+
+// _Pragma may appear inside the AT_DISPATCH lambdas and the cells' loops.
+#define RNNLAB_SIMD _Pragma("omp simd")
+
 namespace rnnlab_generic {
 
 using at::Tensor;
+
+// Products below this many multiply-adds per step use inline loops: a library call costs microseconds of
+// dispatch, which dominates at small batch/hidden sizes (the same threshold as kernels.cpp).
+constexpr int64_t kSmallGemm = 48 * 1024;
 
 // How hh = R(h_{t-1}) is formed (B, G*H) from h (B, H):
 //   Full:     W (G*H, H), hh = h Wᵀ (one at::mm per step)
@@ -48,7 +68,8 @@ inline T sigm(T x) {
 // log σ(x) = -softplus(-x) = min(x, 0) - log1p(exp(-|x|)): finite for finite x, -inf at -inf, 0 at +inf.
 template <typename T>
 inline T log_sigm(T x) {
-  return std::min(x, T(0)) - std::log1p(std::exp(-std::abs(x)));
+  const T lo = x < T(0) || x != x ? x : T(0);  // min(x, 0) keeping NaN, as a blend
+  return lo - std::log1p(std::exp(-std::abs(x)));
 }
 
 inline std::vector<int64_t> row_lengths(const Tensor& lengths, int64_t T, int64_t B) {
@@ -88,22 +109,49 @@ struct Recurrence {
     }
   }
 
-  // hh for the state rows s (B, S*H); nullptr for Rec::None.
-  const T* forward(const Tensor& s) {
+  // hh for the state rows states[t] (B, S*H); nullptr for Rec::None.  The inline paths read the rows through
+  // a pointer (no per-step Tensor: its bookkeeping is most of a tiny step's cost).
+  const T* forward(const Tensor& states, int64_t t) {
     if constexpr (R == Rec::None) {
       return nullptr;
     } else if constexpr (R == Rec::Full) {
-      at::mm_out(hh, s.narrow(1, 0, H), w.t());
+      if (B * G * H * H < kSmallGemm) {
+        const T* sp = states.data_ptr<T>() + t * B * S * H;
+        const T* wp = w.data_ptr<T>();
+        T* o = hh.data_ptr<T>();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t r = 0; r < G * H; ++r) {
+            T acc = T(0);
+            const T* hr = sp + b * S * H;
+            const T* wr = wp + r * H;
+            for (int64_t l = 0; l < H; ++l) acc += wr[l] * hr[l];
+            o[b * G * H + r] = acc;
+          }
+      } else {
+        at::mm_out(hh, states[t].narrow(1, 0, H), w.t());
+      }
     } else if constexpr (R == Rec::Diagonal) {
-      const T* sp = s.data_ptr<T>();
+      const T* sp = states.data_ptr<T>() + t * B * S * H;
       const T* u = w.data_ptr<T>();
       T* o = hh.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g)
           for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * sp[b * S * H + j];
+    } else if (B * G * H * dh < kSmallGemm) {
+      const T* sp = states.data_ptr<T>() + t * B * S * H;
+      const T* wp = w.data_ptr<T>();
+      T* o = hh.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t r = 0; r < G * H; ++r) {  // row r = g*H + k*dh + j reads head k = (r % H) / dh
+          const T* hr = sp + b * S * H + ((r % H) / dh) * dh;
+          const T* wr = wp + r * dh;
+          T acc = T(0);
+          for (int64_t l = 0; l < dh; ++l) acc += wr[l] * hr[l];
+          o[b * G * H + r] = acc;
+        }
     } else {
       // (B, H) state block viewed (nh, B, dh) without a copy: strides (dh, S*H, 1)
-      auto hk = s.narrow(1, 0, H).view({B, heads, dh}).transpose(0, 1);
+      auto hk = states[t].narrow(1, 0, H).view({B, heads, dh}).transpose(0, 1);
       at::bmm_out(q, hk, wk.transpose(1, 2));  // (nh, B, G*dh)
       const T* qp = q.data_ptr<T>();
       T* o = hh.data_ptr<T>();
@@ -116,22 +164,45 @@ struct Recurrence {
     return hh.data_ptr<T>();
   }
 
-  // ds (B, S*H) block 0 += R^T(dhh), dhh (B, G*H) contiguous.
-  void backward(const Tensor& dhh, Tensor& ds) {
+  // ds (B, S*H) block 0 += R^T(dhh_all[t]), dhh_all (T, B, G*H) contiguous.
+  void backward(const Tensor& dhh_all, int64_t t, Tensor& ds) {
     T* d = ds.data_ptr<T>();
+    const T* p = dhh_all.data_ptr<T>() + t * B * G * H;
     if constexpr (R == Rec::Full) {
-      at::mm_out(dq, dhh, w);
-      const T* p = dq.data_ptr<T>();
+      if (B * G * H * H < kSmallGemm) {
+        const T* wp = w.data_ptr<T>();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t r = 0; r < G * H; ++r) {
+            const T g = p[b * G * H + r];
+            const T* wr = wp + r * H;
+            T* dr = d + b * S * H;
+            RNNLAB_SIMD
+            for (int64_t l = 0; l < H; ++l) dr[l] += g * wr[l];
+          }
+        return;
+      }
+      at::mm_out(dq, dhh_all[t], w);
+      const T* q = dq.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += p[b * H + j];
+        for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += q[b * H + j];
     } else if constexpr (R == Rec::Diagonal) {
       const T* u = w.data_ptr<T>();
-      const T* p = dhh.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g)
           for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += p[(b * G + g) * H + j] * u[g * H + j];
     } else if constexpr (R == Rec::Heads) {
-      const T* p = dhh.data_ptr<T>();
+      if (B * G * H * dh < kSmallGemm) {
+        const T* wp = w.data_ptr<T>();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t r = 0; r < G * H; ++r) {
+            const T g = p[b * G * H + r];
+            const T* wr = wp + r * dh;
+            T* dr = d + b * S * H + ((r % H) / dh) * dh;
+            RNNLAB_SIMD
+            for (int64_t l = 0; l < dh; ++l) dr[l] += g * wr[l];
+          }
+        return;
+      }
       T* qp = dq.data_ptr<T>();
       for (int64_t k = 0; k < heads; ++k)
         for (int64_t b = 0; b < B; ++b)
@@ -191,7 +262,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
     const T_* ep = E_ptr<T_>(e);
     Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = 0; t < T; ++t) {
-      const T_* hhp = rec.forward(states[t]);
+      const T_* hhp = rec.forward(states, t);
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       T_* sp = states.template data_ptr<T_>() + t * B * S * H;
       T_* sn = sp + B * S * H;
@@ -259,7 +330,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
       }
-      if constexpr (Cell::REC != Rec::None) rec.backward(dhh_all[t], ds0);
+      if constexpr (Cell::REC != Rec::None) rec.backward(dhh_all, t, ds0);
       std::swap(ds0, ds1);
     }
   });

@@ -16,6 +16,7 @@ struct SLSTM {
   template <typename T>
   static inline void forward(int64_t H, int64_t, const T* xp, const T* hh, const T*, const T* s0, T* s1, T* sv) {
     const T *c0 = s0 + H, *n0 = s0 + 2 * H, *m0 = s0 + 3 * H;
+    RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) {
       const T zt = xp[j] + hh[j], it = xp[H + j] + hh[H + j];
       const T ft = xp[2 * H + j] + hh[2 * H + j], ot = xp[3 * H + j] + hh[3 * H + j];
@@ -45,6 +46,7 @@ struct SLSTM {
                               const T* sv, const T* ds1, T* dxp, T* dhh, T*, T* ds0) {
     const T *c0 = s0 + H, *n0 = s0 + 2 * H;
     const T *c1 = s1 + H, *n1 = s1 + 2 * H;
+    RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) {
       const T z = sv[j], o = sv[H + j], ip = sv[2 * H + j], fp = sv[3 * H + j], sf = sv[4 * H + j];
       const T a = sv[5 * H + j], it = sv[6 * H + j];
@@ -64,13 +66,9 @@ struct SLSTM {
       T dit = dip * ip;
       const T dm = ds1[3 * H + j] - dfp * fp - dip * ip;
       // m = max(a, ĩ)
-      if (a == it) {
-        da += dm / T(2);
-        dit += dm / T(2);
-      } else {
-        if (!(a < it)) da += dm;
-        if (!(a > it)) dit += dm;
-      }
+      const T half = dm / T(2);
+      da += a == it ? half : (a < it ? T(0) : dm);
+      dit += a == it ? half : (a > it ? T(0) : dm);
       const T dft = da * sf;  // d log σ(f̃) = σ(-f̃)
       const T dzt = dz * (T(1) - z * z);
       const T dot = dout * (T(1) - o) * o;

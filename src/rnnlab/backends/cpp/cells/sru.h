@@ -14,6 +14,7 @@ struct SRU {
   template <typename T>
   static inline void forward(int64_t H, int64_t, const T* xp, const T*, const T* e, const T* s0, T* s1, T* a) {
     const T* c0 = s0 + H;
+    RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) {
       const T f = sigm(xp[j] + e[j] * c0[j]);
       const T r = sigm(xp[H + j] + e[H + j] * c0[j]);
@@ -30,6 +31,7 @@ struct SRU {
                               const T* a, const T* ds1, T* dxp, T*, T* de, T* ds0) {
     const T* c0 = s0 + H;
     const T* c1 = s1 + H;
+    RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) {
       const T f = a[j], r = a[H + j], dh = ds1[j];
       const T dr = dh * c1[j] - dh * xp[3 * H + j];
