@@ -167,6 +167,8 @@ class Recurrent(nn.Module):
                 for pname in names:
                     self.register_parameter(pname + suffix, c._parameters[pname])
                 c._parameters.clear()
+                # the cell reads its layer's weights from here: rnn.cell(x_t, hx) and reset_parameters work
+                c.bind(functools.partial(self.layer_params, layer, direction))
                 row.append(c)
                 names_row.append([(pname, pname + suffix) for pname in names])
             in_size = D * row[0].output_size  # the next layer sees both directions' outputs
@@ -223,6 +225,12 @@ class Recurrent(nn.Module):
         out = super()._apply(fn, recurse)
         self.flatten_parameters()  # after .cuda() / .to(): cuDNN wants one weight buffer, as torch.nn makes
         return out
+
+    def train(self, mode: bool = True) -> "Recurrent":
+        super().train(mode)
+        for _, _, c in self.cells():  # cells are not submodules (their weights live here): tell them too
+            c.train(mode)
+        return self
 
     def reset_parameters(self) -> None:
         for layer, direction, c in self.cells():

@@ -137,7 +137,7 @@ def check_state(name: str, hx: object, expected: Sequence[tuple[int, ...]], ref:
 
 def check_cell_call(cell: "RecurrentCell", input: Tensor, hx) -> tuple[Tensor, "State", bool]:
     """Validate a single-step cell call; return (B, I) input, the batched state and whether unbatched."""
-    ref = next(cell.parameters(), None)
+    ref = next(iter(cell.cell_params().values()), None)  # its own weights, or its layer's in a wrapper
     check_tensor("input", input)
     if input.dim() not in (1, 2):
         raise ShapeError(f"input: expected a 1-D (input_size,) or 2-D (B, input_size) tensor for one step, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -150,8 +150,19 @@ class RecurrentCell(nn.Module):
                 else:  # pragma: no cover - a programming error in a cell definition
                     raise ValueError(f"unknown init {spec.init!r} for parameter {spec.name}")
 
+    def bind(self, params_of: Callable[[], dict[str, Tensor]] | None) -> None:
+        """Read the parameters through ``params_of`` instead of holding them: a :class:`~rnnlab.Recurrent`
+        owns its cells' weights under ``torch.nn`` names and binds each cell to its layer's, so the cell keeps
+        working on its own (``forward``, ``reset_parameters``); ``None`` unbinds."""
+        self._params_of = params_of
+
+    def cell_params(self) -> dict[str, Tensor]:
+        """The parameters by the cell's own names: its own, or its layer's in the sequence wrapper that owns it."""
+        params_of = self.__dict__.get("_params_of")
+        return params_of() if params_of is not None else dict(self.named_parameters(recurse=False))
+
     def reset_parameters(self) -> None:
-        self.init_parameters(dict(self.named_parameters(recurse=False)))
+        self.init_parameters(self.cell_params())
 
     def init_state(self, batch: int, *, dtype: torch.dtype, device: torch.device) -> State:
         """Zero state, one (B, S_k) tensor per component."""
@@ -183,7 +194,7 @@ class RecurrentCell(nn.Module):
         from rnnlab.validation import check_cell_call
 
         x, state, unbatched = check_cell_call(self, input, hx)
-        p = dict(self.named_parameters(recurse=False))
+        p = self.cell_params()
         new = self.step(self.project_input(x, p), state, p)
         if unbatched:
             new = tuple(s.squeeze(0) for s in new)
