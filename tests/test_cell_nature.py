@@ -66,3 +66,20 @@ def test_a_standalone_cell_still_owns_its_parameters():
     cell.reset_parameters()
     h, c = cell(torch.randn(3))
     assert h.shape == (4,)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_sequential_scan_second_derivatives_on_the_reference(name):
+    """The reference's one-node scan used to be once_differentiable: a gradient penalty was silently wrong."""
+    torch.manual_seed(1)
+    rnn = rnnlab.Recurrent(name, 2, 3, backend="reference", scan="sequential", dtype=torch.float64)
+    names = [n for n, _ in rnn.named_parameters()]
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        out, _ = torch.func.functional_call(rnn, dict(zip(names, ps)), (x,), {"lengths": [4, 3]})
+        return out
+
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in rnn.parameters()])
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)

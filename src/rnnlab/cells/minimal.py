@@ -6,7 +6,6 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from rnnlab.cells.base import NO_CONTEXT, ParamSpec, Params, RecurrentCell, State, StepContext
@@ -46,7 +45,9 @@ class _SequentialScan(torch.autograd.Function):
     """h_t = a_t ⊙ h_{t-1} + b_t as one autograd node: a T-step elementwise loop forwards and backwards.
 
     One node instead of T keeps autograd from materialising a (T, B, H) gradient per step; the backward is
-    the adjoint recurrence dh_t = g_t + a_{t+1} ⊙ dh_{t+1}, da_t = dh_t ⊙ h_{t-1}, db_t = dh_t.
+    the adjoint recurrence dh_t = g_t + a_{t+1} ⊙ dh_{t+1}, da_t = dh_t ⊙ h_{t-1}, db_t = dh_t.  That
+    recurrence is the same scan run backwards in time, so when the gradient itself must be differentiable
+    (``create_graph=True``) the backward is written with this Function and differentiable ops.
     """
 
     @staticmethod
@@ -59,14 +60,17 @@ class _SequentialScan(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a, out, h0 = ctx.saved_tensors
         T = a.shape[0]
-        dh = torch.empty_like(grad)  # dh[t] = dL/dh_t through every path, = dL/db_t
-        dh[T - 1] = grad[T - 1]
-        for t in range(T - 2, -1, -1):
-            torch.addcmul(grad[t], a[t + 1], dh[t + 1], out=dh[t])
+        if torch.is_grad_enabled():  # create_graph: the adjoint scan, reversed in time, recorded by autograd
+            a_next = torch.cat([a[1:], torch.zeros_like(a[:1])])  # a_{t+1}, 0 after the last step
+            dh = _SequentialScan.apply(a_next.flip(0), grad.flip(0), torch.zeros_like(h0)).flip(0)
+        else:
+            dh = torch.empty_like(grad)  # dh[t] = dL/dh_t through every path, = dL/db_t
+            dh[T - 1] = grad[T - 1]
+            for t in range(T - 2, -1, -1):
+                torch.addcmul(grad[t], a[t + 1], dh[t + 1], out=dh[t])
         prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # h_{t-1}
         return dh * prev, dh, a[0] * dh[0]
 
@@ -74,8 +78,8 @@ class _SequentialScan(torch.autograd.Function):
 def sequential_linear_scan(a: Tensor, b: Tensor, h0: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """The same recurrence as :func:`log_linear_scan` with a, b given directly, evaluated step by step.
 
-    Exact for any a, b, h_0 and the fastest form on a CPU (O(T·B·H) multiply-adds, no exp/log).  Not twice
-    differentiable.  Returns the outputs (T, B, H) with padded steps zeroed and the final state (B, H).
+    Exact for any a, b, h_0 and the fastest form on a CPU (O(T·B·H) multiply-adds, no exp/log); twice
+    differentiable (the backward is the same scan reversed).  Returns the outputs (T, B, H) with padded steps zeroed and the final state (B, H).
     """
     if mask is not None:
         a = a.masked_fill(~mask, 1.0)
