@@ -58,9 +58,7 @@ def test_compile_fullgraph_equals_eager(cell: str) -> None:
     for layout in LAYOUTS:
         mod = _module(cell, layout)
         x = torch.randn(T, B, I, requires_grad=True)
-        # no lengths here: the wrapper validates them with data-dependent Python checks (validation.py,
-        # recurrent.py), a graph break before any kernel runs; the kernels' lengths path is compiled in
-        # test_compile_kernel_op_with_lengths
+        # lengths through the whole wrapper: test_compile_fullgraph_with_lengths
         want = _outputs(mod, x)
         compiled = torch.compile(lambda x: _outputs(mod, x), fullgraph=True)
         got = compiled(x)
@@ -72,6 +70,30 @@ def test_compile_fullgraph_equals_eager(cell: str) -> None:
         # inductor fuses the input layer norm differently: float32 rounding, as in test_kernels
         tol = 1e-4 if cell.startswith("ln_") else 1e-5
         torch.testing.assert_close(g_got, g_want, atol=tol, rtol=tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", ["gru", "peephole"])
+def test_compile_fullgraph_with_lengths(cell: str) -> None:
+    """The wrapper with lengths compiles without a graph break (the range check is an in-graph assert) and
+    equals eager; bad lengths still raise, from inside the compiled graph."""
+    torch._dynamo.reset()
+    mod = rnnlab.Recurrent(cell, I, H, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+    lengths = torch.tensor([T, 1] + [2] * (B - 2))[:B]
+    call = lambda x, lengths: mod(x, lengths=lengths)  # noqa: E731
+    want_out, want_state = call(x, lengths)
+    compiled = torch.compile(call, fullgraph=True)
+    got_out, got_state = compiled(x, lengths)
+    torch.testing.assert_close(got_out, want_out)
+    for a, b in zip(got_state if isinstance(got_state, tuple) else (got_state,),
+                    want_state if isinstance(want_state, tuple) else (want_state,)):
+        torch.testing.assert_close(a, b)
+    g_got = torch.autograd.grad(got_out.sum(), x)[0]
+    g_want = torch.autograd.grad(want_out.sum(), x)[0]
+    torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match=r"lengths: each length must be in \[1, "):
+        compiled(x, torch.full((B,), T + 1))
 
 
 @needs_kernels

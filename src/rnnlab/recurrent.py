@@ -297,7 +297,7 @@ class Recurrent(nn.Module):
                 raise ValueError("lengths: not supported for an unbatched (T, input_size) input; "
                                  "pass a (T, B, input_size) batch or lengths=None")
             lens = None if lengths is None else check_lengths(lengths, x.shape[1], x.shape[0])
-        if lens is not None and bool((lens == x.shape[0]).all()):
+        if lens is not None and not torch.compiler.is_compiling() and bool((lens == x.shape[0]).all()):
             lens = None  # all sequences full: skip the masking work
         T, B = x.shape[0], x.shape[1]
         D = self.num_directions

@@ -105,6 +105,11 @@ def check_lengths(lengths: object, batch: int, T: int) -> Tensor:
         raise ShapeError(f"lengths: expected shape ({batch},) (one length per sequence), got {tuple(lens.shape)}")
     if lens.numel() == 0:  # an empty batch has no lengths to range-check
         return lens
+    if torch.compiler.is_compiling():
+        # reading the values would break the graph: the check stays in it and raises when it runs
+        torch._assert_async(((lens >= 1) & (lens <= T)).all(),
+                            f"lengths: each length must be in [1, {T}] (the padded length)")
+        return lens
     lo, hi = int(lens.min()), int(lens.max())
     if lo < 1 or hi > T:
         raise ValueError(f"lengths: each length must be in [1, {T}] (the padded length), got min {lo}, max {hi}")

@@ -123,6 +123,11 @@ def load_kernels() -> ModuleType | None:
     """The compiled extension, building it on first call; ``None`` if it cannot be built (warned once)."""
     if _state["module"] is not None or _state["failed"]:
         return _state["module"]  # type: ignore[return-value]
+    import torch
+
+    if torch.compiler.is_compiling():
+        # a build cannot be traced: a graph compiled before any eager call built the kernels uses the reference
+        return None
     with _lock:
         if _state["module"] is None and not _state["failed"]:
             try:
