@@ -303,7 +303,7 @@ def test_predict_needs_a_word_run(capsys, tmp_path):
     (["-o", "vocab_size=100000"], "vocab_size: the train split"),
     (["-o", "max_words=200", "-o", "vocab_size=20"], "too few for seq_len"),
     (["-o", "vocab_size=500", "--hidden-size", "16", "--embedding-dim", "8", "--config", "TIED"],
-     "model.tie_embeddings: embedding_dim must equal the head's input size 16"),
+     "--tie-embeddings: embedding_dim must equal the head's input size 16"),
 ])
 def test_train_bad_input(capsys, tmp_path, extra, message):
     tied = tmp_path / "tied.json"
