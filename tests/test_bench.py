@@ -69,3 +69,18 @@ def test_backend_column_names_the_backend_that_ran() -> None:
 
     assert backends["greff_fgr"] == "reference"  # no fused kernel: it must say so, not pretend
     assert backends["mut2"] == ("cpp" if load_kernels() is not None else "reference")
+
+
+def test_option_variants_report_their_backend_and_cost_against_the_plain_cell():
+    from rnnlab.bench import run_bench
+
+    specs = ["lstm", "lstm:weight_drop=0.5", "lstm:recurrent_dropout=0.25,zoneout=0.1", "lstm:record"]
+    report = run_bench(cells=specs, shapes=[(6, 2, 8)], repeats=1, overhead_steps=5)
+    summary = report["summary"]
+    kernels = summary["lstm"]["backend"]
+    assert summary["lstm:weight_drop=0.5"]["backend"] == kernels  # the dropped weight runs fused
+    # what runs is reported as it is: the CPU kernels do not fuse recurrent dropout, zoneout or recording
+    assert summary["lstm:recurrent_dropout=0.25,zoneout=0.1"]["backend"] == "reference"
+    assert summary["lstm:record"]["backend"] == "reference"
+    assert "train_vs_plain" not in summary["lstm"]
+    assert all(summary[s]["train_vs_plain"] > 0 for s in specs[1:])

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         "(medians of interleaved repeats), GFLOP/s as a fraction of this machine's measured GEMM peak, and "
         "the per-step overhead at B=1, H=32. Example: rnnlab bench --quick --cells lstm gru --out bench.json")
     p.add_argument("--cells", nargs="+", default=None, metavar="CELL",
-                   help="cells to benchmark (names from `rnnlab cells`, or 'all' for every registered cell; "
+                   help="cells to benchmark (names from `rnnlab cells`, or 'all' for every registered cell; a cell "
+                   "with options as NAME:KEY=VALUE,...,record, e.g. lstm:recurrent_dropout=0.25,zoneout=0.1; "
                    "default: lstm gru rnn)")
     p.add_argument("--quick", action="store_true",
                    help="two shapes (50,1,64) and (30,32,256), 3 repeats: under a minute even with --cells all")
@@ -47,6 +48,7 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     from rnnlab import bench
     from rnnlab.cells import cell_names
+    from rnnlab.recurrent import Recurrent
     from rnnlab.cli import UserError
     from rnnlab.train.config import MAX_THREADS
 
@@ -59,9 +61,20 @@ def run(args: argparse.Namespace) -> int:
     if "all" in cells:
         cells = bench.all_cells()
     known = cell_names()
-    bad = [c for c in cells if c not in known]
+    try:
+        specs = {c: bench.parse_cell_spec(c) for c in cells}
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+    bad = [c for c in cells if specs[c][0] not in known]
     if bad:
         raise UserError(f"--cells: unknown cell(s) {bad}; expected names from {known}")
+    for c, (name, options, record) in specs.items():
+        if (options or record) and args.onnx:
+            raise UserError(f"--cells: options are not measured by --onnx, got {c!r}")
+        try:  # the options are checked before minutes of measurements, on the meta device (no memory)
+            Recurrent(name, 2, 2, device="meta", **options)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--cells: {c!r}: {e}") from None
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     if repeats <= 0:
         raise UserError(f"--repeats: expected a positive int, got {repeats}")
