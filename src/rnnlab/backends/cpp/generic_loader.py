@@ -66,18 +66,7 @@ def _compile() -> ModuleType:
 
 def load_generic() -> ModuleType | None:
     """The compiled driver extension, built on first call; ``None`` if it cannot be built (warned once)."""
-    if _state["module"] is not None or _state["failed"]:
-        return _state["module"]  # type: ignore[return-value]
-    with _lock:
-        if _state["module"] is None and not _state["failed"]:
-            try:
-                _state["module"] = _compile()
-            except Exception as e:  # any build problem: compiler missing, headers, linker, ...
-                _state["failed"] = True
-                first = str(e).strip().splitlines()
-                log.warning("rnnlab: could not build the generic C++ driver (%s: %s); using the reference "
-                            "backend instead", type(e).__name__, first[-1] if first else "")
-    return _state["module"]  # type: ignore[return-value]
+    return loader.build_once(_state, _lock, lambda: _compile(), "the generic C++ driver")
 
 
 def generic_failed() -> bool:

@@ -28,6 +28,7 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 log = logging.getLogger("rnnlab.backends")
 
@@ -119,25 +120,32 @@ def _compile() -> ModuleType:
                     build_directory=str(build), verbose=False)
 
 
-def load_kernels() -> ModuleType | None:
-    """The compiled extension, building it on first call; ``None`` if it cannot be built (warned once)."""
-    if _state["module"] is not None or _state["failed"]:
-        return _state["module"]  # type: ignore[return-value]
+def build_once(state: dict[str, object], lock: threading.Lock, compile_fn: Callable[[], ModuleType],
+               what: str) -> ModuleType | None:
+    """The extension ``compile_fn`` builds, built on the first call in this process and kept in ``state``
+    (``{"module", "failed"}``); after a failed build ``None`` from then on and one warning naming ``what``."""
+    if state["module"] is not None or state["failed"]:
+        return state["module"]  # type: ignore[return-value]
     import torch
 
     if torch.compiler.is_compiling():
         # a build cannot be traced: a graph compiled before any eager call built the kernels uses the reference
         return None
-    with _lock:
-        if _state["module"] is None and not _state["failed"]:
+    with lock:
+        if state["module"] is None and not state["failed"]:
             try:
-                _state["module"] = _compile()
+                state["module"] = compile_fn()
             except Exception as e:  # any build problem: compiler missing, headers, linker, ...
-                _state["failed"] = True
+                state["failed"] = True
                 first = str(e).strip().splitlines()
-                log.warning("rnnlab: could not build the fused C++ kernels (%s: %s); using the reference "
-                            "backend instead", type(e).__name__, first[-1] if first else "")
-    return _state["module"]  # type: ignore[return-value]
+                log.warning("rnnlab: could not build %s (%s: %s); using the reference backend instead", what,
+                            type(e).__name__, first[-1] if first else "")
+    return state["module"]  # type: ignore[return-value]
+
+
+def load_kernels() -> ModuleType | None:
+    """The compiled extension, building it on first call; ``None`` if it cannot be built (warned once)."""
+    return build_once(_state, _lock, lambda: _compile(), "the fused C++ kernels")
 
 
 def kernels_failed() -> bool:
