@@ -23,7 +23,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from rnnlab.cells.base import RecurrentCell, StepContext
+from rnnlab.backends.step_loop import differentiable_loop
+from rnnlab.cells.base import RecurrentCell
 
 #: element-wise work per Triton program (a power of two)
 BLOCK = 256
@@ -204,19 +205,3 @@ def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, state0, 
         got = [next(found) if t.requires_grad else None for t in inputs]
     S = spec.n_states
     return (None, got[0], None, None, None) + tuple(got[1:1 + S]) + tuple(got[1 + S:])
-
-
-def differentiable_loop(cell: RecurrentCell, p: dict[str, Tensor], x: Tensor, valid: Tensor,
-                        rec_mask: Tensor | None, keeps: tuple[Tensor, ...] | None, state: tuple[Tensor, ...]):
-    """The same computation as :class:`RecurrentLoop` with the cell's own PyTorch step (the definition)."""
-    xp = cell.project_input(x, p)
-    ctx = StepContext(rec_mask)
-    outs = []
-    for t in range(x.shape[0]):
-        new = cell.step(xp[t], state, p, ctx)
-        if keeps is not None:
-            new = tuple(k[t] * s + (1.0 - k[t]) * n for k, n, s in zip(keeps, new, state))
-        m = valid[t].bool().unsqueeze(-1)  # (B, 1)
-        state = tuple(torch.where(m, n, s) for n, s in zip(new, state))
-        outs.append(state[0] * m)
-    return torch.stack(outs), state
