@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rnnlab.commands.train import parse_key_values
-    from rnnlab.compare import GridSpec, compare
+    from rnnlab.compare import GridSpec
 
     for flag in ("hidden_size", "embedding_dim", "epochs", "batch_size", "n_train", "jobs", "threads"):
         if getattr(args, flag) < 1:
@@ -118,23 +118,26 @@ def run(args: argparse.Namespace) -> int:
     n = len(spec.runs())
     print(f"compare: {n} runs on {args.task} ({len(cells)} cells x {len(args.lags)} lags x {len(args.seeds)} "
           f"seeds), {args.jobs} in parallel", flush=True)
-    rows, files = compare(spec, args.out, jobs=args.jobs, threads=args.threads, log=lambda s: print(s, flush=True))
-    print()
-    print(files["table"].read_text(encoding="utf-8"))
-    print("written: " + ", ".join(str(p) for p in files.values()))
-    return 0
+    return _run_and_report(spec, args)
 
 
 def _run_preset(args: argparse.Namespace) -> int:
     """A whole study (cells x tasks x seeds) with the preset's settings; only seeds, jobs, threads and out vary."""
     import dataclasses
 
-    from rnnlab.compare import GREFF_STUDY, compare
+    from rnnlab.compare import GREFF_STUDY
 
     seeds = args.seeds if args.seeds != [0] else GREFF_STUDY.seeds  # the parser's default: keep the preset's
     spec = dataclasses.replace(GREFF_STUDY, seeds=seeds).validate()
     print(f"compare --preset {args.preset}: {len(spec.runs())} runs ({len(spec.cells)} cells x {len(spec.tasks)} "
           f"tasks x {len(seeds)} seeds), {args.jobs} in parallel", flush=True)
+    return _run_and_report(spec, args)
+
+
+def _run_and_report(spec, args: argparse.Namespace) -> int:
+    """Run the grid (one log line per finished run), then print its table and the files written."""
+    from rnnlab.compare import compare
+
     rows, files = compare(spec, args.out, jobs=args.jobs, threads=args.threads, log=lambda s: print(s, flush=True))
     print()
     print(files["table"].read_text(encoding="utf-8"))
