@@ -25,29 +25,14 @@
 #include <cmath>
 #include <vector>
 
-// glibc's libmvec has vector exp/tanh/log1p that follow IEEE rules for inf/NaN, but <math.h> declares them only
-// under -ffast-math; declaring the SIMD variants (as kernels.cpp does) lets the cells' loops vectorise.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && __GLIBC_PREREQ(2, 35)
-extern "C" {
-__attribute__((simd("notinbranch"))) float expf(float) noexcept;
-__attribute__((simd("notinbranch"))) double exp(double) noexcept;
-__attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
-__attribute__((simd("notinbranch"))) double tanh(double) noexcept;
-__attribute__((simd("notinbranch"))) float log1pf(float) noexcept;
-__attribute__((simd("notinbranch"))) double log1p(double) noexcept;
-}
-#endif
-
-// _Pragma may appear inside the AT_DISPATCH lambdas and the cells' loops.
-#define RNNLAB_SIMD _Pragma("omp simd")
+#include "gemm.h"  // libmvec declarations, RNNLAB_SIMD, the per-step GEMMs (Lin) and for_rows
 
 namespace rnnlab_generic {
 
 using at::Tensor;
-
-// Products below this many multiply-adds per step use inline loops: a library call costs microseconds of
-// dispatch, which dominates at small batch/hidden sizes (the same threshold as kernels.cpp).
-constexpr int64_t kSmallGemm = 48 * 1024;
+using rnnlab_gemm::for_rows;
+using rnnlab_gemm::kSmallGemm;
+using rnnlab_gemm::Lin;
 
 // How hh = R(h_{t-1}) is formed (B, G*H) from h (B, H):
 //   Full:     W (G*H, H), hh = h Wᵀ (one at::mm per step)
@@ -99,7 +84,6 @@ struct Recurrence {
     w = w_in.contiguous();
     auto opts = w.options();
     if constexpr (R != Rec::None) hh = at::empty({B, G * H}, opts);
-    if constexpr (R == Rec::Full) dq = at::empty({B, H}, opts);
     if constexpr (R == Rec::Heads) {
       // w (G*H, dh), row g*H + k*dh + j -> per head (nh, G*dh, dh), row g*dh + j
       wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh}).contiguous();
@@ -109,49 +93,43 @@ struct Recurrence {
     }
   }
 
-  // hh for the state rows states[t] (B, S*H); nullptr for Rec::None.  The inline paths read the rows through
-  // a pointer (no per-step Tensor: its bookkeeping is most of a tiny step's cost).
+  // Full: the per-step products through the shared GEMM selection (gemm.h: inline / MKL / oneDNN packed
+  // once per call), made on first use (a call runs forward or backward, never both).
+  std::optional<Lin<T>> lin_fwd, lin_bwd;
+
+  // hh for the state rows states[t] (B, S*H); nullptr for Rec::None.
   const T* forward(const Tensor& states, int64_t t) {
+    return forward(states.data_ptr<T>() + t * B * S * H, S * H);
+  }
+
+  // hh from the h rows at hp (B rows, leading dimension ld).  The inline paths read the rows through a
+  // pointer (no per-step Tensor: its bookkeeping is most of a tiny step's cost).
+  const T* forward(const T* hp, int64_t ld) {
     if constexpr (R == Rec::None) {
       return nullptr;
     } else if constexpr (R == Rec::Full) {
-      if (B * G * H * H < kSmallGemm) {
-        const T* sp = states.data_ptr<T>() + t * B * S * H;
-        const T* wp = w.data_ptr<T>();
-        T* o = hh.data_ptr<T>();
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t r = 0; r < G * H; ++r) {
-            T acc = T(0);
-            const T* hr = sp + b * S * H;
-            const T* wr = wp + r * H;
-            for (int64_t l = 0; l < H; ++l) acc += wr[l] * hr[l];
-            o[b * G * H + r] = acc;
-          }
-      } else {
-        at::mm_out(hh, states[t].narrow(1, 0, H), w.t());
-      }
+      if (!lin_fwd) lin_fwd.emplace(w, false, B);
+      lin_fwd->apply(hh.data_ptr<T>(), G * H, hp, ld, B, false);
     } else if constexpr (R == Rec::Diagonal) {
-      const T* sp = states.data_ptr<T>() + t * B * S * H;
       const T* u = w.data_ptr<T>();
       T* o = hh.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g)
-          for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * sp[b * S * H + j];
+          for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * hp[b * ld + j];
     } else if (B * G * H * dh < kSmallGemm) {
-      const T* sp = states.data_ptr<T>() + t * B * S * H;
       const T* wp = w.data_ptr<T>();
       T* o = hh.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t r = 0; r < G * H; ++r) {  // row r = g*H + k*dh + j reads head k = (r % H) / dh
-          const T* hr = sp + b * S * H + ((r % H) / dh) * dh;
+          const T* hr = hp + b * ld + ((r % H) / dh) * dh;
           const T* wr = wp + r * dh;
           T acc = T(0);
           for (int64_t l = 0; l < dh; ++l) acc += wr[l] * hr[l];
           o[b * G * H + r] = acc;
         }
     } else {
-      // (B, H) state block viewed (nh, B, dh) without a copy: strides (dh, S*H, 1)
-      auto hk = states[t].narrow(1, 0, H).view({B, heads, dh}).transpose(0, 1);
+      // (B, H) rows viewed (nh, B, dh) without a copy: strides (dh, ld, 1)
+      auto hk = rnnlab_gemm::wrap<T>(hp, B, H, ld).view({B, heads, dh}).transpose(0, 1);
       at::bmm_out(q, hk, wk.transpose(1, 2));  // (nh, B, G*dh)
       const T* qp = q.data_ptr<T>();
       T* o = hh.data_ptr<T>();
@@ -166,30 +144,19 @@ struct Recurrence {
 
   // ds (B, S*H) block 0 += R^T(dhh_all[t]), dhh_all (T, B, G*H) contiguous.
   void backward(const Tensor& dhh_all, int64_t t, Tensor& ds) {
-    T* d = ds.data_ptr<T>();
-    const T* p = dhh_all.data_ptr<T>() + t * B * G * H;
+    backward(dhh_all.data_ptr<T>() + t * B * G * H, ds.data_ptr<T>(), S * H);
+  }
+
+  // Rows of d (B rows, leading dimension ld) += R^T(p), p (B, G*H) contiguous.
+  void backward(const T* p, T* d, int64_t ld) {
     if constexpr (R == Rec::Full) {
-      if (B * G * H * H < kSmallGemm) {
-        const T* wp = w.data_ptr<T>();
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t r = 0; r < G * H; ++r) {
-            const T g = p[b * G * H + r];
-            const T* wr = wp + r * H;
-            T* dr = d + b * S * H;
-            RNNLAB_SIMD
-            for (int64_t l = 0; l < H; ++l) dr[l] += g * wr[l];
-          }
-        return;
-      }
-      at::mm_out(dq, dhh_all[t], w);
-      const T* q = dq.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += q[b * H + j];
+      if (!lin_bwd) lin_bwd.emplace(w, true, B);
+      lin_bwd->apply(d, ld, p, G * H, B, true);
     } else if constexpr (R == Rec::Diagonal) {
       const T* u = w.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g)
-          for (int64_t j = 0; j < H; ++j) d[b * S * H + j] += p[(b * G + g) * H + j] * u[g * H + j];
+          for (int64_t j = 0; j < H; ++j) d[b * ld + j] += p[(b * G + g) * H + j] * u[g * H + j];
     } else if constexpr (R == Rec::Heads) {
       if (B * G * H * dh < kSmallGemm) {
         const T* wp = w.data_ptr<T>();
@@ -197,7 +164,7 @@ struct Recurrence {
           for (int64_t r = 0; r < G * H; ++r) {
             const T g = p[b * G * H + r];
             const T* wr = wp + r * dh;
-            T* dr = d + b * S * H + ((r % H) / dh) * dh;
+            T* dr = d + b * ld + ((r % H) / dh) * dh;
             RNNLAB_SIMD
             for (int64_t l = 0; l < dh; ++l) dr[l] += g * wr[l];
           }
@@ -213,7 +180,7 @@ struct Recurrence {
       const T* r = dhk.data_ptr<T>();
       for (int64_t k = 0; k < heads; ++k)
         for (int64_t b = 0; b < B; ++b)
-          for (int64_t j = 0; j < dh; ++j) d[b * S * H + k * dh + j] += r[(k * B + b) * dh + j];
+          for (int64_t j = 0; j < dh; ++j) d[b * ld + k * dh + j] += r[(k * B + b) * dh + j];
     }
   }
 };
@@ -268,7 +235,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
       T_* sn = sp + B * S * H;
       T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
       T_* ot = out.template data_ptr<T_>() + t * B * H;
-      for (int64_t b = 0; b < B; ++b) {
+      for_rows(B, 4 * (X + S + A) * H, [&](int64_t b) {
         T_* s1 = sn + b * S * H;
         const T_* s0r = sp + b * S * H;
         if (t < len[b]) {
@@ -278,7 +245,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
         } else {  // padding: state carried, output stays 0
           for (int64_t j = 0; j < S * H; ++j) s1[j] = s0r[j];
         }
-      }
+      });
     }
   });
   return {out, states, saved};
@@ -298,14 +265,15 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, H}, opts);
   auto dxp = at::empty_like(xp);
   auto dhh_all = at::zeros({T, B, G * H}, opts);
-  auto de = at::zeros({E, H}, opts);
+  // each row adds its element-wise parameter gradients to its own slice (rows may run in parallel)
+  auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, S * H}, opts);
   auto ds0 = at::empty({B, S * H}, opts);
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
-    T_* dep = E > 0 ? de.template data_ptr<T_>() : nullptr;
+    T_* dep = E > 0 ? de_rows.template data_ptr<T_>() : nullptr;
     Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
@@ -317,19 +285,19 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       T_* d0 = ds0.template data_ptr<T_>();
       T_* dxt = dxp.template data_ptr<T_>() + t * B * X * H;
       T_* dht = G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
-      for (int64_t b = 0; b < B; ++b) {
+      for_rows(B, 6 * (X + S + A) * H, [&](int64_t b) {
         T_* d1r = d1 + b * S * H;
         T_* d0r = d0 + b * S * H;
         if (t < len[b]) {
           for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
           Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H,
                          sn + b * S * H, at_ ? at_ + b * A * H : nullptr, d1r, dxt + b * X * H,
-                         dht ? dht + b * G * H : nullptr, dep, d0r);
+                         dht ? dht + b * G * H : nullptr, dep ? dep + b * E * H : nullptr, d0r);
         } else {  // padding: the state passed through unchanged; the zero output has no gradient path
           for (int64_t j = 0; j < S * H; ++j) d0r[j] = d1r[j];
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
-      }
+      });
       if constexpr (Cell::REC != Rec::None) rec.backward(dhh_all, t, ds0);
       std::swap(ds0, ds1);
     }
@@ -341,6 +309,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp, w, G, heads);
     }
   }
+  auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)
   return {dxp, ds1, dw, de};
 }
 

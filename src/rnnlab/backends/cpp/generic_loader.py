@@ -33,8 +33,8 @@ _state: dict[str, object] = {"module": None, "failed": False}
 
 
 def sources() -> list[Path]:
-    """Every file the build depends on: generic.cpp, driver.h and each cell header (sorted: a stable hash)."""
-    return [SOURCE, HERE / "driver.h", *sorted((HERE / "cells").glob("*.h"))]
+    """Every file the build depends on: generic.cpp, driver.h, gemm.h and each cell header (sorted: stable)."""
+    return [SOURCE, HERE / "driver.h", HERE / "gemm.h", *sorted((HERE / "cells").glob("*.h"))]
 
 
 def build_key() -> str:
