@@ -186,6 +186,11 @@ class RecurrentCell(nn.Module):
         """
         return None
 
+    def driver_supported(self) -> bool:
+        """Whether the generic C++ driver's rule for this cell class (its ``driver_kernel``) covers this
+        instance's options; cells whose rule covers only some options override it."""
+        return True
+
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -32,6 +34,8 @@ class GRUCell(RecurrentCell):
     """
 
     kind = "gru"
+    #: the generic C++ driver's rule (backends/cpp/cells/gru.h), for the reset-after form
+    driver_kernel: ClassVar[str] = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, reset_after: bool = True,
                  device=None, dtype=None) -> None:
@@ -46,6 +50,20 @@ class GRUCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+    def driver_supported(self) -> bool:
+        """The driver's rule is the reset-after form (the paper form needs a second product inside the step)."""
+        return self.reset_after
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs: xp (T, B, 3H) with b_ih and b_hh's r, z parts folded, W_hh, b_hn (1, H) (it
+        sits behind the reset gate) or ``None``, no heads, option BHN = 1 when there is a bias."""
+        H = self.hidden_size
+        if not self.bias:
+            return F.linear(x, p["weight_ih"]), p["weight_hh"], None, 0, 0
+        b_hh = p["bias_hh"]
+        b = p["bias_ih"] + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+        return F.linear(x, p["weight_ih"], b), p["weight_hh"], b_hh[2 * H:].view(1, H), 0, 1
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h = state[0]

@@ -64,6 +64,8 @@ class LSTMCell(RecurrentCell):
 
     kind = "lstm"
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
+    #: the generic C++ driver's rule (backends/cpp/cells/lstm.h)
+    driver_kernel: ClassVar[str] = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, proj_size: int = 0,
                  peepholes: bool | str | Iterable[str] | None = None, forget_bias: float | None = None,
@@ -139,6 +141,24 @@ class LSTMCell(RecurrentCell):
                     "output_activation": True, "full_gate_recurrence": False}
         extra = [f"{k}={v!r}" for k, v in opts.items() if defaults.get(k, True) != v]
         return ", ".join([s] + extra)
+
+    def driver_supported(self) -> bool:
+        """The driver's rule covers every option but the projection and Greff's full gate recurrence."""
+        return not self.proj_size and not self.full_gate_recurrence
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs: xp (T, B, G*H) with both biases folded, W_hh, the peepholes (3, H) (zero rows
+        for absent ones) or ``None``, no heads, the option word of cells/lstm.h."""
+        b = p["bias_ih"] + p["bias_hh"] if self.bias else None
+        xp = F.linear(x, p["weight_ih"], b)
+        opt = sum(bit for bit, on in ((1, not self.input_gate), (2, not self.forget_gate), (4, not self.output_gate),
+                                      (8, self.coupled), (16, not self.input_activation),
+                                      (32, not self.output_activation), (64, bool(self.peepholes))) if on)
+        peep = None
+        if self.peepholes:
+            zero = x.new_zeros(self.hidden_size)
+            peep = torch.stack([p[f"weight_c{g}"] if g in self.peepholes else zero for g in ("i", "f", "o")])
+        return xp, p["weight_hh"], peep, 0, opt
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]

@@ -23,6 +23,7 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"  // libmvec declarations, RNNLAB_SIMD, the per-step GEMMs (Lin) and for_rows
@@ -66,6 +67,35 @@ inline std::vector<int64_t> row_lengths(const Tensor& lengths, int64_t T, int64_
     for (int64_t b = 0; b < B; ++b) len[b] = std::min<int64_t>(std::max<int64_t>(p[b], 0), T);
   }
   return len;
+}
+
+// A cell's block counts (see the top of this file).  Most cells fix them at compile time (static constexpr
+// X, G, S, A, E); a cell whose option word changes them (an LSTM without an input gate has one block less)
+// defines ``static Sizes sizes(int64_t opt)`` instead.
+struct Sizes {
+  int64_t X, G, S, A, E;
+};
+
+template <class Cell, class = void>
+struct has_sizes : std::false_type {};
+template <class Cell>
+struct has_sizes<Cell, std::void_t<decltype(Cell::sizes(int64_t(0)))>> : std::true_type {};
+
+// A cell whose dL/dhh equals its dL/dxp block for block (hh is only added to xp) declares
+// ``static constexpr bool DHH_IS_DXP = true``: its backward then leaves dhh alone and the driver feeds dxp to
+// the recurrent products (one (T, B, G*H) buffer less to write and read).
+template <class Cell, class = void>
+struct dhh_is_dxp : std::false_type {};
+template <class Cell>
+struct dhh_is_dxp<Cell, std::void_t<decltype(Cell::DHH_IS_DXP)>> : std::bool_constant<Cell::DHH_IS_DXP> {};
+
+template <class Cell>
+inline Sizes sizes_of(int64_t opt) {
+  if constexpr (has_sizes<Cell>::value) {
+    return Cell::sizes(opt);
+  } else {
+    return Sizes{Cell::X, Cell::G, Cell::S, Cell::A, Cell::E};
+  }
 }
 
 // The (E, H) element-wise parameters, or nullptr when the cell has none.
@@ -211,7 +241,8 @@ inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const T
 template <class Cell>
 std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
                             const Tensor& lengths, int64_t heads, int64_t opt) {
-  constexpr int64_t X = Cell::X, G = Cell::G, S = Cell::S, A = Cell::A;
+  const Sizes z = sizes_of<Cell>(opt);
+  const int64_t X = z.X, G = z.G, S = z.S, A = z.A;
   TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
   TORCH_CHECK(xp_in.size(2) == X * H && s0.size(0) == B && s0.size(1) == S * H, "state/input sizes disagree");
@@ -257,14 +288,16 @@ template <class Cell>
 std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Tensor& xp_in, const Tensor& w,
                              const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t opt,
                              const Tensor& states, const Tensor& saved) {
-  constexpr int64_t X = Cell::X, G = Cell::G, S = Cell::S, A = Cell::A, E = Cell::E;
+  const Sizes z = sizes_of<Cell>(opt);
+  const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
   auto xp = xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, H}, opts);
   auto dxp = at::empty_like(xp);
-  auto dhh_all = at::zeros({T, B, G * H}, opts);
+  constexpr bool same = dhh_is_dxp<Cell>::value;
+  auto dhh_all = same ? dxp : at::zeros({T, B, G * H}, opts);  // same: padded rows' dxp is zeroed below
   // each row adds its element-wise parameter gradients to its own slice (rows may run in parallel)
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, S * H}, opts);
@@ -284,7 +317,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       T_* d1 = ds1.template data_ptr<T_>();
       T_* d0 = ds0.template data_ptr<T_>();
       T_* dxt = dxp.template data_ptr<T_>() + t * B * X * H;
-      T_* dht = G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
+      T_* dht = same ? nullptr : G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
       for_rows(B, 6 * (X + S + A) * H, [&](int64_t b) {
         T_* d1r = d1 + b * S * H;
         T_* d0r = d0 + b * S * H;

@@ -33,7 +33,9 @@ def driver_for(cell: RecurrentCell) -> str | None:
         if name is not None:
             same = all(getattr(type(cell), f) is getattr(cls, f)
                        for f in ("step", "project_input", "sequence", "driver_inputs"))
-            return name if same else None
+            if not same or not cell.driver_supported():  # type: ignore[attr-defined]
+                return None
+            return name
     return None
 
 

@@ -1,0 +1,148 @@
+// LSTM and its option variants (cells/lstm.py: peepholes, CIFG, Greff's NIG/NFG/NOG/NIAF/NOAF): the element-wise rules.
+#pragma once
+
+#include "../driver.h"
+
+namespace rnnlab_generic {
+
+// xp / hh blocks: the present gates of i, f, g, o in that order (an absent gate has no block; CIFG has no f);
+// state (h, c); e = (w_ci, w_cf, w_co) peepholes (zero rows for absent ones) when opt has PEEP; saved: the
+// present gates' activations, in block order.  Option word: the bits below, all clear = the plain LSTM.
+struct LSTM {
+  enum : int64_t { NO_I = 1, NO_F = 2, NO_O = 4, COUPLED = 8, NO_IN_ACT = 16, NO_OUT_ACT = 32, PEEP = 64 };
+  static constexpr Rec REC = Rec::Full;
+  // dL/dhh equals dL/dxp block for block (xp and hh are added, nothing else): the driver keeps one of them
+  static constexpr bool DHH_IS_DXP = true;
+
+  static Sizes sizes(int64_t opt) {
+    const int64_t gates = 4 - !!(opt & NO_I) - !!(opt & (NO_F | COUPLED)) - !!(opt & NO_O);
+    return Sizes{gates, gates, 2, gates, opt & PEEP ? 3 : 0};
+  }
+
+  // Block offsets (in units of H) of i, f, g, o; -1 for an absent gate.
+  struct Offsets {
+    int64_t i, f, g, o;
+    explicit Offsets(int64_t opt) {
+      int64_t k = 0;
+      i = opt & NO_I ? -1 : k++;
+      f = opt & (NO_F | COUPLED) ? -1 : k++;
+      g = k++;
+      o = opt & NO_O ? -1 : k++;
+    }
+  };
+
+  // Peephole term w ⊙ c: an absent peephole is a zero weight, and 0 · ±inf would turn a state that overflowed
+  // (possible without the input tanh) into NaN where the cell simply has no such term.
+  template <typename T>
+  static inline T peep(T w, T c) { return w != T(0) ? w * c : T(0); }
+
+  // Per-thread scratch: zeros read for absent gates, and a sink written for them, so every loop below is one
+  // branch-free vectorisable pass whatever the options (0/1 multipliers select, as kernels.cpp measured).
+  template <typename T>
+  static T* scratch(int64_t H) {
+    thread_local std::vector<T> buf;
+    if (static_cast<int64_t>(buf.size()) < 8 * H) buf.assign(8 * H, T(0));
+    return buf.data();
+  }
+
+  template <typename T>
+  static inline void forward(int64_t H, int64_t opt, const T* xp, const T* hh, const T* e, const T* s0, T* s1,
+                             T* a) {
+    const Offsets k(opt);
+    T* z = scratch<T>(H);  // z[0, 3H) stays zero, [3H, 8H) is the sink
+    const T* zero = z;
+    auto in = [&](int64_t off, const T* base) { return off >= 0 ? base + off * H : zero; };
+    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? a + off * H : z + (3 + n) * H; };
+    const T *__restrict xi = in(k.i, xp), *__restrict xf = in(k.f, xp), *__restrict xg = xp + k.g * H,
+              *__restrict xo = in(k.o, xp);
+    const T *__restrict hi = in(k.i, hh), *__restrict hf = in(k.f, hh), *__restrict hg = hh + k.g * H,
+              *__restrict ho = in(k.o, hh);
+    const T* __restrict wci = opt & PEEP ? e : zero;
+    const T* __restrict wcf = opt & PEEP ? e + H : zero;
+    const T* __restrict wco = opt & PEEP ? e + 2 * H : zero;
+    T *__restrict ai = sink(k.i, 0), *__restrict af = sink(k.f, 1), *__restrict ag = a + k.g * H,
+      *__restrict ao = sink(k.o, 2);
+    const T* __restrict c0 = s0 + H;
+    T* __restrict h1 = s1;
+    T* __restrict c1 = s1 + H;
+    const T mi = k.i >= 0, mf = k.f >= 0, mo = k.o >= 0, cpl = (opt & COUPLED) != 0;
+    const bool ia = !(opt & NO_IN_ACT), oa = !(opt & NO_OUT_ACT);
+    const T one = 1, nf = one - mf - cpl;  // f = 1 when there is neither a forget gate nor coupling
+    RNNLAB_SIMD
+    for (int64_t j = 0; j < H; ++j) {
+      const T cp = c0[j];
+      const T i = mi * sigm(xi[j] + hi[j] + peep(wci[j], cp)) + (one - mi);
+      const T f = cpl * (one - i) + mf * sigm(xf[j] + hf[j] + peep(wcf[j], cp)) + nf;
+      const T zg = xg[j] + hg[j];
+      // selects, not 0/1 products: (1 - ia) * zg is NaN for an infinite pre-activation
+      const T g = ia ? std::tanh(zg) : zg;
+      const T c = f * cp + i * g;
+      const T o = mo * sigm(xo[j] + ho[j] + peep(wco[j], c)) + (one - mo);
+      const T act = oa ? std::tanh(c) : c;
+      ai[j] = i;
+      af[j] = f;
+      ag[j] = g;
+      ao[j] = o;
+      c1[j] = c;
+      h1[j] = o * act;
+    }
+  }
+
+  template <typename T>
+  static inline void backward(int64_t H, int64_t opt, const T*, const T* e, const T* s0, const T* s1, const T* a,
+                              const T* ds1, T* dxp, T*, T* de, T* ds0) {
+    const Offsets k(opt);
+    T* z = scratch<T>(H);
+    const T* zero = z;
+    auto in = [&](int64_t off) { return off >= 0 ? a + off * H : zero; };
+    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? dxp + off * H : z + (3 + n) * H; };
+    const T *__restrict gi = in(k.i), *__restrict gf = in(k.f), *__restrict gg = a + k.g * H,
+              *__restrict go = in(k.o);
+    T *__restrict di = sink(k.i, 0), *__restrict df = sink(k.f, 1), *__restrict dg = dxp + k.g * H,
+      *__restrict dob = sink(k.o, 2);
+    const bool pe = (opt & PEEP) != 0;
+    const T* __restrict wci = pe ? e : zero;
+    const T* __restrict wcf = pe ? e + H : zero;
+    const T* __restrict wco = pe ? e + 2 * H : zero;
+    const T* __restrict c0 = s0 + H;
+    const T* __restrict c1 = s1 + H;
+    const T* __restrict dh = ds1;
+    const T* __restrict dc1 = ds1 + H;
+    T* __restrict dh0 = ds0;
+    T* __restrict dc0 = ds0 + H;
+    const T mi = k.i >= 0, mf = k.f >= 0, mo = k.o >= 0, cpl = (opt & COUPLED) != 0;
+    const T ia = !(opt & NO_IN_ACT), oa = !(opt & NO_OUT_ACT);
+    const T one = 1, nf = one - mf - cpl;
+    RNNLAB_SIMD
+    for (int64_t j = 0; j < H; ++j) {
+      const T i = mi * gi[j] + (one - mi);
+      const T f = cpl * (one - i) + mf * gf[j] + nf;
+      const T g = gg[j];
+      const T o = mo * go[j] + (one - mo);
+      const T c = c1[j], cp = c0[j];
+      const T act = oa != T(0) ? std::tanh(c) : c;
+      const T dzo = mo != T(0) ? dh[j] * act * o * (one - o) : T(0);
+      const T dc = dc1[j] + dh[j] * o * (one - oa * act * act) + peep(wco[j], dzo);
+      const T dzg = dc * i * (one - ia * g * g);
+      // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
+      const T dzi = mi != T(0) ? dc * (cpl != T(0) ? g - cp : g) * i * (one - i) : T(0);
+      const T dzf = mf != T(0) ? dc * cp * f * (one - f) : T(0);
+      dc0[j] = dc * f + peep(wci[j], dzi) + peep(wcf[j], dzf);
+      dh0[j] = T(0);  // h_{t-1} enters only through the recurrent product (the driver adds it)
+      di[j] = dzi;
+      df[j] = dzf;
+      dg[j] = dzg;
+      dob[j] = dzo;
+    }
+    if (pe) {
+      RNNLAB_SIMD
+      for (int64_t j = 0; j < H; ++j) {
+        de[j] += di[j] * c0[j];
+        de[H + j] += df[j] * c0[j];
+        de[2 * H + j] += dob[j] * c1[j];
+      }
+    }
+  }
+};
+
+}  // namespace rnnlab_generic
