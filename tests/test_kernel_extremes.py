@@ -73,7 +73,11 @@ def test_extreme_inputs_equal_reference(cell: str, scale: str, dtype: torch.dtyp
         # same values, NaN exactly where the reference has NaN
         torch.testing.assert_close(a, b, atol=tol, rtol=tol, equal_nan=True)
     if scale != "inf":
-        assert all(bool(torch.isfinite(v).all()) for v in vals), "finite inputs must give finite outputs"
+        # finite inputs give finite outputs wherever the definition does (sLSTM's paper equations give 0/0 when
+        # n underflows, its docstring says where; every cell with a torch.nn counterpart stays finite here)
+        assert all(bool(torch.isfinite(v[torch.isfinite(r)]).all()) for v, r in zip(vals, ref_vals))
+        if cell != "slstm":
+            assert all(bool(torch.isfinite(v).all()) for v in vals), "finite inputs must give finite outputs"
     for a, b in zip(grads, ref_grads):
         _close_where_finite(a, b, tol)
 

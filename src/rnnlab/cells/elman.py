@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -26,6 +28,8 @@ class ElmanCell(RecurrentCell):
     """
 
     kind = "rnn"
+    #: the generic C++ driver's rule (backends/cpp/cells/elman.h)
+    driver_kernel: ClassVar[str] = "elman"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, nonlinearity: str = "tanh",
                  device=None, dtype=None) -> None:
@@ -40,6 +44,12 @@ class ElmanCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs: xp (T, B, H) with both biases folded, W_hh, no element-wise vectors, no heads,
+        option 1 = tanh, 0 = ReLU (cells/indrnn.h)."""
+        b = p["bias_ih"] + p["bias_hh"] if self.bias else None
+        return F.linear(x, p["weight_ih"], b), p["weight_hh"], None, 0, int(self.nonlinearity == "tanh")
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         pre = xp_t + F.linear(ctx.drop(state[0]), p["weight_hh"], p.get("bias_hh"))

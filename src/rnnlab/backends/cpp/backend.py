@@ -125,9 +125,14 @@ _RUNNERS = {"lstm": "_lstm", "gru": "_gru", "elman": "_elman", "ln_gru": "_ln_gr
 
 
 def kernel_for(cell: RecurrentCell) -> str | None:
-    """Which fused kernel computes this cell exactly: ``"lstm"``, ``"gru"``, ``"elman"``, ``"mut1"``-``"mut3"``,
-    ``"ln_gru"``, ``"ln_lstm"``, ``"clockwork"``, ``"mingru"``, ``"minlstm"``, ``"depth_gated"`` (first layer
-    only: without a layer below it is a peephole LSTM; ``supports`` refuses calls with ``lower``), or ``None``."""
+    """Which fused kernel computes this cell exactly: ``"driver:<rule>"`` for a cell on the generic driver
+    (generic_registry.py: LSTM and its variants, GRU, IndRNN, SRU, sLSTM, ...), else one of kernels.cpp's
+    ``"lstm"`` (projection), ``"gru"`` (paper form), ``"elman"``, ``"mut1"``-``"mut3"``, ``"ln_gru"``,
+    ``"ln_lstm"``, ``"clockwork"``, ``"mingru"``, ``"minlstm"``, ``"depth_gated"`` (first layer only: without a
+    layer below it is a peephole LSTM; ``supports`` refuses calls with ``lower``), or ``None``."""
+    rule = generic_registry.driver_for(cell)
+    if rule is not None:
+        return "driver:" + rule
     if _same_math(cell, LSTMCell):
         return None if cell.full_gate_recurrence else "lstm"  # type: ignore[attr-defined]
     if _same_math(cell, GRUCell):
@@ -186,42 +191,63 @@ class CppBackend:
         for s in call.state:
             if s.dtype != dtype or s.device.type != "cpu":
                 return False
-        if kernel_for(call.cell) is None:
-            return generic_registry.supports(call)
+        kind = kernel_for(call.cell)
+        if kind is None:
+            return False
+        if kind.startswith("driver:"):
+            return generic_registry.supports(call) or self._onednn_layer(call) is not None
         return load_kernels() is not None  # first use builds the extension (once per machine)
 
     def run(self, call: LayerCall) -> LayerResult:
-        ext = load_kernels()
-        if ext is None:  # pragma: no cover - supports() said yes, so the build succeeded
-            raise RuntimeError("cpp backend: kernels are not available")
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
         kind = kernel_for(cell)
-        if kind is None:  # a cell of the generic driver (generic_registry.py)
-            out, state = generic_registry.run(cell, p, x, call.state, lens)
+        assert kind is not None  # supports() said yes
+        if kind.startswith("driver:"):  # a cell of the generic driver (generic_registry.py)
+            onednn = self._onednn_layer(call)
+            if onednn is not None:
+                out, state = onednn(x)
+            else:
+                out, state = generic_registry.run(cell, p, x, call.state, lens)
         else:
+            ext = load_kernels()
+            if ext is None:  # pragma: no cover - supports() said yes, so the build succeeded
+                raise RuntimeError("cpp backend: kernels are not available")
             out, state = getattr(self, _RUNNERS[kind])(ext, cell, p, x, call.state, lens)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
         return LayerResult(out, state)
 
+    @staticmethod
+    def _onednn_layer(call: LayerCall):
+        """For the plain fp32 LSTM at sizes where it was measured faster (module docstring): a function
+        x -> (out, (h, c)) running ``aten.mkldnn_rnn_layer``, what torch.nn.LSTM runs (its autograd formula
+        gives the gradients); else ``None``."""
+        cell, p, x = call.cell, call.params, call.x
+        if not (_HAS_ONEDNN_LSTM and _same_math(cell, LSTMCell) and x.dtype == torch.float32 and _onednn_ok(x)
+                and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and call.lengths is None and "bias_ih" in p
+                and not cell.peepholes and not cell.proj_size  # type: ignore[attr-defined]
+                and lstm_flags(cell) == _PLAIN_LSTM  # type: ignore[arg-type]
+                and not cell.full_gate_recurrence  # type: ignore[attr-defined]
+                and torch._C._get_mkldnn_enabled()):
+            return None
+        h0, c0, w_hh = call.state[0], call.state[1], p["weight_hh"]
+        train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
+        if not ((ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN) if train else ONEDNN_LSTM_INFERENCE):
+            return None
+
+        def layer(x_in: Tensor):
+            out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
+                x_in.contiguous(), p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"], h0.contiguous(),
+                c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, train)
+            return out, (h, c)
+        return layer
+
     # Biases that are simply added to a pre-activation are folded into the single input GEMM.
     @staticmethod
     def _lstm(ext, cell: LSTMCell, p, x: Tensor, state, lens: Tensor):
         h0, c0, w_hh = state[0], state[1], p["weight_hh"]
-        if (_HAS_ONEDNN_LSTM and _onednn_ok(x) and x.dtype == torch.float32
-                and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and not lens.numel() and "bias_ih" in p
-                and not cell.peepholes and not cell.proj_size and lstm_flags(cell) == _PLAIN_LSTM
-                and torch._C._get_mkldnn_enabled()):
-            train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
-            if (ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN) if train else ONEDNN_LSTM_INFERENCE:
-                # what torch.nn.LSTM runs (its autograd formula gives the gradients); measured faster than
-                # our kernel at these sizes (module docstring)
-                out, h, c, _ = torch.ops.aten.mkldnn_rnn_layer(
-                    x.contiguous(), p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"], h0.contiguous(),
-                    c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, train)
-                return out, (h, c)
         b = None
         if "bias_ih" in p:
             b = p["bias_ih"] + p["bias_hh"]

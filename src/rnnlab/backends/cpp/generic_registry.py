@@ -117,7 +117,12 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor) -> tup
     if e is None:
         e = x.new_empty(0)
     sizes = cell.state_sizes()
-    s0 = torch.cat([s.contiguous() for s in state], dim=-1)  # (B, S*H)
-    names = tuple(p)
-    out, s_t = GenericDriverFn.apply(name, heads, opt, cell, names, xp, s0, w, e, lengths, x, *p.values())
-    return out, tuple(s_t.split(list(sizes), dim=-1))
+    s0 = state[0].contiguous() if len(state) == 1 else torch.cat([s.contiguous() for s in state], dim=-1)  # (B, S*H)
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *p.values())):
+        # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
+        out, states, _ = getattr(load_generic(), f"{name}_forward")(xp, s0, w, e, lengths, heads, opt)
+        s_t = states[-1]
+    else:
+        names = tuple(p)
+        out, s_t = GenericDriverFn.apply(name, heads, opt, cell, names, xp, s0, w, e, lengths, x, *p.values())
+    return out, (s_t,) if len(sizes) == 1 else tuple(s_t.split(list(sizes), dim=-1))

@@ -5,10 +5,10 @@
 
 namespace rnnlab_generic {
 
-// IndRNN's element-wise rule with a full recurrent matrix instead of a diagonal one.  Used to prove the
-// driver's Rec::Full path against the reference Elman cell.
+// IndRNN's element-wise rule with a full recurrent matrix instead of a diagonal one.
 struct Elman : IndRNN {
   static constexpr Rec REC = Rec::Full;
+  static constexpr bool DHH_IS_DXP = true;  // dhh = dxp = dL/d pre-activation
 };
 
 }  // namespace rnnlab_generic

@@ -33,9 +33,9 @@ struct IndRNN {
       const T h = s1[j];
       const T d = opt == 1 ? ds1[j] * (T(1) - h * h) : (h <= T(0) ? T(0) : ds1[j]);
       dxp[j] = d;
-      dhh[j] = d;
       ds0[j] = T(0);  // h_{t-1} enters only through the recurrent product (the driver adds it)
     }
+    if (dhh) std::copy(dxp, dxp + H, dhh);  // none when the driver uses dxp for it (Elman: DHH_IS_DXP)
   }
 };
 
