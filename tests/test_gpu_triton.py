@@ -26,9 +26,9 @@ def _triton_on_cpu(monkeypatch):
     monkeypatch.setenv("RNNLAB_TRITON_ON_CPU", "1")
 
 
-def _pair(name: str, dtype=torch.float64, **kw):
-    ref = rnnlab.Recurrent(name, 3, 5, backend="reference", dtype=dtype, **kw)
-    tri = rnnlab.Recurrent(name, 3, 5, backend="triton", dtype=dtype, **kw)
+def _pair(name: str, dtype=torch.float64, input_size=3, hidden_size=5, **kw):
+    ref = rnnlab.Recurrent(name, input_size, hidden_size, backend="reference", dtype=dtype, **kw)
+    tri = rnnlab.Recurrent(name, input_size, hidden_size, backend="triton", dtype=dtype, **kw)
     tri.load_state_dict(ref.state_dict())
     return ref, tri
 
@@ -179,7 +179,7 @@ def test_infinite_inputs_match_the_reference(name):
     _compare(ref, tri, x, equal_nan=True, grads=False)
 
 
-@pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("gru_paper", {}), ("greff_fgr", {}),
+@pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("greff_fgr", {}),
                                       ("mut1", {}), ("depth_gated", {})])
 def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
     rnn = rnnlab.Recurrent(name, 3, 4, **kw)
@@ -243,3 +243,120 @@ def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
     torch.testing.assert_close(o2.float(), o1, atol=3e-2, rtol=3e-2)
     o2.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in tri.parameters())
+
+
+# --- the rules beyond the LSTM/GRU/Elman family: (cell, options); sizes kept tiny for the interpreter --------
+#: "sru_id": I == H, the SRU's identity highway (its own projection then passes x through)
+NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": ("indrnn", {"nonlinearity": "tanh"}),
+       "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4})}
+#: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
+SINGLE = ["gru_paper", "indrnn", "indrnn_tanh"]
+
+
+def _new_pair(key: str, dtype=torch.float64, **extra):
+    name, kw = NEW[key]
+    kw = {"hidden_size": 4, **kw, **extra}
+    ref, tri = _pair(name, dtype, **kw)
+    # the Triton backend must really claim the cell (backend="triton" raises otherwise; this says why)
+    x = torch.randn(2, 1, ref.input_size, dtype=dtype)
+    call = LayerCall(cell=tri.cell, params=tri.layer_params(0), x=x,
+                     state=tri.cell.init_state(1, dtype=x.dtype, device=x.device))
+    assert get_backend("triton").supports(call)
+    return ref, tri
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_parity_bidirectional_lengths_float64(key):
+    torch.manual_seed(20)
+    ref, tri = _new_pair(key, bidirectional=True)
+    _compare(ref, tri, torch.randn(4, 3, ref.input_size, dtype=torch.float64), lengths=[4, 2, 1])
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_parity_float32_initial_state_two_layers(key):
+    torch.manual_seed(21)
+    ref, tri = _new_pair(key, dtype=torch.float32, num_layers=2)
+    hx = tuple(torch.randn(2, 3, s) for s in ref.cell.state_sizes())
+    _compare(ref, tri, torch.randn(4, 3, ref.input_size), hx=hx[0] if len(hx) == 1 else hx, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_recurrent_dropout_and_zoneout(key):
+    """Training: recurrent dropout (and zoneout where the masks are drawn in the reference's order); eval:
+    zoneout's expectation."""
+    torch.manual_seed(22)
+    ref, tri = _new_pair(key, recurrent_dropout=0.4, zoneout=0.3 if key in SINGLE else 0.0)
+    ref.train(), tri.train()
+    x = torch.randn(4, 3, ref.input_size, dtype=torch.float64)
+    _compare(ref, tri, x, lengths=[4, 3, 1], seed=7)
+    torch.manual_seed(7)
+    o1, _ = ref(x)
+    o2, _ = tri(x)  # other masks
+    assert not torch.allclose(o1, o2)
+    ref, tri = _new_pair(key, zoneout=0.3)
+    ref.eval(), tri.eval()
+    _compare(ref, tri, x, lengths=[4, 3, 1])
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_recording_equals_the_reference(key):
+    torch.manual_seed(23)
+    ref, tri = _new_pair(key)
+    x = torch.randn(3, 3, ref.input_size, dtype=torch.float64)
+    with ref.recording() as r1:
+        ref(x, lengths=[3, 2, 1])
+    with tri.recording() as r2:
+        tri(x, lengths=[3, 2, 1])
+    for key_, gates in r1.gates.items():
+        assert set(r2[key_]) == set(gates)
+        for g, v in gates.items():
+            torch.testing.assert_close(r2[key_][g], v, msg=lambda m: f"{key_} {g}: {m}")
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_gradcheck_and_gradgradcheck(key):
+    torch.manual_seed(24)
+    name, kw = NEW[key]
+    # I == H = 2 except for the SRU with a projected highway
+    tri = rnnlab.Recurrent(name, 3 if key == "sru" else 2, 2, backend="triton", dtype=torch.float64,
+                           **{k: v for k, v in kw.items() if k != "input_size"})
+    names = [n for n, _ in tri.named_parameters()]
+    x = torch.randn(3, 2, tri.input_size, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        out, state = torch.func.functional_call(tri, dict(zip(names, ps)), (x,), {"lengths": [3, 2]})
+        return (out,) + _parts(state)
+
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in tri.parameters()])
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("key", NEW)
+def test_new_rules_extreme_inputs_finite_and_equal(key):
+    torch.manual_seed(25)
+    ref, tri = _new_pair(key, dtype=torch.float32)
+    x = (torch.rand(3, 4, ref.input_size) * 2 - 1) * 1e4
+    _compare(ref, tri, x, atol=1e-5, rtol=1e-5, grads=False)
+    out, _ = tri(x)
+    assert torch.isfinite(out).all() or key == "indrnn"  # ReLU is unbounded
+
+
+@pytest.mark.parametrize("key", ["gru_paper", "sru"])
+def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
+    torch.manual_seed(26)
+    ref, _ = _new_pair(key, dtype=torch.float32)
+    name, kw = NEW[key]
+    low = rnnlab.Recurrent(name, ref.input_size, 4, backend="triton", dtype=torch.bfloat16,
+                           **{k: v for k, v in kw.items() if k != "input_size"})
+    low.load_state_dict({k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()})
+    x = torch.randn(4, 3, ref.input_size)
+    o1, _ = ref(x, lengths=[4, 3, 1])
+    o2, _ = low(x.bfloat16(), lengths=[4, 3, 1])
+    assert o2.dtype == torch.bfloat16
+    torch.testing.assert_close(o2.float(), o1, atol=3e-2, rtol=3e-2)
+    g = torch.autograd.grad(o2.float().sum(), list(low.parameters()))
+    g_ref = torch.autograd.grad(ref(x, lengths=[4, 3, 1])[0].sum(), list(ref.parameters()))
+    for a, b in zip(g, g_ref):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, atol=0.12, rtol=0.12)

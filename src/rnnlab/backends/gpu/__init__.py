@@ -4,7 +4,7 @@
 ``TRITON_INTERPRET=1 RNNLAB_TRITON_ON_CPU=1``, Triton's interpreter, which is how the test suite runs every kernel without a GPU),
 float32/float64 (or bf16/fp16 storage: element-wise math and states in fp32; under autocast the input and
 weights are cast to the autocast dtype), and the cell has a registered rule (:mod:`rnnlab.backends.gpu.rules`: the LSTM family but
-``proj_size`` / FGR, the GRU in torch's form, Elman).  Options handled in the driver for every cell: lengths,
+``proj_size`` / FGR, the GRU in both forms, Elman, IndRNN, SRU).  Options handled in the driver for every cell: lengths,
 reverse, recurrent dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
 Triton is imported on first use only, so ``import rnnlab`` does not pay for it.
 """
@@ -17,6 +17,7 @@ import os
 import torch
 
 from rnnlab.backends.base import LayerCall, LayerResult
+from rnnlab.backends.reference import _ZONEOUT_STATES
 from rnnlab.sequence import reverse_within_lengths
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -89,9 +90,14 @@ class TritonBackend:
             valid = (steps < lengths.unsqueeze(0)).to(device=x.device, dtype=torch.int8)  # (T, B)
         keeps = None
         if call.zoneout:  # 1 = keep the previous value (Krueger et al. 2016); its expectation in eval
+            # only h and c zone out, as in the reference (a keep of 0 leaves normalisers / stabilisers alone)
             shapes = [(T,) + tuple(s.shape) for s in call.state]
-            keeps = tuple(torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
-                          else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device) for s in shapes)
+            keeps = tuple(torch.zeros(s, dtype=x.dtype, device=x.device) if name not in _ZONEOUT_STATES
+                          else torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
+                          else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device)
+                          for name, s in zip(cell.state_names, shapes))
+        if getattr(rule, "own_projection", False):  # the cell's own projection; autograd differentiates it
+            x = cell.project_input(x, params)
         names = tuple(params)
         spec = LoopSpec(cell, rule, names, len(call.state))
         rec_mask = None if call.rec_mask is None else call.rec_mask.contiguous()

@@ -12,6 +12,14 @@ forward and a backward element-wise kernel).  This driver owns everything else, 
 - second derivatives: when the backward itself is differentiated (``create_graph=True``) the gradient is
   recomputed through the cell's differentiable PyTorch step with the very same masks, never silently wrong.
 
+A rule may also declare (each optional, defaults in brackets): ``recurrence`` [:class:`Matrix`], the shape of
+the per-step product (:class:`Diagonal` u ⊙ h, :class:`Heads` block-diagonal, :class:`Identity` when the
+rule's kernel reads the masked state itself, ``None`` for none); ``operand`` [0], the state part the product
+(and the dropout mask) reads; ``own_projection`` [False], the input projection is the cell's own
+``project_input``, run before the loop and differentiated by autograd; ``second_rows`` [0], the last rows of
+``weight_hh`` multiply ``u`` (B, H), an operand the rule's ``forward_first`` kernel forms from the first
+product's gates (the paper GRU's ``r ⊙ h``), so a step is two products with a kernel between them.
+
 Reversal is the caller's (the backend reverses within lengths), so valid steps of every row are a prefix.
 """
 
@@ -60,6 +68,101 @@ class CellRule(Protocol):
                  d_consts: Tensor, B: int, H: int) -> None: ...
 
 
+class Matrix:
+    """``hh = hd W_hhᵀ``: a full recurrent matrix (rows, H)."""
+
+    @staticmethod
+    def width(w: Tensor, H: int) -> int:
+        return w.shape[0]
+
+    @staticmethod
+    def forward(hd: Tensor, w: Tensor, b: Tensor | None, out: Tensor) -> None:
+        if b is None:
+            torch.mm(hd, w.t(), out=out)
+        else:
+            torch.addmm(b, hd, w.t(), out=out)
+
+    @staticmethod
+    def back(d_hh: Tensor, w: Tensor) -> Tensor:
+        return torch.mm(d_hh.to(w.dtype), w)
+
+    @staticmethod
+    def weight_grad(d_hh: Tensor, hd: Tensor, w: Tensor) -> Tensor:
+        """``d_hh`` (N, rows), ``hd`` (N, H) over all T·B rows: one GEMM."""
+        return d_hh.t().mm(hd)
+
+
+class Diagonal:
+    """``hh = u ⊙ hd``: one recurrent weight per unit (``weight_hh`` (H,))."""
+
+    @staticmethod
+    def width(w: Tensor, H: int) -> int:
+        return H
+
+    @staticmethod
+    def forward(hd: Tensor, w: Tensor, b: Tensor | None, out: Tensor) -> None:
+        torch.mul(hd, w, out=out)
+
+    @staticmethod
+    def back(d_hh: Tensor, w: Tensor) -> Tensor:
+        return d_hh * w
+
+    @staticmethod
+    def weight_grad(d_hh: Tensor, hd: Tensor, w: Tensor) -> Tensor:
+        return (d_hh * hd).sum(0)
+
+
+class Heads:
+    """Block-diagonal ``W_hh`` (G*H, d) over ``H / d`` heads: row ``g·H + k·d + j`` reads the d units of head k
+    (the sLSTM layout); one batched product per step."""
+
+    def __init__(self, n_gates: int) -> None:
+        self.n_gates = n_gates
+
+    @staticmethod
+    def width(w: Tensor, H: int) -> int:
+        return w.shape[0]
+
+    def _w4(self, w: Tensor) -> Tensor:
+        H, d = w.shape[0] // self.n_gates, w.shape[1]
+        return w.view(self.n_gates, H // d, d, d)  # (gate, head, unit, unit of the same head)
+
+    def forward(self, hd: Tensor, w: Tensor, b: Tensor | None, out: Tensor) -> None:
+        w4 = self._w4(w)
+        out.copy_(torch.einsum("gkjl,bkl->bgkj", w4, hd.view(hd.shape[0], w4.shape[1], -1)).reshape(out.shape))
+
+    def back(self, d_hh: Tensor, w: Tensor) -> Tensor:
+        w4 = self._w4(w)
+        N, (g, k, d, _) = d_hh.shape[0], w4.shape
+        return torch.einsum("bgkj,gkjl->bkl", d_hh.to(w.dtype).view(N, g, k, d), w4).reshape(N, k * d)
+
+    def weight_grad(self, d_hh: Tensor, hd: Tensor, w: Tensor) -> Tensor:
+        N, H = hd.shape
+        k, d = H // w.shape[1], w.shape[1]
+        return torch.einsum("bgkj,bkl->gkjl", d_hh.view(N, self.n_gates, k, d), hd.view(N, k, d)).reshape(w.shape)
+
+
+class Identity:
+    """No weight: ``hh`` is the masked operand itself, for rules whose kernels read the state element-wise
+    (and return its gradient in ``d_hh``)."""
+
+    @staticmethod
+    def width(w: Tensor | None, H: int) -> int:
+        return H
+
+    @staticmethod
+    def forward(hd: Tensor, w: Tensor | None, b: Tensor | None, out: Tensor) -> None:
+        out.copy_(hd)
+
+    @staticmethod
+    def back(d_hh: Tensor, w: Tensor | None) -> Tensor:
+        return d_hh
+
+    @staticmethod
+    def weight_grad(d_hh: Tensor, hd: Tensor, w: Tensor | None) -> None:
+        return None
+
+
 def accumulation_dtype(storage: torch.dtype) -> torch.dtype:
     """States, saved activations and gradients: float64 stays float64, every narrower type accumulates in fp32."""
     return torch.float64 if storage == torch.float64 else torch.float32
@@ -102,34 +205,47 @@ class RecurrentLoop(torch.autograd.Function):
         S = spec.n_states
         state0, params = tensors[:S], tensors[S:]
         p = dict(zip(spec.names, params))
-        rule = spec.rule
+        rule, form = spec.rule, _Form(spec.rule)
         T, B = x.shape[0], x.shape[1]
         H = spec.cell.hidden_size
         acc = accumulation_dtype(x.dtype)
         prep = rule.prepare(p, H)
-        w_ih, w_hh = p["weight_ih"], p["weight_hh"].contiguous()
-        xp = torch.nn.functional.linear(x, w_ih, prep.b_x).contiguous()  # (T, B, G*H), one GEMM
+        w_hh = p.get("weight_hh")
+        w_hh = None if w_hh is None else w_hh.contiguous()
+        if form.own_projection:  # x is already the cell's own projection (run before the loop, under autograd)
+            xp = x.contiguous()
+        else:
+            xp = torch.nn.functional.linear(x, p["weight_ih"], prep.b_x).contiguous()  # (T, B, G*H), one GEMM
         # the state sequence and the saved activations in the accumulation dtype (fp32 for bf16/fp16 storage)
         seq = [x.new_empty((T + 1,) + s.shape, dtype=acc) for s in state0]  # (T+1, B, S_k)
         for k, s in enumerate(state0):
             seq[k][0] = s
         saved = x.new_empty(T, B, rule.n_saved * H, dtype=acc)
-        hh = x.new_empty(B, rule.n_gates * H)
+        W, W1 = form.widths(w_hh, H)
+        hh = x.new_empty(B, W, dtype=acc if form.rec is Identity else x.dtype)
+        us = x.new_empty(T if form.second_rows else 0, B, H, dtype=acc)  # the second product's operand
+        w1, b1, w2, b2 = form.split(w_hh, prep.b_hh, W1)
         mask = None if rec_mask is None else rec_mask.to(acc)
         for t in range(T):
-            h_prev = seq[0][t]
-            hd = (h_prev if mask is None else h_prev * mask).to(x.dtype)
-            if prep.b_hh is None:
-                torch.mm(hd, w_hh.t(), out=hh)
-            else:
-                torch.addmm(prep.b_hh, hd, w_hh.t(), out=hh)
-            rule.forward(xp[t], hh, [s[t] for s in seq], [s[t + 1] for s in seq], saved[t], prep.consts,
-                         valid[t], None if keeps is None else [k_[t] for k_ in keeps], B, H)
+            olds, news = [s[t] for s in seq], [s[t + 1] for s in seq]
+            keep_t = None if keeps is None else [k_[t] for k_ in keeps]
+            hd = None
+            if form.rec is not None:
+                h_op = seq[form.operand][t]
+                hd = h_op if mask is None else h_op * mask
+                hd_s = hd if form.rec is Identity else hd.to(x.dtype)
+                if form.second_rows:
+                    hh[:, :W1] = _product(form.rec, hd_s, w1, b1)  # (a slice: no out= into a strided view)
+                    rule.forward_first(xp[t], hh, hd, us[t], olds, saved[t], prep.consts, valid[t], keep_t, B, H)
+                    hh[:, W1:] = _product(Matrix, us[t].to(x.dtype), w2, b2)
+                else:
+                    form.rec.forward(hd_s, w1, b1, out=hh)
+            rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H)
         output = (seq[0][1:] * valid.unsqueeze(-1)).to(x.dtype)  # (T, B, H): zero at padded steps
         finals = tuple(s[T].to(s0.dtype) for s, s0 in zip(seq, state0))
         ctx.spec = spec
         ctx.has_mask, ctx.has_keeps = rec_mask is not None, keeps is not None
-        ctx.save_for_backward(x, valid, xp, saved, *[s for s in seq], *state0, *params,
+        ctx.save_for_backward(x, valid, xp, saved, us, *[s for s in seq], *state0, *params,
                               *((rec_mask,) if rec_mask is not None else ()), *(keeps or ()))
         records = saved * valid.unsqueeze(-1)
         ctx.mark_non_differentiable(records)
@@ -139,7 +255,7 @@ class RecurrentLoop(torch.autograd.Function):
     def backward(ctx, d_output: Tensor | None, _d_records, *d_finals: Tensor | None):
         spec: LoopSpec = ctx.spec
         S = spec.n_states
-        x, valid, xp, saved, *rest = ctx.saved_tensors
+        x, valid, xp, saved, us, *rest = ctx.saved_tensors
         seq, rest = rest[:S], rest[S:]
         state0, rest = rest[:S], rest[S:]
         params, rest = rest[:len(spec.names)], rest[len(spec.names):]
@@ -148,39 +264,62 @@ class RecurrentLoop(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: gradients must themselves be differentiable
             return _differentiable_backward(spec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals)
         with torch.autocast(x.device.type, enabled=False):
-            return RecurrentLoop._backward(spec, x, valid, xp, saved, seq, state0, params, rec_mask, keeps,
+            return RecurrentLoop._backward(spec, x, valid, xp, saved, us, seq, state0, params, rec_mask, keeps,
                                            d_output, d_finals)
 
     @staticmethod
-    def _backward(spec: LoopSpec, x, valid, xp, saved, seq, state0, params, rec_mask, keeps, d_output, d_finals):
+    def _backward(spec: LoopSpec, x, valid, xp, saved, us, seq, state0, params, rec_mask, keeps, d_output,
+                  d_finals):
         p = dict(zip(spec.names, params))
-        rule = spec.rule
+        rule, form = spec.rule, _Form(spec.rule)
         T, B = x.shape[0], x.shape[1]
         H = spec.cell.hidden_size
         acc = saved.dtype
         prep = rule.prepare(p, H)
-        w_hh = p["weight_hh"].contiguous()
+        w_hh = p.get("weight_hh")
+        w_hh = None if w_hh is None else w_hh.contiguous()
+        W, W1 = form.widths(w_hh, H)
+        w1, _, w2, _ = form.split(w_hh, prep.b_hh, W1)
         d_state = [x.new_zeros(s.shape, dtype=acc) if d is None else d.to(acc) for d, s in zip(d_finals, state0)]
         d_xp = torch.empty_like(xp, dtype=acc)
-        d_hh = d_xp if rule.hh_is_xp else torch.empty_like(d_xp)
+        d_hh = d_xp if rule.hh_is_xp else x.new_empty(T, B, W, dtype=acc)
         mask = None if rec_mask is None else rec_mask.to(acc)
         C = prep.consts.shape[0]
         d_consts = x.new_zeros(T, B, C * H, dtype=acc) if C else x.new_empty(0, dtype=acc)
+        op = form.operand
         for t in range(T - 1, -1, -1):
             if d_output is not None:
                 d_state[0] = d_state[0] + d_output[t].to(acc) * valid[t].unsqueeze(-1)
             d_olds = [torch.empty_like(s) for s in d_state]
-            rule.backward([d.contiguous() for d in d_state], saved[t], [s[t] for s in seq], prep.consts,
+            olds = [s[t] for s in seq]
+            rule.backward([d.contiguous() for d in d_state], saved[t], olds, prep.consts,
                           valid[t], None if keeps is None else [k[t] for k in keeps], d_xp[t], d_hh[t], d_olds,
                           d_consts[t] if C else d_consts, B, H)
-            back = torch.mm(d_hh[t].to(w_hh.dtype), w_hh).to(acc)  # (B, H): through the recurrent product
-            d_olds[0] += back if mask is None else back * mask
+            if form.rec is not None:
+                if form.second_rows:  # through the second product into its operand u, then into the first stage
+                    d_u = Matrix.back(d_hh[t][:, W1:], w2).to(acc).contiguous()
+                    d_hd = torch.empty_like(d_u)
+                    hd = olds[op] if mask is None else olds[op] * mask
+                    rule.backward_first(d_u, saved[t], hd, olds, prep.consts, d_xp[t], d_hh[t], d_hd, B, H)
+                    back = form.rec.back(d_hh[t][:, :W1], w1).to(acc) + d_hd
+                else:
+                    back = form.rec.back(d_hh[t], w1).to(acc)  # (B, H): through the recurrent product
+                d_olds[op] += back if mask is None else back * mask
             d_state = d_olds
-        h_prev = seq[0][:-1] if mask is None else seq[0][:-1] * mask  # (T, B, H)
-        flat = d_hh.reshape(T * B, -1)  # (T*B, G*H)
-        grads = {"weight_hh": flat.t().mm(h_prev.reshape(T * B, -1)),
-                 "weight_ih": d_xp.reshape(T * B, -1).t().mm(x.reshape(T * B, -1).to(acc))}
-        d_x = torch.nn.functional.linear(d_xp.to(x.dtype), p["weight_ih"].t())  # (T, B, I)
+        grads = {}
+        if form.rec is not None:
+            h_op = seq[op][:-1] if mask is None else seq[op][:-1] * mask  # (T, B, H)
+            flat, hd_all = d_hh.reshape(T * B, -1), h_op.reshape(T * B, -1)  # (T*B, W), (T*B, H)
+            if form.second_rows:
+                grads["weight_hh"] = torch.cat([form.rec.weight_grad(flat[:, :W1], hd_all, w1),
+                                                Matrix.weight_grad(flat[:, W1:], us.reshape(T * B, -1), w2)])
+            else:
+                grads["weight_hh"] = form.rec.weight_grad(flat, hd_all, w1)
+        if form.own_projection:
+            d_x = d_xp.to(x.dtype)  # autograd carries it on through the cell's project_input
+        else:
+            grads["weight_ih"] = d_xp.reshape(T * B, -1).t().mm(x.reshape(T * B, -1).to(acc))
+            d_x = torch.nn.functional.linear(d_xp.to(x.dtype), p["weight_ih"].t())  # (T, B, I)
         d_b_x = d_xp.sum((0, 1)) if prep.b_x is not None else None
         d_b_hh = d_hh.sum((0, 1)) if prep.b_hh is not None else None
         grads.update(rule.param_grads(p, d_b_x, d_b_hh, d_consts.sum((0, 1)).view(C, H) if C else None))
@@ -189,11 +328,52 @@ class RecurrentLoop(torch.autograd.Function):
         return (None, d_x, None, None, None) + d_state0 + d_params
 
 
+class _Form:
+    """A rule's optional declarations (see the module docstring), with their defaults."""
+
+    def __init__(self, rule: CellRule) -> None:
+        self.rec = getattr(rule, "recurrence", Matrix)
+        self.operand: int = getattr(rule, "operand", 0)
+        self.own_projection: bool = getattr(rule, "own_projection", False)
+        self.second_rows: int = getattr(rule, "second_rows", 0)
+
+    def widths(self, w_hh: Tensor | None, H: int) -> tuple[int, int]:
+        """(all product rows W, rows of the first product W1)."""
+        W = 0 if self.rec is None else self.rec.width(w_hh, H)
+        return W, W - self.second_rows
+
+    def split(self, w_hh, b_hh, W1: int):
+        """Weights and biases of the first and the second product."""
+        if not self.second_rows:
+            return w_hh, b_hh, None, None
+        return w_hh[:W1], None if b_hh is None else b_hh[:W1], w_hh[W1:], None if b_hh is None else b_hh[W1:]
+
+
+def _product(rec, hd: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    out = hd.new_empty(hd.shape[0], rec.width(w, hd.shape[1]))
+    rec.forward(hd, w, b, out=out)
+    return out
+
+
+class _Projected:
+    """A cell whose input arrives already projected (rules with ``own_projection``): its step on ``xp``."""
+
+    def __init__(self, cell: RecurrentCell) -> None:
+        self.cell = cell
+
+    def project_input(self, xp: Tensor, p) -> Tensor:
+        return xp
+
+    def step(self, *args):
+        return self.cell.step(*args)
+
+
 def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals):
     """The gradient through the cell's PyTorch step (same masks), so that it can be differentiated again."""
     inputs = (x,) + tuple(state0) + tuple(params)
     with torch.enable_grad():
-        output, finals = differentiable_loop(spec.cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
+        cell = _Projected(spec.cell) if _Form(spec.rule).own_projection else spec.cell
+        output, finals = differentiable_loop(cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
                                              tuple(state0))
         outs, grads = [], []
         for o, g in zip((output,) + finals, (d_output,) + tuple(d_finals)):

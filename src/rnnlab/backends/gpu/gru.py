@@ -1,8 +1,8 @@
 """Triton rule for the GRU with the reset after the recurrent product (torch.nn form): see cells/gru.py.
 
 Blocks r, z, n; ``b_hh`` stays on the recurrent product because ``b_hn`` sits behind the reset gate.  Saved per
-step: r, z, n and ``hn = W_hn h_{t-1} + b_hn``.  The paper form (reset before the product) needs a second
-product inside the step and runs on the reference backend.
+step: r, z, n and ``hn = W_hn h_{t-1} + b_hn``.  The paper form (reset before the product) is
+:mod:`~rnnlab.backends.gpu.gru_paper`'s rule.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch import Tensor
 
 from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
+from rnnlab.backends.gpu.gru_paper import GRUPaperRule
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.gru import GRUCell
 
@@ -102,4 +103,4 @@ class GRURule:
                              HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
 
-register_rule(GRUCell, lambda cell: GRURule() if cell.reset_after else None)
+register_rule(GRUCell, lambda cell: GRURule() if cell.reset_after else GRUPaperRule(cell.hidden_size))
