@@ -43,6 +43,18 @@ class _LayerNormCell(RecurrentCell):
         return F.layer_norm(F.linear(x, p["weight_ih"]), (self.num_gates * self.hidden_size,),
                             p["weight_ln_ih"], p.get("bias_ln_ih"), self.eps)
 
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs (cells/layernorm.h): xp = LN(W_ih x), W_hh, the element-wise rows α_2 (G),
+        β_2 (G, zeros without bias), the cell's extra ones (:meth:`_driver_rows`) and ε (one row), no heads
+        or options."""
+        G, H = self.num_gates, self.hidden_size
+        beta = p["bias_ln_hh"].view(G, H) if self.bias else x.new_zeros(G, H)
+        rows = [p["weight_ln_hh"].view(G, H), beta, *self._driver_rows(x, p), x.new_full((1, H), self.eps)]
+        return self.project_input(x, p), p["weight_hh"], torch.cat(rows), 0, 0
+
+    def _driver_rows(self, x: Tensor, p: Params) -> list[Tensor]:
+        return []
+
     def _recurrent(self, h: Tensor, p: Params) -> Tensor:
         """LN(W_hh h): (B, H) -> (B, G*H)."""
         return F.layer_norm(F.linear(h, p["weight_hh"]), (self.num_gates * self.hidden_size,),
@@ -77,6 +89,8 @@ class LayerNormLSTMCell(_LayerNormCell):
     kind = "ln_lstm"
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
     num_gates = 4
+    #: the generic C++ driver's rule (backends/cpp/cells/layernorm.h)
+    driver_kernel: ClassVar[str] = "ln_lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, eps: float = 1e-5,
                  forget_bias: float | None = None, device=None, dtype=None) -> None:
@@ -92,6 +106,11 @@ class LayerNormLSTMCell(_LayerNormCell):
         if self.bias:
             specs.append(ParamSpec("bias_ln_c", (H,), "zeros"))
         return specs
+
+    def _driver_rows(self, x: Tensor, p: Params) -> list[Tensor]:
+        """α_3 and β_3 (zeros without bias) of LN(c), one row each."""
+        H = self.hidden_size
+        return [p["weight_ln_c"].view(1, H), p["bias_ln_c"].view(1, H) if self.bias else x.new_zeros(1, H)]
 
     def init_parameters(self, p: Params) -> None:
         super().init_parameters(p)
@@ -138,6 +157,8 @@ class LayerNormGRUCell(_LayerNormCell):
 
     kind = "ln_gru"
     num_gates = 3
+    #: the generic C++ driver's rule (backends/cpp/cells/layernorm.h)
+    driver_kernel: ClassVar[str] = "ln_gru"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, eps: float = 1e-5,
                  device=None, dtype=None) -> None:

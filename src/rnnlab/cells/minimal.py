@@ -119,6 +119,15 @@ class _MinimalCell(RecurrentCell):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
 
+    def driver_supported(self) -> bool:
+        """The driver's rule is the element-wise loop; the log-space scan rounds differently."""
+        return self.scan != "log"
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs: the projection xp (T, B, blocks*H) as is (the rule forms the gates), nothing
+        recurrent, no element-wise vectors, no heads or options."""
+        return self.project_input(x, p), x.new_empty(0), None, 0, 0
+
     def param_specs(self) -> list[ParamSpec]:
         return self.linear_specs(self.num_blocks * self.hidden_size)
 
@@ -152,6 +161,8 @@ class MinGRUCell(_MinimalCell):
 
     kind = "mingru"
     num_blocks = 2
+    #: the generic C++ driver's rule (backends/cpp/cells/minimal.h)
+    driver_kernel: ClassVar[str] = "mingru"
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_z, k_h = xp_t.chunk(2, dim=-1)
@@ -201,6 +212,8 @@ class MinLSTMCell(_MinimalCell):
 
     kind = "minlstm"
     num_blocks = 3
+    #: the generic C++ driver's rule (backends/cpp/cells/minimal.h)
+    driver_kernel: ClassVar[str] = "minlstm"
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_f, k_i, k_h = xp_t.chunk(3, dim=-1)

@@ -4,12 +4,15 @@
 #include "cells/elman.h"
 #include "cells/gru.h"
 #include "cells/indrnn.h"
+#include "cells/layernorm.h"
 #include "cells/lstm.h"
+#include "cells/minimal.h"
 #include "cells/slstm.h"
 #include "cells/sru.h"
 
-// <name>_forward(xp, s0, w, e, lengths, heads, opt) -> [out, states, saved]
-// <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, states, saved) -> [dxp, ds0, dw, de]
+// <name>_forward(xp, s0, w, e, lengths, heads, opt, rec_mask, keep) -> [out, states, saved, fresh]
+// <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh)
+//   -> [dxp, ds0, dw, de]     (rec_mask / keep: empty = off; driver.h's forward says what they mean)
 // <name>_sizes(opt=0) -> (X, G, S, A, E) for that option word
 #define RNNLAB_CELL(m, name, Cell)                                                            \
   m.def(#name "_forward", &rnnlab_generic::forward<rnnlab_generic::Cell>);                   \
@@ -26,6 +29,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, gru, GRU);
   RNNLAB_CELL(m, lstm, LSTM);
+  RNNLAB_CELL(m, ln_gru, LayerNormGRU);
+  RNNLAB_CELL(m, ln_lstm, LayerNormLSTM);
+  RNNLAB_CELL(m, mingru, MinGRU);
+  RNNLAB_CELL(m, minlstm, MinLSTM);
   RNNLAB_CELL(m, indrnn, IndRNN);
   RNNLAB_CELL(m, sru, SRU);
   RNNLAB_CELL(m, slstm, SLSTM);
