@@ -248,7 +248,7 @@ def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
 # --- the rules beyond the LSTM/GRU/Elman family: (cell, options); sizes kept tiny for the interpreter --------
 #: "sru_id": I == H, the SRU's identity highway (its own projection then passes x through)
 NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": ("indrnn", {"nonlinearity": "tanh"}),
-       "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4})}
+       "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
 SINGLE = ["gru_paper", "indrnn", "indrnn_tanh"]
 
@@ -337,12 +337,15 @@ def test_new_rules_extreme_inputs_finite_and_equal(key):
     torch.manual_seed(25)
     ref, tri = _new_pair(key, dtype=torch.float32)
     x = (torch.rand(3, 4, ref.input_size) * 2 - 1) * 1e4
-    _compare(ref, tri, x, atol=1e-5, rtol=1e-5, grads=False)
-    out, _ = tri(x)
+    hx = None
+    if key == "slstm":  # n_0 = 1: with n_0 = 0 the cell's own n underflows to 0 and h = 0/0 (see SLSTMCell)
+        hx = tuple(torch.full((1, 4, 4), float(k == 2)) for k in range(4))
+    _compare(ref, tri, x, hx=hx, atol=1e-5, rtol=1e-5, grads=False)
+    out, _ = tri(x, hx)
     assert torch.isfinite(out).all() or key == "indrnn"  # ReLU is unbounded
 
 
-@pytest.mark.parametrize("key", ["gru_paper", "sru"])
+@pytest.mark.parametrize("key", ["gru_paper", "sru", "slstm"])
 def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
     torch.manual_seed(26)
     ref, _ = _new_pair(key, dtype=torch.float32)
