@@ -52,6 +52,9 @@ class DepthGatedLSTMCell(RecurrentCell):
     kind = "depth_gated"
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
     needs_lower: ClassVar[bool] = True
+    #: on the first layer (no layer below) the cell is a peephole LSTM: the generic C++ driver's LSTM rule
+    #: (backends/cpp/cells/lstm.h); the cpp backend refuses calls that have a layer below
+    driver_kernel: ClassVar[str] = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, peepholes: bool = True,
                  forget_bias: float | None = None, device=None, dtype=None) -> None:
@@ -82,6 +85,17 @@ class DepthGatedLSTMCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.peepholes else ", peepholes=False")
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs of the first layer, an LSTM with peepholes i, f on c_{t-1} and o on c_t:
+        xp (T, B, 4H) from the i, f, g, o rows with both biases folded (b_hh sits outside every gate), W_hh,
+        the peepholes (3, H) or ``None``, no heads, option PEEP (64) of cells/lstm.h or 0."""
+        H = self.hidden_size
+        b = p["bias_ih"][: 4 * H] + p["bias_hh"] if self.bias else None
+        xp = F.linear(x, p["weight_ih"][: 4 * H], b)
+        if not self.peepholes:
+            return xp, p["weight_hh"], None, 0, 0
+        return xp, p["weight_hh"], torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]), 0, 64
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]
