@@ -180,7 +180,7 @@ def test_infinite_inputs_match_the_reference(name):
 
 
 @pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("greff_fgr", {}),
-                                      ("mut1", {}), ("depth_gated", {})])
+                                      ("mut3", {}), ("depth_gated", {})])
 def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
     rnn = rnnlab.Recurrent(name, 3, 4, **kw)
     x = torch.randn(2, 1, 3)
@@ -246,11 +246,12 @@ def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
 
 
 # --- the rules beyond the LSTM/GRU/Elman family: (cell, options); sizes kept tiny for the interpreter --------
-#: "sru_id": I == H, the SRU's identity highway (its own projection then passes x through)
+#: "_id": I == H, where the cell's own projection passes x itself through (SRU highway, MUT1/MUT2 raw-x term)
 NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": ("indrnn", {"nonlinearity": "tanh"}),
-       "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2})}
+       "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2}),
+       "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
-SINGLE = ["gru_paper", "indrnn", "indrnn_tanh"]
+SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2"]
 
 
 def _new_pair(key: str, dtype=torch.float64, **extra):
@@ -317,8 +318,8 @@ def test_new_rules_recording_equals_the_reference(key):
 def test_new_rules_gradcheck_and_gradgradcheck(key):
     torch.manual_seed(24)
     name, kw = NEW[key]
-    # I == H = 2 except for the SRU with a projected highway
-    tri = rnnlab.Recurrent(name, 3 if key == "sru" else 2, 2, backend="triton", dtype=torch.float64,
+    # I == H = 2 except where the projection is the point (SRU's highway, MUT2's r)
+    tri = rnnlab.Recurrent(name, 3 if key in ("sru", "mut2") else 2, 2, backend="triton", dtype=torch.float64,
                            **{k: v for k, v in kw.items() if k != "input_size"})
     names = [n for n, _ in tri.named_parameters()]
     x = torch.randn(3, 2, tri.input_size, dtype=torch.float64, requires_grad=True)
