@@ -229,7 +229,6 @@ class RecurrentLoop(torch.autograd.Function):
         for t in range(T):
             olds, news = [s[t] for s in seq], [s[t + 1] for s in seq]
             keep_t = None if keeps is None else [k_[t] for k_ in keeps]
-            hd = None
             if form.rec is not None:
                 h_op = seq[form.operand][t]
                 hd = h_op if mask is None else h_op * mask
