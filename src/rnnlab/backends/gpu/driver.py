@@ -360,6 +360,10 @@ class _Projected:
     def __init__(self, cell: RecurrentCell) -> None:
         self.cell = cell
 
+    def __getattr__(self, name: str):
+        # everything but the projection is the cell's own (state_names, hidden_size, ...): the step loop reads it
+        return getattr(self.cell, name)
+
     def project_input(self, xp: Tensor, p) -> Tensor:
         return xp
 
