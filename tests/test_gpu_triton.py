@@ -180,7 +180,7 @@ def test_infinite_inputs_match_the_reference(name):
 
 
 @pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("greff_fgr", {}),
-                                      ("mut3", {}), ("depth_gated", {})])
+                                      ("depth_gated", {}), ("mingru", {"scan": "log"})])
 def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
     rnn = rnnlab.Recurrent(name, 3, 4, **kw)
     x = torch.randn(2, 1, 3)
@@ -249,9 +249,10 @@ def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
 #: "_id": I == H, where the cell's own projection passes x itself through (SRU highway, MUT1/MUT2 raw-x term)
 NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": ("indrnn", {"nonlinearity": "tanh"}),
        "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2}),
-       "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {})}
+       "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {}),
+       "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
-SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2"]
+SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq"]
 
 
 def _new_pair(key: str, dtype=torch.float64, **extra):
