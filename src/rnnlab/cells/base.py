@@ -95,6 +95,13 @@ class RecurrentCell(nn.Module):
     #: short name used by the registry, the CLI and kernel dispatch.
     kind: ClassVar[str] = "cell"
 
+    def __new__(cls, *args, **kwargs):
+        # The constructor arguments, kept so that an equivalent cell can be rebuilt from a string: the generic
+        # driver's registered op (backends/cpp/generic_ops.py) cannot take a cell object, only its description.
+        cell = super().__new__(cls)
+        object.__setattr__(cell, "_init_args", (args, kwargs))  # plain attribute, set before Module.__init__
+        return cell
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()

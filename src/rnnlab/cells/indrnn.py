@@ -63,3 +63,10 @@ class IndRNNCell(RecurrentCell):
         """Generic driver inputs: xp (T, B, H), u (H,), no element-wise vectors, no heads, φ (0 ReLU, 1 tanh)."""
         return F.linear(x, p["weight_ih"], p.get("bias_ih")), p["weight_hh"], None, 0, int(
             self.nonlinearity == "tanh")
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, from the generic driver's results (all (T, B, ·), prev / new the states
+        before / after each step): ``pre`` = xp + u ⊙ drop(h_{t-1}), recomputed (the rule saves nothing)."""
+        h = prev[..., : self.hidden_size]  # (T, B, H)
+        return {"pre": xp + w * (h if rec_mask is None else h * rec_mask)}

@@ -97,3 +97,11 @@ class SLSTMCell(RecurrentCell):
     def driver_inputs(self, x: Tensor, p: Params):
         """Generic driver inputs: xp (T, B, 4H), R (4H, d) head-wise, no element-wise vectors, n_h heads."""
         return F.linear(x, p["weight_ih"], p.get("bias_ih")), p["weight_hh"], None, self.num_heads, 0
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, from the generic driver's results (all (T, B, ·)): i', f', z, o from the
+        rule's saved blocks (z, o, i', f', ... in cells/slstm.h), c, n, m the new state."""
+        z, o, i, f = saved.chunk(7, dim=-1)[:4]
+        _, c, n, m = new.chunk(4, dim=-1)
+        return {"i": i, "f": f, "z": z, "o": o, "c": c, "n": n, "m": m}

@@ -85,3 +85,11 @@ class SRUCell(RecurrentCell):
     def driver_inputs(self, x: Tensor, p: Params):
         """Generic driver inputs: xp (T, B, 4H), no recurrent matrix, (v_f, v_r) as (2, H), no heads/options."""
         return self.project_input(x, p), x.new_empty(0), p["weight_hh"].view(2, self.hidden_size), 0, 0
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, from the generic driver's results (all (T, B, ·)): f, r are the rule's saved
+        blocks (cells/sru.h), c the new cell state, candidate and highway blocks 2 and 3 of xp."""
+        f, r = saved.chunk(2, dim=-1)
+        x_c, x_h = xp.chunk(4, dim=-1)[2:]
+        return {"f": f, "r": r, "c": new[..., self.hidden_size:], "candidate": x_c, "highway": x_h}

@@ -12,9 +12,10 @@
 - :class:`~rnnlab.cells.DepthGatedLSTMCell` on its first layer only (no layer below: a peephole LSTM; upper
   layers need the lower layer's per-step states, which this backend does not return);
 
-on float32 / float64 CPU tensors, without recording, recurrent dropout, zoneout, layer-below input or
-per-step states.  Everything else, and subclasses that change the math, goes to the next backend (the
-reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+on float32 / float64 CPU tensors, without layer-below input or per-step states; recording, recurrent dropout
+and zoneout only on the generic driver (generic_registry.py), not on kernels.cpp's kernels.  Everything else,
+and subclasses that change the math, goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference``
+in the environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
 otherwise, to inline loops when tiny; the measurements behind that choice are in kernels.cpp.
@@ -176,8 +177,7 @@ class CppBackend:
 
     def supports(self, call: LayerCall) -> bool:
         # Called on every forward: plain loops, no generators (this is per-call overhead at small sizes).
-        if call.record or call.want_states or call.rec_mask is not None or call.zoneout != 0.0 or \
-                call.lower is not None:
+        if call.want_states or call.lower is not None:
             return False
         if os.environ.get("RNNLAB_BACKEND", "").strip().lower() == "reference" or kernels_failed():
             return False
@@ -196,6 +196,8 @@ class CppBackend:
             return False
         if kind.startswith("driver:"):
             return generic_registry.supports(call) or self._onednn_layer(call) is not None
+        if call.record or call.rec_mask is not None or call.zoneout != 0.0:
+            return False  # only the generic driver has these options
         return load_kernels() is not None  # first use builds the extension (once per machine)
 
     def run(self, call: LayerCall) -> LayerResult:
@@ -204,12 +206,14 @@ class CppBackend:
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
         kind = kernel_for(cell)
         assert kind is not None  # supports() said yes
+        records: dict[str, Tensor] = {}
         if kind.startswith("driver:"):  # a cell of the generic driver (generic_registry.py)
             onednn = self._onednn_layer(call)
             if onednn is not None:
                 out, state = onednn(x)
             else:
-                out, state = generic_registry.run(cell, p, x, call.state, lens)
+                out, state, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
+                                                           call.zoneout, call.training, call.record)
         else:
             ext = load_kernels()
             if ext is None:  # pragma: no cover - supports() said yes, so the build succeeded
@@ -217,7 +221,8 @@ class CppBackend:
             out, state = getattr(self, _RUNNERS[kind])(ext, cell, p, x, call.state, lens)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
-        return LayerResult(out, state)
+            records = {k: reverse_within_lengths(v, lengths) for k, v in records.items()}
+        return LayerResult(out, state, None, records)
 
     @staticmethod
     def _onednn_layer(call: LayerCall):
@@ -225,6 +230,8 @@ class CppBackend:
         x -> (out, (h, c)) running ``aten.mkldnn_rnn_layer``, what torch.nn.LSTM runs (its autograd formula
         gives the gradients); else ``None``."""
         cell, p, x = call.cell, call.params, call.x
+        if call.record or call.rec_mask is not None or call.zoneout != 0.0:
+            return None  # options only the generic driver has
         if not (_HAS_ONEDNN_LSTM and _same_math(cell, LSTMCell) and x.dtype == torch.float32 and _onednn_ok(x)
                 and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and call.lengths is None and "bias_ih" in p
                 and not cell.peepholes and not cell.proj_size  # type: ignore[attr-defined]

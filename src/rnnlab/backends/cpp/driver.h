@@ -89,6 +89,22 @@ struct dhh_is_dxp : std::false_type {};
 template <class Cell>
 struct dhh_is_dxp<Cell, std::void_t<decltype(Cell::DHH_IS_DXP)>> : std::bool_constant<Cell::DHH_IS_DXP> {};
 
+// Recurrent dropout (cells/base.py StepContext.drop) masks h where it enters the recurrent product: by default
+// the driver forms R(h ⊙ m) and routes R^T's gradient back through m.  A cell that drops another state
+// component k where its own element-wise rule reads it (SRU: c in v ⊙ c) declares ``static constexpr int64_t
+// DROP = k``; its forward and backward then take one more trailing argument, the row's mask (H) or nullptr.
+template <class Cell, class = void>
+struct drop_state : std::integral_constant<int64_t, 0> {};
+template <class Cell>
+struct drop_state<Cell, std::void_t<decltype(Cell::DROP)>> : std::integral_constant<int64_t, Cell::DROP> {};
+
+// Zoneout's blend, torch.lerp(new, old, keep) as ATen computes it (the weight picks the formula), so that a
+// keep mask of 0/1 gives exactly the reference's value, NaN included when old - new is not finite.
+template <typename T>
+inline T lerp_keep(T fresh, T old, T k) {
+  return std::abs(k) < T(0.5) ? fresh + k * (old - fresh) : old - (old - fresh) * (T(1) - k);
+}
+
 template <class Cell>
 inline Sizes sizes_of(int64_t opt) {
   if constexpr (has_sizes<Cell>::value) {
@@ -235,43 +251,86 @@ inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const T
 
 // Forward over the whole sequence.
 //   xp (T, B, X*H), s0 (B, S*H), w (recurrent weights, any shape REC needs; empty for None), e (E, H) or empty,
-//   lengths (B,) int64 or empty (all full), heads (Rec::Heads only), opt (the cell's option word).
+//   lengths (B,) int64 or empty (all full), heads (Rec::Heads only), opt (the cell's option word),
+//   rec_mask (B, H) recurrent dropout mask or empty (off; see drop_state),
+//   keep (T, Z, B, H) zoneout keep weights for the first Z state components or empty (off): at a valid step
+//   component z < Z becomes lerp(new, old, keep[t, z]) (1 keeps the old value; eval passes the rate itself).
 // Returns out (T, B, H), states (T+1, B, S*H) (every step's state, saved for backward; [T] is the final one),
-// saved (T, B, A*H).
+// saved (T, B, A*H), fresh (T, B, S*H): the cell's own new states before zoneout (what its backward reads and
+// recording shows), empty without keep (then they are states[1:] at valid steps).
 template <class Cell>
 std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
-                            const Tensor& lengths, int64_t heads, int64_t opt) {
+                            const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
+                            const Tensor& keep_in) {
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A;
+  constexpr int64_t DROP = drop_state<Cell>::value;
   TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
   TORCH_CHECK(xp_in.size(2) == X * H && s0.size(0) == B && s0.size(1) == S * H, "state/input sizes disagree");
   if constexpr (Cell::REC == Rec::Heads) TORCH_CHECK(heads > 0 && H % heads == 0, "heads must divide H");
+  const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
+  const bool zoned = keep_in.defined() && keep_in.numel() > 0;
+  TORCH_CHECK(!masked || (rec_mask.dim() == 2 && rec_mask.size(0) == B && rec_mask.size(1) == H),
+              "rec_mask: expected (B, H)");
+  const int64_t Z = zoned ? keep_in.size(1) : 0;
+  TORCH_CHECK(!zoned || (keep_in.dim() == 4 && keep_in.size(0) == T && Z <= S && keep_in.size(2) == B &&
+                         keep_in.size(3) == H), "keep: expected (T, Z <= S, B, H)");
   auto xp = xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
+  auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
+  auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
   auto out = at::zeros({T, B, H}, opts);
   auto states = at::empty({T + 1, B, S * H}, opts);
   states[0].copy_(s0);
   auto saved = at::zeros({T, B, A > 0 ? A * H : 0}, opts);
+  auto fresh = zoned ? at::zeros({T, B, S * H}, opts) : at::empty({0}, opts);
+  // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
+  auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
+    const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
     Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = 0; t < T; ++t) {
-      const T_* hhp = rec.forward(states, t);
-      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       T_* sp = states.template data_ptr<T_>() + t * B * S * H;
+      const T_* hhp;
+      if (hm.defined()) {
+        T_* q = hm.template data_ptr<T_>();
+        for (int64_t i = 0; i < B; ++i)
+          for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
+        hhp = rec.forward(q, H);
+      } else {
+        hhp = rec.forward(states, t);
+      }
+      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       T_* sn = sp + B * S * H;
       T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
       T_* ot = out.template data_ptr<T_>() + t * B * H;
+      T_* ft = zoned ? fresh.template data_ptr<T_>() + t * B * S * H : nullptr;
+      const T_* kt = zoned ? keep.template data_ptr<T_>() + t * Z * B * H : nullptr;
       for_rows(B, 4 * (X + S + A) * H, [&](int64_t b) {
         T_* s1 = sn + b * S * H;
         const T_* s0r = sp + b * S * H;
         if (t < len[b]) {
-          Cell::forward(H, opt, xt + b * X * H, hhp ? hhp + b * G * H : nullptr, ep, s0r, s1,
-                        at_ ? at_ + b * A * H : nullptr);
+          const T_* hrow = hhp ? hhp + b * G * H : nullptr;
+          T_* arow = at_ ? at_ + b * A * H : nullptr;
+          if constexpr (DROP != 0) {
+            Cell::forward(H, opt, xt + b * X * H, hrow, ep, s0r, s1, arow, mp ? mp + b * H : nullptr);
+          } else {
+            Cell::forward(H, opt, xt + b * X * H, hrow, ep, s0r, s1, arow);
+          }
+          if (ft) {  // zoneout: keep the cell's own state for backward / recording, then blend
+            T_* fr = ft + b * S * H;
+            for (int64_t j = 0; j < S * H; ++j) fr[j] = s1[j];
+            for (int64_t c = 0; c < Z; ++c) {
+              const T_* k = kt + (c * B + b) * H;
+              RNNLAB_SIMD
+              for (int64_t j = 0; j < H; ++j) s1[c * H + j] = lerp_keep(fr[c * H + j], s0r[c * H + j], k[j]);
+            }
+          }
           for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
         } else {  // padding: state carried, output stays 0
           for (int64_t j = 0; j < S * H; ++j) s1[j] = s0r[j];
@@ -279,7 +338,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
       });
     }
   });
-  return {out, states, saved};
+  return {out, states, saved, fresh};
 }
 
 // Backward.  dout (T, B, H), dsT (B, S*H) or undefined; the rest as forward returned / received.
@@ -287,13 +346,22 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
 template <class Cell>
 std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Tensor& xp_in, const Tensor& w,
                              const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t opt,
-                             const Tensor& states, const Tensor& saved) {
+                             const Tensor& rec_mask, const Tensor& keep_in, const Tensor& states,
+                             const Tensor& saved, const Tensor& fresh) {
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
+  constexpr int64_t DROP = drop_state<Cell>::value;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
+  const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
+  const bool zoned = keep_in.defined() && keep_in.numel() > 0;
+  const int64_t Z = zoned ? keep_in.size(1) : 0;
+  TORCH_CHECK(!zoned || (fresh.dim() == 3 && fresh.size(0) == T), "fresh: expected forward's (T, B, S*H)");
   auto xp = xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
+  auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
+  auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
+  auto fr_all = zoned ? fresh.contiguous() : Tensor();
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, H}, opts);
   auto dxp = at::empty_like(xp);
   constexpr bool same = dhh_is_dxp<Cell>::value;
@@ -302,16 +370,23 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, S * H}, opts);
   auto ds0 = at::empty({B, S * H}, opts);
+  // zoneout: per row, the gradient of the cell's own new state, (1 - keep) ⊙ that of the blended one
+  auto dnew = zoned ? at::empty({B, S * H}, opts) : Tensor();
+  // recurrent dropout applied by the driver: R^T(dhh) lands here, then m ⊙ it goes to dh
+  auto dm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
+    const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
     T_* dep = E > 0 ? de_rows.template data_ptr<T_>() : nullptr;
     Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       const T_* sp = states.template data_ptr<T_>() + t * B * S * H;
-      const T_* sn = sp + B * S * H;
+      // the cell's own new state: before zoneout's blend when there is one
+      const T_* sn = zoned ? fr_all.template data_ptr<T_>() + t * B * S * H : sp + B * S * H;
+      const T_* kt = zoned ? keep.template data_ptr<T_>() + t * Z * B * H : nullptr;
       const T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
       const T_* dot = dout.template data_ptr<T_>() + t * B * H;
       T_* d1 = ds1.template data_ptr<T_>();
@@ -323,23 +398,57 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         T_* d0r = d0 + b * S * H;
         if (t < len[b]) {
           for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
-          Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H,
-                         sn + b * S * H, at_ ? at_ + b * A * H : nullptr, d1r, dxt + b * X * H,
-                         dht ? dht + b * G * H : nullptr, dep ? dep + b * E * H : nullptr, d0r);
+          const T_* dcell = d1r;
+          if (zoned) {  // lerp(new, old, k): d new = (1 - k) d, d old = k d (torch's formulas)
+            T_* dn = dnew.template data_ptr<T_>() + b * S * H;
+            for (int64_t j = Z * H; j < S * H; ++j) dn[j] = d1r[j];
+            for (int64_t c = 0; c < Z; ++c) {
+              const T_* k = kt + (c * B + b) * H;
+              RNNLAB_SIMD
+              for (int64_t j = 0; j < H; ++j) dn[c * H + j] = d1r[c * H + j] * (T_(1) - k[j]);
+            }
+            dcell = dn;
+          }
+          const T_* arow = at_ ? at_ + b * A * H : nullptr;
+          T_* dhrow = dht ? dht + b * G * H : nullptr;
+          T_* derow = dep ? dep + b * E * H : nullptr;
+          if constexpr (DROP != 0) {
+            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+                           dxt + b * X * H, dhrow, derow, d0r, mp ? mp + b * H : nullptr);
+          } else {
+            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+                           dxt + b * X * H, dhrow, derow, d0r);
+          }
+          for (int64_t c = 0; c < Z; ++c) {
+            const T_* k = kt + (c * B + b) * H;
+            RNNLAB_SIMD
+            for (int64_t j = 0; j < H; ++j) d0r[c * H + j] += k[j] * d1r[c * H + j];
+          }
         } else {  // padding: the state passed through unchanged; the zero output has no gradient path
           for (int64_t j = 0; j < S * H; ++j) d0r[j] = d1r[j];
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
       });
-      if constexpr (Cell::REC != Rec::None) rec.backward(dhh_all, t, ds0);
+      if constexpr (Cell::REC != Rec::None) {
+        if (dm.defined()) {  // dh += m ⊙ R^T(dhh): the product read h ⊙ m
+          T_* q = dm.template data_ptr<T_>();
+          std::fill(q, q + B * H, T_(0));
+          rec.backward(dhh_all.template data_ptr<T_>() + t * B * G * H, q, H);
+          for (int64_t i = 0; i < B; ++i)
+            for (int64_t j = 0; j < H; ++j) d0[i * S * H + j] += mp[i * H + j] * q[i * H + j];
+        } else {
+          rec.backward(dhh_all, t, ds0);
+        }
+      }
       std::swap(ds0, ds1);
     }
   });
   Tensor dw = at::zeros_like(w);
   if constexpr (Cell::REC != Rec::None) {
     if (T > 0) {
-      auto hp = states.narrow(0, 0, T).narrow(2, 0, H).reshape({T * B, H});  // every h_{t-1}, (T*B, H)
-      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp, w, G, heads);
+      auto hp = states.narrow(0, 0, T).narrow(2, 0, H);  // every h_{t-1}, (T, B, H)
+      if (dm.defined()) hp = hp * mask;                 // what the product read: h_{t-1} ⊙ m
+      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, H}), w, G, heads);
     }
   }
   auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)

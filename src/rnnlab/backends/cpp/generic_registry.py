@@ -1,4 +1,4 @@
-"""Which cells run on the generic C++ driver (driver.h) and the autograd Function around its entry points.
+"""Which cells run on the generic C++ driver (driver.h) and how a layer call reaches it, with every option.
 
 A cell joins by declaring, in its own file, ``driver_kernel`` (the prefix of its entry points in generic.cpp,
 e.g. ``"slstm"`` for ``slstm_forward`` / ``slstm_backward``) and ``driver_inputs(x, p)``, which returns the
@@ -8,22 +8,36 @@ the recurrent weight in the form the cell's ``Rec`` needs, the element-wise para
 :func:`driver_for` reads the declaration of the nearest class in the cell's MRO that has one, provided the
 cell has that class's math (a subclass that overrides ``step`` runs on the reference backend).
 
-The Function's backward is the driver's hand-written BPTT.  When that backward must itself be differentiable
-(``create_graph=True``: a gradient penalty, a Hessian-vector product) the gradient is recomputed through the
-cell's own PyTorch step (:func:`rnnlab.backends.step_loop.differentiable_loop`), so second derivatives are
-right rather than missing.
+Options, all inside the driver: recurrent dropout (the (B, H) mask; where it applies is the rule's ``DROP``,
+driver.h), zoneout (keep masks drawn here exactly as the reference draws them: one Bernoulli draw in the
+reference's order, step, then state part, then row and unit, so a seed gives the same masks; the expectation
+in eval) and recording, for a cell that also declares ``driver_records(xp, w, e, prev, new, saved, rec_mask)``:
+its recorded gates (the names and values its step emits) from the driver's results.
+
+Where it runs (:func:`run`): in plain eager mode the extension directly, through
+:class:`~rnnlab.backends.cpp.generic_ops.DriverFunction` when something needs a gradient; under torch.compile /
+export, autocast and torch.func transforms the registered op ``torch.ops.rnnlab.driver_forward``
+(generic_ops.py), which carries the same autograd formula.  Jit tracing (the legacy ONNX exporter) gets
+an error (as for the fused kernels: build with backend='reference').  When a gradient must itself be
+differentiated (``create_graph=True``) it is recomputed through the cell's own PyTorch step
+(:func:`rnnlab.backends.step_loop.differentiable_loop`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from rnnlab.backends.base import LayerCall
 from rnnlab.backends.cpp.generic_loader import generic_failed, load_generic
-from rnnlab.backends.step_loop import differentiable_loop
+from rnnlab.backends.cpp.ops import ONNX_ERROR
+from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, cell_spec, driver_forward,
+                                             param_names)
 from rnnlab.cells.base import RecurrentCell, State
 
 _DTYPES = (torch.float32, torch.float64)
+# zoneout mixes the state parts with these names (as the reference backend does)
+_ZONEOUT_STATES = ("h", "c")
 
 
 def driver_for(cell: RecurrentCell) -> str | None:
@@ -39,90 +53,95 @@ def driver_for(cell: RecurrentCell) -> str | None:
     return None
 
 
-def _eager(x: Tensor) -> bool:
-    """The driver is opaque to torch.compile / export, torch.func transforms, autocast and jit tracing:
-    there the reference backend (plain differentiable torch ops) runs instead."""
+def zoned_parts(cell: RecurrentCell) -> int | None:
+    """How many leading state parts zoneout mixes (those named h or c), or ``None`` when such parts are not all
+    at the front (the driver's keep masks cover a prefix of the state)."""
+    names = cell.state_names
+    Z = 0
+    while Z < len(names) and names[Z] in _ZONEOUT_STATES:
+        Z += 1
+    return None if any(n in _ZONEOUT_STATES for n in names[Z:]) else Z
+
+
+def _plain(x: Tensor) -> bool:
+    """Plain eager mode: the extension is called directly (else the registered op)."""
     return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing())
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
 
 
 def supports(call: LayerCall) -> bool:
     """Whether the generic driver computes this call (the cpp backend has already checked device, dtype,
-    recording, dropout, zoneout and per-step states)."""
-    name = driver_for(call.cell)
-    if name is None or generic_failed() or call.x.dtype not in _DTYPES or not _eager(call.x):
+    per-step states and the layer below)."""
+    cell = call.cell
+    name = driver_for(cell)
+    if name is None or generic_failed() or call.x.dtype not in _DTYPES:
         return False
+    if torch.jit.is_tracing():
+        return True  # run() raises the clear error the fused kernels give (the legacy ONNX exporter)
+    if call.zoneout and zoned_parts(cell) is None:
+        return False
+    if call.record and not hasattr(cell, "driver_records"):
+        return False
+    if not _plain(call.x) and cell_spec(cell, name) is None:
+        return False  # the registered op needs the cell as a string
     ext = load_generic()
     return ext is not None and hasattr(ext, f"{name}_forward")
 
 
-class GenericDriverFn(torch.autograd.Function):
-    """out, final state (B, S*H) = driver(xp, s0, w, e); backward through the driver's BPTT.
-
-    ``x`` and the cell's parameters ``params`` (named ``names``) come in too, unused by the driver: the
-    driver's inputs xp, w, e are made from them outside, so the ordinary backward returns gradients for xp, w,
-    e (autograd carries them on to x and the parameters) and none for x and params directly; the
-    differentiable backward returns the whole gradient for x, s0 and params directly and none for xp, w, e.
-    Either way each input gets its total gradient once."""
-
-    @staticmethod
-    def forward(ctx, name: str, heads: int, opt: int, cell: RecurrentCell, names: tuple[str, ...], xp: Tensor,
-                s0: Tensor, w: Tensor, e: Tensor, lengths: Tensor, x: Tensor, *params: Tensor):
-        ext = load_generic()
-        out, states, saved = getattr(ext, f"{name}_forward")(xp, s0, w, e, lengths, heads, opt)
-        ctx.meta = (name, heads, opt, cell, names)
-        ctx.save_for_backward(xp, w, e, lengths, states, saved, s0, x, *params)
-        return out, states[-1].clone()
-
-    @staticmethod
-    def backward(ctx, dout: Tensor | None, ds_t: Tensor | None):
-        name, heads, opt, cell, names = ctx.meta
-        xp, w, e, lengths, states, saved, s0, x, *params = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
-            d_x, d_s0, d_params = _differentiable_grads(cell, names, x, s0, params, lengths, dout, ds_t)
-            return (None,) * 5 + (None, d_s0, None, None, None, d_x) + d_params
-        dxp, ds0, dw, de = getattr(load_generic(), f"{name}_backward")(
-            dout, ds_t, xp, w, e, lengths, heads, opt, states, saved)
-        return (None,) * 5 + (dxp, ds0, dw, (de if e.numel() else None), None, None) + (None,) * len(params)
+def _names(cell: RecurrentCell) -> tuple[str, ...]:
+    names = cell.__dict__.get("_rnnlab_param_names")
+    if names is None:
+        names = cell.__dict__["_rnnlab_param_names"] = param_names(cell)
+    return names
 
 
-def _differentiable_grads(cell: RecurrentCell, names: tuple[str, ...], x: Tensor, s0: Tensor,
-                          params: list[Tensor], lengths: Tensor, dout: Tensor | None, ds_t: Tensor | None):
-    """Gradients of (out, final state) for x, s0 and the parameters through the cell's own step, recorded."""
-    T, B = x.shape[0], x.shape[1]
-    if lengths.numel():
-        valid = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
-    else:
-        valid = torch.ones(T, B, dtype=torch.bool)
-    state = tuple(s0.split(list(cell.state_sizes()), dim=-1))
-    with torch.enable_grad():
-        out, final = differentiable_loop(cell, dict(zip(names, params)), x, valid, None, None, state)
-        outs, grads = [], []
-        for o, g in ((out, dout), (torch.cat(final, dim=-1), ds_t)):
-            if g is not None:
-                outs.append(o)
-                grads.append(g)
-        inputs = [x, s0, *params]
-        wanted = [t for t in inputs if t.requires_grad]
-        found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
-        got = [next(found) if t.requires_grad else None for t in inputs]
-    return got[0], got[1], tuple(got[2:])
-
-
-def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor) -> tuple[Tensor, State]:
-    """One layer, one direction: x (T, B, I), state as the cell's, lengths (B,) int64 or empty."""
+def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_mask: Tensor | None = None,
+        zoneout: float = 0.0, training: bool = False,
+        record: bool = False) -> tuple[Tensor, State, dict[str, Tensor]]:
+    """One layer, one direction: x (T, B, I) in processing order, state as the cell's, lengths (B,) int64 or
+    empty, rec_mask (B, H) or None, zoneout the keep probability.  Returns the outputs (T, B, H), the final
+    state and, with ``record``, the recorded gates (T, B, H) each, zero at padded steps."""
+    if torch.jit.is_tracing():
+        # torch.jit.trace, what torch.onnx.export(dynamo=False) runs: the ONNX exporter has no rule for the op
+        raise RuntimeError(ONNX_ERROR)
     name = driver_for(cell)
     xp, w, e, heads, opt = cell.driver_inputs(x, p)  # type: ignore[attr-defined]
     if e is None:
         e = x.new_empty(0)
     sizes = cell.state_sizes()
     s0 = state[0].contiguous() if len(state) == 1 else torch.cat([s.contiguous() for s in state], dim=-1)  # (B, S*H)
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *p.values())):
-        # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
-        out, states, _ = getattr(load_generic(), f"{name}_forward")(xp, s0, w, e, lengths, heads, opt)
-        s_t = states[-1]
+    T, B = x.shape[0], x.shape[1]
+    off = x.new_empty(0)  # rec_mask / keep "off"
+    mask = off if rec_mask is None else rec_mask
+    keep = off
+    if zoneout:
+        shape = (T, zoned_parts(cell), B, sizes[0])  # step, part, row, unit: the reference's order of draws
+        keep = (torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(zoneout) if training
+                else torch.full(shape, zoneout, dtype=x.dtype, device=x.device))
+    params = [p[n] for n in _names(cell)]
+    if _plain(x) and xp.dtype in _DTYPES:
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *params)):
+            # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
+            out, states, saved, fresh = getattr(load_generic(), f"{name}_forward")(
+                xp, s0, w, e, lengths, heads, opt, mask, keep)
+            s_t = states[-1]
+        else:
+            out, s_t, states, saved, fresh = DriverFunction.apply(name, heads, opt, cell, xp, w, e, s0, lengths,
+                                                                  mask, keep, x, *params)
     else:
-        names = tuple(p)
-        out, s_t = GenericDriverFn.apply(name, heads, opt, cell, names, xp, s0, w, e, lengths, x, *p.values())
-    return out, (s_t,) if len(sizes) == 1 else tuple(s_t.split(list(sizes), dim=-1))
+        spec = cell_spec(cell, name)
+        if torch._C._are_functorch_transforms_active():
+            out, s_t, states, saved, fresh = DriverFuncFunction.apply(spec, heads, opt, xp, w, e, s0, lengths,
+                                                                      mask, keep, x, *params)
+        else:
+            out, s_t, states, saved, fresh = driver_forward(spec, heads, opt, xp, w, e, s0, lengths, mask, keep,
+                                                            x, params)
+    records: dict[str, Tensor] = {}
+    if record:
+        new = fresh if fresh.dim() == 3 else states[1:]  # the cell's own new states (before zoneout)
+        records = cell.driver_records(xp, w, e, states[:-1], new, saved, rec_mask)  # type: ignore[attr-defined]
+        if lengths.numel():
+            valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+            records = {k: v.masked_fill(~valid, 0.0) for k, v in records.items()}
+    final = (s_t,) if len(sizes) == 1 else tuple(s_t.split(list(sizes), dim=-1))
+    return out, final, records

@@ -1,0 +1,317 @@
+"""The generic C++ driver as one registered operator pair for every cell on it: ``torch.ops.rnnlab.driver_*``.
+
+``rnnlab::driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params)`` runs the driver
+(driver.h) for the cell that ``spec`` names and returns ``(out, s_T, states, saved, fresh)``;
+``rnnlab::driver_backward`` is its BPTT.  ``spec`` is a JSON string naming the driver rule, the cell's class and
+the arguments it was constructed with (:func:`cell_spec`): a custom op cannot take a Python object, and the
+string rebuilds an equivalent cell (:func:`cell_from_spec`, cached, parameters on the meta device) wherever the
+cell's own step is needed.  Nothing here is per cell: a cell that joins the driver (``driver_kernel`` +
+``driver_inputs``) gets all of this with no registration.
+
+The pair has, like ops.py's kernels:
+
+- a CPU implementation (the extension) and a fake one: output shapes from the rule's block counts
+  (``<rule>_sizes(opt)``), so ``torch.compile(fullgraph=True)`` and ``torch.export`` with a dynamic T trace it;
+- an autograd formula: the driver's backward gives the gradients of xp, w, e, s0 (autograd carries those of
+  xp, w, e on to x and the parameters through ``driver_inputs``, which runs outside the op); when the gradient
+  is itself differentiated (grad mode on in backward: ``create_graph=True``, ``torch.func.grad``) the layer is
+  recomputed through the rebuilt cell's own step (step_loop.differentiable_loop) and the whole gradient goes to
+  x, s0 and the parameters directly instead, so second derivatives are exact;
+- a vmap rule (a loop over the vmapped dimension) and an autocast policy (reduced-precision inputs are cast to
+  float32, the driver computes and returns float32).
+
+``x`` and ``params`` are inputs of the op only for that second-derivative path; the driver does not read them.
+In plain eager mode :class:`DriverFunction` calls the extension directly with the same formula (the dispatcher
+costs tens of µs per call); under torch.func transforms :class:`DriverFuncFunction` wraps the op in the form
+those transforms accept.
+
+Example:
+    >>> from rnnlab.cells.indrnn import IndRNNCell
+    >>> spec = cell_spec(IndRNNCell(3, 4, nonlinearity="tanh"), "indrnn")
+    >>> cell_from_spec(spec).nonlinearity
+    'tanh'
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from rnnlab.backends.cpp.generic_loader import load_generic
+from rnnlab.backends.step_loop import differentiable_loop
+from rnnlab.cells.base import RecurrentCell
+
+_SKIP_INIT = ("device", "dtype")
+_JSON_TYPES = (bool, int, float, str, type(None))
+
+
+def _ext() -> ModuleType:
+    ext = load_generic()
+    if ext is None:
+        raise RuntimeError("rnnlab: the generic C++ driver could not be built (see the warning logged by "
+                           "rnnlab.backends); use backend='reference'")
+    return ext
+
+
+@functools.lru_cache(maxsize=None)
+def sizes(kernel: str, opt: int) -> tuple[int, int, int, int, int]:
+    """The rule's block counts (X, G, S, A, E) for this option word (driver.h)."""
+    return tuple(getattr(_ext(), f"{kernel}_sizes")(opt))  # type: ignore[return-value]
+
+
+# --- the cell as a string ---------------------------------------------------------------------------------
+def _plain_json(v: object) -> object:
+    """``v`` with tuples as lists if it is made of JSON scalars, lists, tuples and str-keyed dicts; else raise."""
+    if isinstance(v, _JSON_TYPES):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain_json(a) for a in v]
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return {k: _plain_json(a) for k, a in v.items()}
+    raise TypeError(f"not plain JSON: {type(v).__name__}")
+
+
+# torch.compile evaluates this at trace time and keeps the string as a constant (json is not traceable)
+@torch.compiler.assume_constant_result
+def cell_spec(cell: RecurrentCell, kernel: str) -> str | None:
+    """A JSON string that rebuilds an equivalent cell: ``kernel`` (the driver rule), the cell's class (one of
+    rnnlab's own) and the arguments it was constructed with (RecurrentCell.__new__ keeps them; device and
+    dtype dropped).  ``None`` when that is not possible (a class outside rnnlab, an argument that is not plain
+    JSON, a rebuilt cell that differs): the call then stays off the registered op.  Cached on the cell."""
+    cached = cell.__dict__.get("_rnnlab_driver_spec")
+    if cached is not None and cached[0] == kernel:
+        return cached[1]
+    cls = type(cell)
+    init = cell.__dict__.get("_init_args")
+    if init is None or not cls.__module__.startswith("rnnlab."):
+        return None
+    args, kwargs = init
+    try:
+        plain = _plain_json([list(args), {k: v for k, v in kwargs.items() if k not in _SKIP_INIT}])
+    except TypeError:
+        return None
+    spec = json.dumps({"kernel": kernel, "class": f"{cls.__module__}:{cls.__qualname__}", "args": plain[0],
+                       "kwargs": plain[1]}, sort_keys=True)
+    try:
+        rebuilt = cell_from_spec(spec)
+    except (TypeError, ValueError):
+        return None
+    if type(rebuilt) is not cls or rebuilt.extra_repr() != cell.extra_repr():
+        return None
+    cell.__dict__["_rnnlab_driver_spec"] = (kernel, spec)
+    return spec
+
+
+@functools.lru_cache(maxsize=256)
+def cell_from_spec(spec: str) -> RecurrentCell:
+    """The cell a :func:`cell_spec` string describes (parameters on the meta device: only its step is used,
+    with the op's own parameter tensors).  Only rnnlab's own cell classes are looked up (the string may come
+    from a loaded exported program)."""
+    d = json.loads(spec)
+    module, _, qualname = d["class"].partition(":")
+    if not module.startswith("rnnlab.cells."):
+        raise ValueError(f"cell spec: {d['class']!r} is not one of rnnlab's cells")
+    cls = getattr(importlib.import_module(module), qualname, None)
+    if not (isinstance(cls, type) and issubclass(cls, RecurrentCell)):
+        raise ValueError(f"cell spec: {d['class']!r} is not a RecurrentCell")
+    return cls(*d["args"], **d["kwargs"], device="meta")
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel_of(spec: str) -> str:
+    return json.loads(spec)["kernel"]
+
+
+def param_names(cell: RecurrentCell) -> tuple[str, ...]:
+    """The order in which the parameters are passed to the op (the cell's ParamSpec order)."""
+    return tuple(s.name for s in cell.param_specs())
+
+
+# --- the two ops ------------------------------------------------------------------------------------------
+@torch.library.custom_op("rnnlab::driver_forward", mutates_args=())
+def driver_forward(spec: str, heads: int, opt: int, xp: Tensor, w: Tensor, e: Tensor, s0: Tensor, lengths: Tensor,
+                   rec_mask: Tensor, keep: Tensor, x: Tensor,
+                   params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(out (T, B, H), s_T (B, S*H), states (T+1, B, S*H), saved (T, B, A*H), fresh (T, B, S*H) or empty)."""
+    out, states, saved, fresh = getattr(_ext(), f"{_kernel_of(spec)}_forward")(
+        xp, s0, w, e, lengths, heads, opt, rec_mask, keep)
+    return out, states[-1].clone(), states, saved, fresh
+
+
+@driver_forward.register_fake
+def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params):
+    X, _, S, A, _ = sizes(_kernel_of(spec), opt)
+    T, B = xp.shape[0], xp.shape[1]
+    H = xp.shape[2] // X
+    fresh = xp.new_empty(T, B, S * H) if keep.dim() == 4 else xp.new_empty(0)
+    return (xp.new_empty(T, B, H), xp.new_empty(B, S * H), xp.new_empty(T + 1, B, S * H),
+            xp.new_empty(T, B, A * H), fresh)
+
+
+@torch.library.custom_op("rnnlab::driver_backward", mutates_args=())
+def driver_backward(kernel: str, heads: int, opt: int, dout: Tensor, ds_t: Tensor, xp: Tensor, w: Tensor, e: Tensor,
+                    lengths: Tensor, rec_mask: Tensor, keep: Tensor, states: Tensor, saved: Tensor,
+                    fresh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dxp, ds0, dw, de) of the forward op's (out, s_T)."""
+    return tuple(getattr(_ext(), f"{kernel}_backward")(  # type: ignore[return-value]
+        dout, ds_t, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh))
+
+
+@driver_backward.register_fake
+def _(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states, saved, fresh):
+    E = sizes(kernel, opt)[4]
+    return (xp.new_empty(xp.shape), xp.new_empty(ds_t.shape), w.new_empty(w.shape),
+            xp.new_empty(E, xp.shape[2] // sizes(kernel, opt)[0]))
+
+
+# --- the autograd formula, shared by the op, the eager Function and the torch.func Function ----------------
+def _valid(lengths: Tensor, T: int, B: int) -> Tensor:
+    """(T, B) bool: the steps each row computes."""
+    if lengths.numel():
+        return torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)
+    return torch.ones(T, B, dtype=torch.bool)
+
+
+def differentiable_grads(cell: RecurrentCell, x: Tensor, s0: Tensor, params: list[Tensor], lengths: Tensor,
+                         rec_mask: Tensor, keep: Tensor, dout: Tensor | None, ds_t: Tensor | None):
+    """Gradients of (out, s_T) for x, s0 and the parameters through the cell's own step, recorded (so they can
+    be differentiated again).  Returns (d x, d s0, d params)."""
+    T, B = x.shape[0], x.shape[1]
+    state = tuple(s0.split(list(cell.state_sizes()), dim=-1))
+    keeps = tuple(keep.unbind(1)) if keep.dim() == 4 else None  # Z parts, each (T, B, H)
+    with torch.enable_grad():
+        out, final = differentiable_loop(cell, dict(zip(param_names(cell), params)), x, _valid(lengths, T, B),
+                                         rec_mask if rec_mask.numel() else None, keeps, state)
+        outs, grads = [], []
+        for o, g in ((out, dout), (torch.cat(final, dim=-1), ds_t)):
+            if g is not None:
+                outs.append(o)
+                grads.append(g)
+        inputs = [x, s0, *params]
+        wanted = [t for t in inputs if t.requires_grad]
+        got: list[Tensor | None] = [None] * len(inputs)
+        if wanted and outs:
+            found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
+            got = [next(found) if t.requires_grad else None for t in inputs]
+    return got[0], got[1], list(got[2:])
+
+
+def _z(g: Tensor | None, shape, like: Tensor) -> Tensor:
+    """Autograd passes None for an output that was not used; the driver wants zeros."""
+    return like.new_zeros(shape) if g is None else g.contiguous()
+
+
+def _save(ctx, kernel: str, heads: int, opt: int, cell_of, inputs: tuple, states: Tensor, saved: Tensor,
+          fresh: Tensor) -> None:
+    xp, w, e, s0, lengths, rec_mask, keep, x, params = inputs
+    ctx.meta = (kernel, heads, opt, cell_of, len(params))
+    ctx.save_for_backward(xp, w, e, s0, lengths, rec_mask, keep, x, states, saved, fresh, *params)
+
+
+def _grads(ctx, dout: Tensor | None, ds_t: Tensor | None, backward_op) -> tuple:
+    """(d xp, d w, d e, d s0, d x, d params): either the driver's (xp, w, e, s0) or the recomputed (x, s0,
+    params) set, never both, so that every input gets its total gradient once."""
+    kernel, heads, opt, cell_of, n = ctx.meta
+    xp, w, e, s0, lengths, rec_mask, keep, x, states, saved, fresh, *params = ctx.saved_tensors
+    if torch.is_grad_enabled():  # the gradient will be differentiated: through the cell's own step
+        d_x, d_s0, d_params = differentiable_grads(cell_of(), x, s0, params, lengths, rec_mask, keep, dout, ds_t)
+        return None, None, None, d_s0, d_x, d_params
+    T, B = xp.shape[0], xp.shape[1]
+    dout = _z(dout, (T, B, states.shape[2] // sizes(kernel, opt)[2]), xp)
+    ds_t = _z(ds_t, s0.shape, xp)
+    dxp, ds0, dw, de = backward_op(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states,
+                                   saved, fresh)
+    return dxp, (dw if w.numel() else None), (de if e.numel() else None), ds0, None, [None] * n
+
+
+def _op_setup(ctx, inputs, output) -> None:
+    spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params = inputs
+    _save(ctx, _kernel_of(spec), heads, opt, functools.partial(cell_from_spec, spec),
+          (xp, w, e, s0, lengths, rec_mask, keep, x, list(params)), *output[2:])
+
+
+def _op_backward(ctx, dout, ds_t, *_aux):
+    dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, driver_backward)
+    return None, None, None, dxp, dw, de, ds0, None, None, None, dx, dparams
+
+
+driver_forward.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+def _ext_backward(kernel, heads, opt, *args):
+    # args: dout, ds_t, xp, w, e, lengths | rec_mask, keep, states, saved, fresh (the extension's order)
+    return tuple(getattr(_ext(), f"{kernel}_backward")(*args[:6], heads, opt, *args[6:]))
+
+
+def _vmap_loop(op, tensor_args: range):
+    """A vmap rule: one ordinary call per slice of the vmapped dimension, outputs stacked on dim 0.  Tensor
+    list arguments get a list of dims."""
+
+    def pick(a, d, k):
+        if isinstance(a, (list, tuple)):
+            return [pick(ai, di, k) for ai, di in zip(a, d if isinstance(d, (list, tuple)) else [d] * len(a))]
+        return a.select(d, k) if d is not None else a
+
+    def rule(info, in_dims, *args):
+        outs = [op(*[pick(a, d, k) if i in tensor_args else a for i, (a, d) in enumerate(zip(args, in_dims))])
+                for k in range(info.batch_size)]
+        stacked = tuple(torch.stack([o[j] for o in outs]) for j in range(len(outs[0])))
+        return stacked, tuple(0 for _ in stacked)
+
+    return rule
+
+
+torch.library.register_vmap(driver_forward, _vmap_loop(driver_forward, range(3, 12)))
+torch.library.register_vmap(driver_backward, _vmap_loop(driver_backward, range(3, 14)))
+for _op in (driver_forward, driver_backward):
+    # reduced precision in, float32 compute and out (the recurrence accumulates over every step)
+    torch.library.register_autocast(_op, "cpu", torch.float32)
+
+
+# --- the eager and torch.func entry points ----------------------------------------------------------------
+class DriverFunction(torch.autograd.Function):
+    """The op's formula calling the extension directly (plain eager): apply(kernel, heads, opt, cell, xp, w, e,
+    s0, lengths, rec_mask, keep, x, *params) -> (out, s_T, states, saved, fresh)."""
+
+    @staticmethod
+    def forward(ctx, kernel: str, heads: int, opt: int, cell: RecurrentCell, xp: Tensor, w: Tensor, e: Tensor,
+                s0: Tensor, lengths: Tensor, rec_mask: Tensor, keep: Tensor, x: Tensor, *params: Tensor):
+        out, states, saved, fresh = getattr(_ext(), f"{kernel}_forward")(
+            xp, s0, w, e, lengths, heads, opt, rec_mask, keep)
+        _save(ctx, kernel, heads, opt, lambda: cell, (xp, w, e, s0, lengths, rec_mask, keep, x, params),
+              states, saved, fresh)
+        ctx.mark_non_differentiable(states, saved, fresh)
+        return out, states[-1].clone(), states, saved, fresh
+
+    @staticmethod
+    def backward(ctx, dout, ds_t, *_aux):
+        dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, _ext_backward)
+        return (None,) * 4 + (dxp, dw, de, ds0, None, None, None, dx, *dparams)
+
+
+class DriverFuncFunction(torch.autograd.Function):
+    """The op under torch.func transforms (which refuse the op's own autograd wrapper): apply(spec, heads, opt,
+    xp, w, e, s0, lengths, rec_mask, keep, x, *params)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, *params):
+        return driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, list(params))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, *params = inputs
+        _save(ctx, _kernel_of(spec), heads, opt, functools.partial(cell_from_spec, spec),
+              (xp, w, e, s0, lengths, rec_mask, keep, x, params), *output[2:])
+        ctx.mark_non_differentiable(*output[2:])
+
+    @staticmethod
+    def backward(ctx, dout, ds_t, *_aux):
+        dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, driver_backward)
+        return (None,) * 3 + (dxp, dw, de, ds0, None, None, None, dx, *dparams)
