@@ -250,9 +250,10 @@ def test_autocast_runs_bf16_and_keeps_fp32_weights_and_states(name):
 NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": ("indrnn", {"nonlinearity": "tanh"}),
        "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2}),
        "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {}),
-       "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"})}
+       "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"}),
+       "ln_gru": ("ln_gru", {}), "ln_lstm": ("ln_lstm", {}), "ln_lstm_nobias": ("ln_lstm", {"bias": False})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
-SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq"]
+SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru"]
 
 
 def _new_pair(key: str, dtype=torch.float64, **extra):
@@ -315,7 +316,12 @@ def test_new_rules_recording_equals_the_reference(key):
             torch.testing.assert_close(r2[key_][g], v, msg=lambda m: f"{key_} {g}: {m}")
 
 
-@pytest.mark.parametrize("key", NEW)
+#: gradcheck once per kernel (the interpreter re-runs the layer for every input element): variants that only
+#: drop parameters or change the reference's path are covered by the parity tests' gradients
+GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq")]
+
+
+@pytest.mark.parametrize("key", GRADCHECK)
 def test_new_rules_gradcheck_and_gradgradcheck(key):
     torch.manual_seed(24)
     name, kw = NEW[key]
@@ -347,7 +353,7 @@ def test_new_rules_extreme_inputs_finite_and_equal(key):
     assert torch.isfinite(out).all() or key == "indrnn"  # ReLU is unbounded
 
 
-@pytest.mark.parametrize("key", ["gru_paper", "sru", "slstm"])
+@pytest.mark.parametrize("key", ["gru_paper", "sru", "slstm", "minlstm", "ln_lstm"])
 def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
     torch.manual_seed(26)
     ref, _ = _new_pair(key, dtype=torch.float32)
@@ -365,3 +371,24 @@ def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
     for a, b in zip(g, g_ref):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b, atol=0.12, rtol=0.12)
+
+
+@pytest.mark.parametrize("name", ["ln_gru", "ln_lstm"])
+def test_layer_norm_rows_wider_than_the_limit_are_refused_with_one_warning(name, monkeypatch, caplog):
+    """One program holds a batch row: past the limit the Triton backend declines, says so once, and the
+    layer runs on the next backend."""
+    from rnnlab.backends.gpu import layernorm
+
+    monkeypatch.setattr(layernorm, "MAX_HIDDEN", 3)
+    monkeypatch.setattr(layernorm, "_warned", set())
+    rnn = rnnlab.Recurrent(name, 3, 4, dtype=torch.float64)
+    x = torch.randn(2, 1, 3, dtype=torch.float64)
+    call = LayerCall(cell=rnn.cell, params=rnn.layer_params(0), x=x,
+                     state=rnn.cell.init_state(1, dtype=x.dtype, device=x.device))
+    with caplog.at_level("WARNING", logger="rnnlab.backends"):
+        assert not get_backend("triton").supports(call)
+        assert not get_backend("triton").supports(call)
+    warnings = [r.getMessage() for r in caplog.records if "layer-norm row limit" in r.getMessage()]
+    assert len(warnings) == 1 and f"{name} with hidden_size=4" in warnings[0] and "cpu" in warnings[0]
+    monkeypatch.setattr(layernorm, "MAX_HIDDEN", 4)
+    assert get_backend("triton").supports(call)
