@@ -17,7 +17,7 @@ from matplotlib import colormaps  # noqa: E402
 
 from rnnlab import Recurrent, cell_names  # noqa: E402
 from rnnlab.inspection import (Activations, compare_cells, exploding_demo, gradient_flow, rank_units,  # noqa: E402
-                            record_activations, text_features, unroll)
+                            record_activations, text_features)
 from rnnlab.inspection.html import page_data, render_page  # noqa: E402
 from rnnlab.inspection.plots import (plot_cell_trajectories, plot_exploding, plot_gate_heatmaps,  # noqa: E402
                                   plot_gradient_flow)
@@ -100,13 +100,55 @@ def test_record_activations_layout_and_model():
 
 # --- gradient flow ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", CELLS)
-def test_unroll_equals_the_wrapper(name):
-    rnn = _rnn(name).eval()
-    x = torch.randn(2, 6, 3)
-    ref, _ = rnn(x)
-    out, states = unroll(rnn, x)
-    torch.testing.assert_close(out, ref)
-    assert len(states[(1, 1)]) == 6
+def test_probing_leaves_the_outputs_unchanged(name):
+    """Probes add zeros (the scan cells minGRU/minLSTM run their step loop instead of the scan: rounding)."""
+    rnn = _rnn(name, backend="reference", zoneout=0.2).eval()
+    x = torch.randn(3, 6, 3)
+    ref, ref_state = rnn(x, lengths=[6, 4, 1])
+    with rnn.probing() as probes:
+        out, state = rnn(x, lengths=[6, 4, 1])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(state, ref_state, rtol=0, atol=1e-6)
+    assert sorted(probes) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert probes[(1, 1)].shape == (6, 3, rnn.cell.output_size) and probes[(1, 1)].requires_grad
+    assert rnn._probes is None  # the block is over: the next forward adds nothing
+
+
+def test_probe_gradients_equal_retained_gradients_of_a_hand_written_loop():
+    """∂L/∂h_t per step and direction, on the default backend (probing must leave the fused kernel aside)."""
+    torch.manual_seed(2)
+    rnn = Recurrent("lstm", 3, 5, bidirectional=True).double()
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    w = torch.randn(7, 2, 10, dtype=torch.float64)
+    with rnn.probing() as probes:
+        out, _ = rnn(x)
+    (out.tanh() * w).sum().backward()
+    per_dir: list[dict[int, torch.Tensor]] = []
+    for d in (0, 1):
+        cell, p = rnn._cells[0][d], rnn.layer_params(0, d)
+        state = cell.init_state(2, dtype=x.dtype, device=x.device)
+        hs = {}
+        for t in (range(6, -1, -1) if d else range(7)):
+            state = cell.step(cell.project_input(x[t], p), state, p)
+            state[0].retain_grad()
+            hs[t] = state[0]
+        per_dir.append(hs)
+    hand = torch.cat([torch.stack([hs[t] for t in range(7)]) for hs in per_dir], -1)  # (T, B, 2H)
+    torch.testing.assert_close(hand, out)
+    (hand.tanh() * w).sum().backward()
+    for d, hs in enumerate(per_dir):
+        torch.testing.assert_close(probes[(0, d)].grad, torch.stack([hs[t].grad for t in range(7)]))
+
+
+def test_gradient_flow_runs_in_eval_mode_and_restores_training():
+    rnn = _rnn("gru", dropout=0.5, zoneout=0.3)
+    x = torch.randn(2, 8, 3)
+    first = gradient_flow(rnn, x, lambda out: out[:, -1].sum())
+    assert rnn.training and all(c.training for _, _, c in rnn.cells())
+    second = gradient_flow(rnn.eval(), x, lambda out: out[:, -1].sum())
+    for key in first.h:  # no random dropout or zoneout masks: the same curves
+        np.testing.assert_array_equal(first.h[key], second.h[key])
+    assert first.h[(0, 1)][0] > 0 and first.h[(0, 0)][3] > 0
 
 
 def test_hidden_gradients_match_backprop_from_the_equations():

@@ -175,6 +175,7 @@ class Recurrent(nn.Module):
             self._cells.append(row)
             self._param_names.append(names_row)
         self._recording: Recording | None = None
+        self._probes: dict[tuple[int, int], Tensor] | None = None
         if weight_drop and "weight_hh" not in dict(self._param_names[0][0]):
             raise OptionError(f"weight_drop: cell {cell!r} has no hidden-to-hidden weight (weight_hh) to drop, "
                               f"got weight_drop={weight_drop!r}")
@@ -280,6 +281,30 @@ class Recurrent(nn.Module):
         finally:
             self._recording = previous
 
+    @contextmanager
+    def probing(self) -> Iterator[dict[tuple[int, int], Tensor]]:
+        """Make every step's output state h_t a node that gradients can be read at, for gradient-flow inspection.
+
+        Each forward call inside the block adds, per (layer, direction), a zero tensor (T, B, H_out) requiring
+        grad (time-major, input time order, whatever the module's layout) to h at every step, and stores it in
+        the yielded dict under ``(layer, direction)``; outputs are unchanged.  After a backward,
+        ``probes[(l, d)].grad[t]`` is ∂loss/∂h_t through every later step, layer and output that h_t reaches.
+        The layers run on the reference backend (fused kernels keep no per-step graph).
+
+        Example:
+            >>> rnn = Recurrent("rnn", 3, 4)
+            >>> with rnn.probing() as probes:
+            ...     out, _ = rnn(torch.randn(5, 2, 3))
+            >>> out[-1].sum().backward()
+            >>> tuple(probes[(0, 0)].grad.shape), bool(probes[(0, 0)].grad[0].abs().sum() > 0)
+            ((5, 2, 4), True)
+        """
+        previous, self._probes = self._probes, {}
+        try:
+            yield self._probes
+        finally:
+            self._probes = previous
+
     # --- computation ----------------------------------------------------------------------------------------
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None,
                 lengths: Tensor | list[int] | None = None):
@@ -318,7 +343,8 @@ class Recurrent(nn.Module):
                     check_finite(f"hx ({name})", s)
             # initial state of each layer/direction k: one unbind per part, not an index op per (k, part)
             per_k = list(zip(*(s.unbind(0) for s in state0)))
-        if B > 0 and (x.is_cuda or aten_stack.ROUTE_ON_CPU):
+        probes = self._probes
+        if B > 0 and (x.is_cuda or aten_stack.ROUTE_ON_CPU) and probes is None:
             # a plain LSTM/GRU/RNN stack on CUDA: torch.nn's own op (cuDNN), whole stack in one call
             routed = aten_stack.try_run(self, input, hx, lens)
             if routed is not None:
@@ -345,6 +371,9 @@ class Recurrent(nn.Module):
                                  lower=lower_seq[direction] if c.needs_lower else None, rec_mask=rec_mask,
                                  zoneout=self.zoneout, training=self.training, record=record,
                                  want_states=needs_states)
+                if probes is not None:
+                    call.probe = probes[(layer, direction)] = torch.zeros(
+                        T, B, c.output_size, dtype=x.dtype, device=x.device, requires_grad=True)
                 res = run_layer(call, backend)
                 outs.append(res.output)
                 next_lower.append(res.states)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
 
 from rnnlab.backends.base import Backend, LayerCall, LayerResult
 from rnnlab.backends.reference import ReferenceBackend
@@ -37,12 +36,10 @@ def get_backend(name: str) -> Backend:
     raise ValueError(f"backend: expected one of {available_backends()} or 'auto', got {name!r}")
 
 
-def iter_backends() -> Iterator[Backend]:
-    return iter(_BACKENDS)
-
-
 def select_backend(call: LayerCall, name: str = "auto") -> Backend:
     """``name='auto'``: the first registered backend whose ``supports(call)`` is true."""
+    if call.probe is not None:  # per-step graph nodes exist only in the reference's step loop
+        name = "reference"
     if name != "auto":
         backend = get_backend(name)
         if not backend.supports(call):

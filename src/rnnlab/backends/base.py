@@ -28,6 +28,8 @@ class LayerCall:
     - ``zoneout``: probability of keeping each unit's previous value (Krueger et al. 2016); 0 = off.
     - ``training``: train mode (zoneout is stochastic in training, its expectation in eval).
     - ``record``: collect gate activations (inspection); ``want_states``: return the state sequence.
+    - ``probe``: (T, B, H_out) zeros in input time order, added to h at every step so that after a backward
+      ``probe.grad[t]`` is ∂loss/∂h_t (gradient-flow inspection); only the reference backend takes it.
     """
 
     cell: RecurrentCell
@@ -42,6 +44,7 @@ class LayerCall:
     training: bool = False
     record: bool = False
     want_states: bool = False
+    probe: Tensor | None = None
 
 
 @dataclass

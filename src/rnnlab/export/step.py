@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from rnnlab.backends.reference import _zoneout
+from rnnlab.backends.step_loop import _zoneout
 from rnnlab.cells.base import RecurrentCell, StepContext
 
 

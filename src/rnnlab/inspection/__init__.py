@@ -14,9 +14,8 @@ Plots (:mod:`rnnlab.inspection.plots`) need matplotlib (``pip install rnnlab[plo
 """
 
 from rnnlab.inspection.capture import Activations, record_activations
-from rnnlab.inspection.gradflow import (GradFlow, adding_problem, compare_cells, exploding_demo, gradient_flow,
-                                     unroll)
+from rnnlab.inspection.gradflow import GradFlow, adding_problem, compare_cells, exploding_demo, gradient_flow
 from rnnlab.inspection.units import rank_units, sequence_features, text_features
 
-__all__ = ["Activations", "record_activations", "GradFlow", "gradient_flow", "unroll", "compare_cells",
+__all__ = ["Activations", "record_activations", "GradFlow", "gradient_flow", "compare_cells",
            "exploding_demo", "adding_problem", "rank_units", "text_features", "sequence_features"]

@@ -1,11 +1,10 @@
 """Gradient flow through time: the norm of ∂loss/∂h_t and ∂loss/∂x_t against the distance from the loss.
 
-The sequence is unrolled here step by step with the cell's own :meth:`~rnnlab.cells.RecurrentCell.step`
-and the wrapper's parameters, so every per-step state ``h_t`` is a separate autograd node whose gradient
-can be kept (``retain_grad``); the unrolled output is the same as :class:`rnnlab.Recurrent` in eval mode
-(checked in the tests).  ``lag`` counts recurrent steps between ``h_t`` and the last state of that
-direction (lag 0 = the state the loss reads), which is what "vanishing" and "exploding" are about
-(Bengio et al. 1994; Hochreiter 1991; Pascanu et al. 2013).
+The model runs as usual under :meth:`rnnlab.Recurrent.probing`, which adds a zero "probe" to every step's
+state ``h_t`` inside the reference backend's step loop, so ∂loss/∂probe_t = ∂loss/∂h_t through the
+recurrence (a gradient against a stacked copy of the states would miss every later step).  ``lag`` counts
+recurrent steps between ``h_t`` and the last state of that direction (lag 0 = the state the loss reads),
+which is what "vanishing" and "exploding" are about (Bengio et al. 1994; Hochreiter 1991; Pascanu et al. 2013).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnlab.cells.base import StepContext
 from rnnlab.recurrent import Recurrent
 
 LossFn = Callable[[Tensor], Tensor]
@@ -49,59 +47,12 @@ class GradFlow:
         return float(g[lag] / g[ref]) if g[ref] > 0 else float("nan")
 
 
-def unroll(rnn: Recurrent, x: Tensor) -> tuple[Tensor, dict[tuple[int, int], list[Tensor]]]:
-    """Run ``rnn`` (eval semantics) over full-length ``x`` step by step; return output and per-step h.
-
-    ``x`` is (B, T, I) when ``rnn.batch_first`` else (T, B, I).  Returns the output in the same layout,
-    (…, D*H_out), and for every (layer, direction) the list of T per-step output states (B, H_out) in
-    *processing* order (index -1 is the direction's last step), each with ``retain_grad`` set when it
-    requires grad.
-    """
-    if not isinstance(rnn, Recurrent):
-        raise TypeError(f"rnn: expected an rnnlab.Recurrent, got {type(rnn).__name__}")
-    if x.dim() != 3 or x.shape[-1] != rnn.input_size:
-        raise ValueError(f"x: expected a batched 3-d input with {rnn.input_size} features, got {tuple(x.shape)}")
-    seq = x.transpose(0, 1) if rnn.batch_first else x  # (T, B, I)
-    T, B = seq.shape[0], seq.shape[1]
-    states: dict[tuple[int, int], list[Tensor]] = {}
-    lower_seq: list[list[tuple[Tensor, ...]] | None] = [None] * rnn.num_directions
-    for layer in range(rnn.num_layers):
-        outs, next_lower = [], []
-        for direction in range(rnn.num_directions):
-            cell = rnn._cells[layer][direction]
-            p = rnn.layer_params(layer, direction)
-            xp = cell.project_input(seq, p)  # (T, B, G*H)
-            state = cell.init_state(B, dtype=seq.dtype, device=seq.device)
-            order = range(T - 1, -1, -1) if direction else range(T)
-            hs, full = [], []
-            ctx = StepContext()
-            for t in order:
-                if cell.needs_lower and lower_seq[direction] is not None:
-                    ctx.lower = lower_seq[direction][t]
-                new = cell.step(xp[t], state, p, ctx)
-                if rnn.zoneout:  # eval-mode zoneout: the expectation, as the reference backend does
-                    new = tuple(torch.lerp(n, s, rnn.zoneout) if name in ("h", "c") else n
-                                for name, n, s in zip(cell.state_names, new, state))
-                state = new
-                if state[0].requires_grad:
-                    state[0].retain_grad()
-                hs.append(state[0])
-                full.append(state)
-            states[(layer, direction)] = hs
-            ordered = hs[::-1] if direction else hs
-            outs.append(torch.stack(ordered))  # (T, B, H_out) in input time order
-            next_lower.append(full[::-1] if direction else full)
-        seq = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (T, B, D*H_out)
-        lower_seq = next_lower
-    out = seq.transpose(0, 1) if rnn.batch_first else seq
-    return out, states
-
-
 def gradient_flow(rnn: Recurrent, x: Tensor, loss_fn: LossFn, label: str = "") -> GradFlow:
-    """‖∂loss/∂h_t‖ and ‖∂loss/∂x_t‖ by lag for ``loss = loss_fn(output)``.
+    """‖∂loss/∂h_t‖ and ‖∂loss/∂x_t‖ by lag for ``loss = loss_fn(output)``, the model run in eval mode.
 
-    ``output`` is what :func:`unroll` returns (the layout of ``rnn``); the loss usually reads only the last
-    step (e.g. a readout of ``output[:, -1]``) so that lag = distance from the loss.
+    ``output`` is what ``rnn(x)`` returns (the layout of ``rnn``); ``x`` is a full-length batch, (B, T, I)
+    when ``rnn.batch_first`` else (T, B, I).  The loss usually reads only the last step (e.g. a readout of
+    ``output[:, -1]``) so that lag = distance from the loss.
 
     Example:
         >>> rnn = Recurrent("rnn", 2, 8, batch_first=True)
@@ -109,19 +60,33 @@ def gradient_flow(rnn: Recurrent, x: Tensor, loss_fn: LossFn, label: str = "") -
         >>> gf.h[(0, 0)].shape, bool(gf.ratio(10) < 1)
         ((20,), True)
     """
+    if not isinstance(rnn, Recurrent):
+        raise TypeError(f"rnn: expected an rnnlab.Recurrent, got {type(rnn).__name__}")
+    if x.dim() != 3 or x.shape[-1] != rnn.input_size:
+        raise ValueError(f"x: expected a batched 3-d input with {rnn.input_size} features, got {tuple(x.shape)}")
     x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out, states = unroll(rnn, x)
-        loss = loss_fn(out)
-        if loss.dim() != 0:
-            raise ValueError(f"loss_fn: must return a scalar, got shape {tuple(loss.shape)}")
-        loss.backward()
+    was_training = rnn.training
+    rnn.eval()  # no dropout, zoneout's expectation: the curves describe the model, not one random mask
+    try:
+        with torch.enable_grad(), rnn.probing() as probes:
+            out, _ = rnn(x)
+            loss = loss_fn(out)
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn: must return a scalar, got shape {tuple(loss.shape)}")
+            loss.backward()
+    finally:
+        rnn.train(was_training)
     h_norms = {}
-    for key, hs in states.items():
-        # processing order reversed -> index = lag; a state the loss never reaches has zero gradient
-        h_norms[key] = np.array([0.0 if h.grad is None else float(h.grad.norm()) for h in hs[::-1]])
+    for (layer, direction), probe in probes.items():
+        # probe.grad (T, B, H_out) in input time order; index = lag from the direction's last step, which is
+        # T-1 forwards and 0 backwards.  No gradient at all: the loss never reaches this layer/direction
+        if probe.grad is None:
+            h_norms[(layer, direction)] = np.zeros(probe.shape[0])
+            continue
+        by_lag = probe.grad if direction else probe.grad.flip(0)
+        h_norms[(layer, direction)] = np.array([float(g.norm()) for g in by_lag])
     gx = x.grad.transpose(0, 1) if rnn.batch_first else x.grad  # (T, B, I)
-    x_norms = gx.flatten(1).norm(dim=1).flip(0).double().numpy()
+    x_norms = gx.flatten(1).norm(dim=1).flip(0).double().cpu().numpy()
     for p in rnn.parameters():  # leave no gradients behind on the caller's model
         p.grad = None
     return GradFlow(h_norms, x_norms, float(loss.detach()), label)
