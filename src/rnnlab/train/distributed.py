@@ -75,15 +75,6 @@ def all_reduce_sums(values: dict[str, float], info: DistInfo) -> dict[str, float
     return dict(zip(keys, t.tolist()))
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision (e.g. early stop), the same on every rank."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def any_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank when it is true on any rank (e.g. one rank saw a NaN loss)."""
     if not info.enabled:
