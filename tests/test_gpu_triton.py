@@ -251,9 +251,11 @@ NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": 
        "sru": ("sru", {}), "sru_id": ("sru", {"input_size": 4}), "slstm": ("slstm", {"num_heads": 2}),
        "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {}),
        "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"}),
-       "ln_gru": ("ln_gru", {}), "ln_lstm": ("ln_lstm", {}), "ln_lstm_nobias": ("ln_lstm", {"bias": False})}
+       "ln_gru": ("ln_gru", {}), "ln_lstm": ("ln_lstm", {}), "ln_lstm_nobias": ("ln_lstm", {"bias": False}),
+       "mut3": ("mut3", {})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
-SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru"]
+SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru",
+          "mut3"]
 
 
 def _new_pair(key: str, dtype=torch.float64, **extra):

@@ -18,7 +18,9 @@ rule's kernel reads the masked state itself, ``None`` for none); ``operand`` [0]
 (and the dropout mask) reads; ``own_projection`` [False], the input projection is the cell's own
 ``project_input``, run before the loop and differentiated by autograd; ``second_rows`` [0], the last rows of
 ``weight_hh`` multiply ``u`` (B, H), an operand the rule's ``forward_first`` kernel forms from the first
-product's gates (the paper GRU's ``r ⊙ h``), so a step is two products with a kernel between them.
+product's gates (the paper GRU's ``r ⊙ h``), so a step is two products with a kernel between them;
+``mapped_rows`` [0] with ``operand_map(h)`` / ``operand_map_grad(h, d)``, the first rows of a full ``weight_hh``
+read ``φ(h) ⊙ m`` instead of ``h ⊙ m`` (MUT3's ``tanh(h)``): the product's operand changes per block of rows.
 
 Reversal is the caller's (the backend reverses within lengths), so valid steps of every row are a prefix.
 """
@@ -233,10 +235,14 @@ class RecurrentLoop(torch.autograd.Function):
                 h_op = seq[form.operand][t]
                 hd = h_op if mask is None else h_op * mask
                 hd_s = hd if form.rec is Identity else hd.to(x.dtype)
+                hm = form.mapped_operand(rule, h_op, mask)
+                hm_s = None if hm is None else hm.to(x.dtype)
                 if form.second_rows:
-                    hh[:, :W1] = _product(form.rec, hd_s, w1, b1)  # (a slice: no out= into a strided view)
+                    hh[:, :W1] = form.first_product(hd_s, hm_s, w1, b1)  # (a slice: no out= into a strided view)
                     rule.forward_first(xp[t], hh, hd, us[t], olds, saved[t], prep.consts, valid[t], keep_t, B, H)
                     hh[:, W1:] = _product(Matrix, us[t].to(x.dtype), w2, b2)
+                elif hm_s is not None:
+                    hh.copy_(form.first_product(hd_s, hm_s, w1, b1))
                 else:
                     form.rec.forward(hd_s, w1, b1, out=hh)
             rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H)
@@ -300,20 +306,22 @@ class RecurrentLoop(torch.autograd.Function):
                     d_hd = torch.empty_like(d_u)
                     hd = olds[op] if mask is None else olds[op] * mask
                     rule.backward_first(d_u, saved[t], hd, olds, prep.consts, d_xp[t], d_hh[t], d_hd, B, H)
-                    back = form.rec.back(d_hh[t][:, :W1], w1).to(acc) + d_hd
+                    back = form.first_back(rule, d_hh[t][:, :W1], w1, olds[op]) + d_hd
                 else:
-                    back = form.rec.back(d_hh[t], w1).to(acc)  # (B, H): through the recurrent product
+                    back = form.first_back(rule, d_hh[t], w1, olds[op])  # (B, H): through the recurrent product
                 d_olds[op] += back if mask is None else back * mask
             d_state = d_olds
         grads = {}
         if form.rec is not None:
             h_op = seq[op][:-1] if mask is None else seq[op][:-1] * mask  # (T, B, H)
             flat, hd_all = d_hh.reshape(T * B, -1), h_op.reshape(T * B, -1)  # (T*B, W), (T*B, H)
+            hm = form.mapped_operand(rule, seq[op][:-1], mask)
+            hm_all = None if hm is None else hm.reshape(T * B, -1)
             if form.second_rows:
-                grads["weight_hh"] = torch.cat([form.rec.weight_grad(flat[:, :W1], hd_all, w1),
+                grads["weight_hh"] = torch.cat([form.first_weight_grad(flat[:, :W1], hd_all, hm_all, w1),
                                                 Matrix.weight_grad(flat[:, W1:], us.reshape(T * B, -1), w2)])
             else:
-                grads["weight_hh"] = form.rec.weight_grad(flat, hd_all, w1)
+                grads["weight_hh"] = form.first_weight_grad(flat, hd_all, hm_all, w1)
         if form.own_projection:
             d_x = d_xp.to(x.dtype)  # autograd carries it on through the cell's project_input
         else:
@@ -335,6 +343,9 @@ class _Form:
         self.operand: int = getattr(rule, "operand", 0)
         self.own_projection: bool = getattr(rule, "own_projection", False)
         self.second_rows: int = getattr(rule, "second_rows", 0)
+        self.mapped_rows: int = getattr(rule, "mapped_rows", 0)
+        if self.mapped_rows and self.rec is not Matrix:
+            raise TypeError("mapped_rows: rows of a full recurrent matrix only (recurrence = Matrix)")
 
     def widths(self, w_hh: Tensor | None, H: int) -> tuple[int, int]:
         """(all product rows W, rows of the first product W1)."""
@@ -346,6 +357,39 @@ class _Form:
         if not self.second_rows:
             return w_hh, b_hh, None, None
         return w_hh[:W1], None if b_hh is None else b_hh[:W1], w_hh[W1:], None if b_hh is None else b_hh[W1:]
+
+    def mapped_operand(self, rule: CellRule, h_op: Tensor, mask: Tensor | None) -> Tensor | None:
+        """The operand of the mapped rows, ``φ(h) ⊙ m`` (the mask after the map, as a cell's ``drop(φ(h))``),
+        or None."""
+        if not self.mapped_rows:
+            return None
+        hm = rule.operand_map(h_op)
+        return hm if mask is None else hm * mask
+
+    def first_product(self, hd: Tensor, hm: Tensor | None, w1: Tensor, b1: Tensor | None) -> Tensor:
+        """The first product's rows: the mapped ones on ``hm``, the rest on ``hd``."""
+        if hm is None:
+            return _product(self.rec, hd, w1, b1)
+        R = self.mapped_rows
+        return torch.cat([_product(Matrix, hm, w1[:R], None if b1 is None else b1[:R]),
+                          _product(Matrix, hd, w1[R:], None if b1 is None else b1[R:])], dim=1)
+
+    def first_back(self, rule: CellRule, d1: Tensor, w1: Tensor, h_op: Tensor) -> Tensor:
+        """``d_hh`` of the first product back to the operand state (before the dropout mask), accumulation dtype."""
+        acc = h_op.dtype
+        if not self.mapped_rows:
+            return self.rec.back(d1, w1).to(acc)
+        R = self.mapped_rows
+        d_hm = Matrix.back(d1[:, :R], w1[:R]).to(acc)
+        return Matrix.back(d1[:, R:], w1[R:]).to(acc) + rule.operand_map_grad(h_op, d_hm)
+
+    def first_weight_grad(self, flat: Tensor, hd_all: Tensor, hm_all: Tensor | None, w1: Tensor) -> Tensor | None:
+        """The first product's weight gradient over all T·B rows, mapped rows against their own operand."""
+        if hm_all is None:
+            return self.rec.weight_grad(flat, hd_all, w1)
+        R = self.mapped_rows
+        return torch.cat([Matrix.weight_grad(flat[:, :R], hm_all, w1[:R]),
+                          Matrix.weight_grad(flat[:, R:], hd_all, w1[R:])])
 
 
 def _product(rec, hd: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

@@ -1,21 +1,23 @@
-"""Triton rules for MUT1 and MUT2 (see cells/mut.py): like the paper GRU, two products per step.
+"""Triton rules for MUT1, MUT2 and MUT3 (see cells/mut.py): like the paper GRU, two products per step.
 
 The driver forms the first product (MUT1: the r rows of ``weight_hh``; MUT2: z and r), :func:`_mut_first_fwd`
 computes the gates and ``u = r ⊙ hd``, the driver multiplies ``u`` by the h rows, :func:`_mut_fwd` finishes.
 The projection is the cell's own (raw or tanh'd x for I == H); ``bias_hh`` stays on the products.  Saved per
-step: z, r, n (the recorded gates).  MUT3 reads ``tanh(h)`` in one product and runs on the reference.
+step: z, r, n (the recorded gates).  MUT3 is MUT2's kernels with the z rows of ``weight_hh`` reading
+``tanh(h)`` (the driver's mapped rows).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+import torch
 from torch import Tensor
 
 from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
-from rnnlab.cells.mut import MUT1Cell, MUT2Cell
+from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 
 
 @triton.jit
@@ -145,5 +147,23 @@ class MUTRule:
                                    COMPUTE=compute_type(saved), BLOCK=BLOCK)
 
 
+class MUT3Rule(MUTRule):
+    """MUT2's element-wise steps; the z rows of ``weight_hh`` multiply ``tanh(h) ⊙ m`` instead of ``h ⊙ m``."""
+
+    def __init__(self, cell) -> None:
+        super().__init__(cell)
+        self.mapped_rows = cell.hidden_size  # the z block comes first in weight_hh
+
+    @staticmethod
+    def operand_map(h: Tensor) -> Tensor:
+        return torch.tanh(h)
+
+    @staticmethod
+    def operand_map_grad(h: Tensor, d: Tensor) -> Tensor:
+        t = torch.tanh(h)
+        return d * (1.0 - t * t)
+
+
 register_rule(MUT1Cell, MUTRule)
 register_rule(MUT2Cell, MUTRule)
+register_rule(MUT3Cell, MUT3Rule)
