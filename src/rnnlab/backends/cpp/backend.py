@@ -50,6 +50,7 @@ from torch.nn import functional as F
 from rnnlab.backends.base import LayerCall, LayerResult
 from rnnlab.backends.cpp import ops
 from rnnlab.backends.cpp.loader import kernels_failed, load_kernels
+from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.cells.base import RecurrentCell
 from rnnlab.cells.clockwork import ClockworkCell
@@ -201,6 +202,13 @@ class CppBackend:
         return load_kernels() is not None  # first use builds the extension (once per machine)
 
     def run(self, call: LayerCall) -> LayerResult:
+        # small calls on one intra-op thread, forward and backward (threads.py: measured up to 25x faster under load)
+        with CallThreads(step_work(call.params, call.x.shape[1])) as threads:
+            result = self._run(call)
+            threads.cover_backward((result.output, *result.state))
+        return result
+
+    def _run(self, call: LayerCall) -> LayerResult:
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()

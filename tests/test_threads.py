@@ -1,0 +1,137 @@
+"""The per-call thread rule (rnnlab.backends.threads): where it caps, its bounds, its switch, unchanged results."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.backends import threads
+from rnnlab.backends.threads import MIN_PARALLEL_WORK, CallThreads, call_threads, step_work
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    # conftest runs the suite on one thread; the cap is only visible with more
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every count the rule passes to torch.set_num_threads, in order."""
+    calls: list[int] = []
+    real = torch.set_num_threads
+
+    def record(n: int) -> None:
+        calls.append(n)
+        real(n)
+    monkeypatch.setattr(torch, "set_num_threads", record)
+    return calls
+
+
+def test_cap_below_threshold_not_above(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    assert call_threads(MIN_PARALLEL_WORK - 1, 2) == 1
+    assert call_threads(0, 4) == 1
+    assert call_threads(MIN_PARALLEL_WORK, 2) == 2
+    assert call_threads(10 * MIN_PARALLEL_WORK, 4) == 4
+
+
+def test_never_above_available(monkeypatch: pytest.MonkeyPatch, two_threads: None) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    for work in (0, MIN_PARALLEL_WORK - 1, MIN_PARALLEL_WORK, 100 * MIN_PARALLEL_WORK):
+        for n in (1, 2, 3):
+            assert call_threads(work, n) <= n
+        assert call_threads(work) <= torch.get_num_threads()
+    torch.set_num_threads(1)  # a user's explicit single thread: a large call stays on it
+    with CallThreads(100 * MIN_PARALLEL_WORK) as g:
+        assert torch.get_num_threads() == 1 and g.cap == 1
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "false"])
+def test_env_switch_off(monkeypatch: pytest.MonkeyPatch, two_threads: None, value: str) -> None:
+    monkeypatch.setenv(threads.ENV, value)
+    assert call_threads(1, 2) == 2
+    with CallThreads(1):
+        assert torch.get_num_threads() == 2
+
+
+def test_guard_restores(monkeypatch: pytest.MonkeyPatch, two_threads: None) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    with CallThreads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError):
+        with CallThreads(1):
+            raise KeyError("kernel failed")
+    assert torch.get_num_threads() == 2
+
+
+def test_step_work() -> None:
+    lstm = rnnlab.Recurrent("lstm", 8, 32)
+    assert step_work(lstm.layer_params(0, 0), 5) == 5 * 4 * 32 * 32
+
+
+def _small_lstm() -> rnnlab.Recurrent:
+    return rnnlab.Recurrent("lstm", 8, 16, num_layers=2, bidirectional=True)
+
+
+def test_backend_caps_forward_and_backward(monkeypatch: pytest.MonkeyPatch, two_threads: None,
+                                           spy: list[int]) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    mod = _small_lstm()
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    out = mod(x)[0]
+    assert 1 in spy and torch.get_num_threads() == 2  # forward capped, then restored
+    spy.clear()
+    out.sum().backward()
+    assert spy[0] == 1 and spy[-1] == 2  # backward lowered once, restored when the pass ended
+    assert torch.get_num_threads() == 2 and not threads._stale_restore
+
+
+def test_backend_leaves_large_calls(monkeypatch: pytest.MonkeyPatch, two_threads: None, spy: list[int]) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    mod = rnnlab.Recurrent("rnn", 4, 512)  # B * H * H = 4M multiply-adds per step at B = 16
+    assert step_work(mod.layer_params(0, 0), 16) >= MIN_PARALLEL_WORK
+    mod(torch.randn(2, 16, 4))[0].sum().backward()
+    assert spy == []
+
+
+def test_failed_backward_restored_by_next_call(monkeypatch: pytest.MonkeyPatch, two_threads: None) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    mod = _small_lstm()
+    x = torch.randn(4, 2, 8, requires_grad=True)
+    out = mod(x)[0]
+
+    def boom(grad: torch.Tensor) -> torch.Tensor:
+        raise ValueError("hook failed")
+    x.register_hook(boom)  # x's gradient comes after the kernels' backward: the count is lowered by then
+    with pytest.raises(ValueError):
+        out.sum().backward()
+    assert torch.get_num_threads() == 1 and threads._stale_restore == [2]
+    with torch.no_grad():
+        mod(torch.randn(4, 2, 8))
+    assert torch.get_num_threads() == 2 and not threads._stale_restore
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "peephole"])
+def test_results_identical_with_and_without_rule(monkeypatch: pytest.MonkeyPatch, two_threads: None,
+                                                 cell: str) -> None:
+    mod = rnnlab.Recurrent(cell, 8, 16, num_layers=2)
+    x = torch.randn(7, 3, 8)
+    results = []
+    for value in ("on", "off"):
+        monkeypatch.setenv(threads.ENV, value)
+        xi = x.clone().requires_grad_(True)
+        mod.zero_grad()
+        out, state = mod(xi)
+        (out.sum() + state[0].sum()).backward()
+        results.append([out.detach(), xi.grad, *(p.grad for p in mod.parameters())])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
