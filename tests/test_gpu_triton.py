@@ -99,19 +99,21 @@ def test_zoneout_eval_is_the_expectation(name):
     _compare(ref, tri, torch.randn(6, 3, 3, dtype=torch.float64), lengths=[6, 5, 2])
 
 
-def test_zoneout_training_keeps_units_and_gradients_match_the_cells_step():
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_zoneout_training_keeps_units_and_gradients_match_the_cells_step(proj_size):
     """Training zoneout: each unit either keeps its previous value exactly or takes the new one; the gradient
-    equals autograd through the cell's own step with the very same keep masks."""
+    equals autograd through the cell's own step with the very same keep masks (with a projection: h is
+    blended by the driver after W_hr)."""
     from rnnlab.backends.gpu.driver import LoopSpec, RecurrentLoop, differentiable_loop
     from rnnlab.backends.gpu.rules import rule_for
 
     torch.manual_seed(4)
-    cell = rnnlab.LSTMCell(3, 4, dtype=torch.float64)
+    cell = rnnlab.LSTMCell(3, 4, proj_size=proj_size, dtype=torch.float64)
     p = dict(cell.named_parameters())
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    state = (torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64))
+    state = tuple(torch.randn(2, s, dtype=torch.float64) for s in cell.state_sizes())
     valid = torch.ones(5, 2, dtype=torch.int8)
-    keeps = tuple(torch.empty(5, 2, 4, dtype=torch.float64).bernoulli_(0.5) for _ in range(2))
+    keeps = tuple(torch.empty(5, 2, s, dtype=torch.float64).bernoulli_(0.5) for s in cell.state_sizes())
     spec = LoopSpec(cell, rule_for(cell), tuple(p), 2)
     out, _, h, c = RecurrentLoop.apply(spec, x, valid, None, keeps, *state, *p.values())
     prev = torch.cat([state[0].unsqueeze(0), out[:-1]])
@@ -179,7 +181,7 @@ def test_infinite_inputs_match_the_reference(name):
     _compare(ref, tri, x, equal_nan=True, grads=False)
 
 
-@pytest.mark.parametrize("name, kw", [("lstm", {"proj_size": 2}), ("greff_fgr", {}),
+@pytest.mark.parametrize("name, kw", [("greff_fgr", {}),
                                       ("depth_gated", {}), ("mingru", {"scan": "log"})])
 def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
     rnn = rnnlab.Recurrent(name, 3, 4, **kw)
@@ -252,7 +254,8 @@ NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": 
        "mut1_id": ("mut1", {"input_size": 4}), "mut2": ("mut2", {}),
        "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"}),
        "ln_gru": ("ln_gru", {}), "ln_lstm": ("ln_lstm", {}), "ln_lstm_nobias": ("ln_lstm", {"bias": False}),
-       "mut3": ("mut3", {})}
+       "mut3": ("mut3", {}), "lstmp": ("lstm", {"proj_size": 3}),
+       "lstmp_peep": ("peephole", {"proj_size": 2, "peepholes": "ifo"})}
 #: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
 SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru",
           "mut3"]
@@ -320,7 +323,7 @@ def test_new_rules_recording_equals_the_reference(key):
 
 #: gradcheck once per kernel (the interpreter re-runs the layer for every input element): variants that only
 #: drop parameters or change the reference's path are covered by the parity tests' gradients
-GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq")]
+GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq", "lstmp_peep")]
 
 
 @pytest.mark.parametrize("key", GRADCHECK)
@@ -328,8 +331,9 @@ def test_new_rules_gradcheck_and_gradgradcheck(key):
     torch.manual_seed(24)
     name, kw = NEW[key]
     # I == H = 2 except where the projection is the point (SRU's highway, MUT2's r)
+    kw = {k: (1 if k == "proj_size" else v) for k, v in kw.items() if k != "input_size"}  # P < H = 2
     tri = rnnlab.Recurrent(name, 3 if key in ("sru", "mut2") else 2, 2, backend="triton", dtype=torch.float64,
-                           **{k: v for k, v in kw.items() if k != "input_size"})
+                           **kw)
     names = [n for n, _ in tri.named_parameters()]
     x = torch.randn(3, 2, tri.input_size, dtype=torch.float64, requires_grad=True)
 

@@ -4,10 +4,10 @@
 ``TRITON_INTERPRET=1 RNNLAB_TRITON_ON_CPU=1``, Triton's interpreter, which is how the test suite runs every
 kernel without a GPU), float32/float64 (or bf16/fp16 storage: element-wise math and states in fp32; under
 autocast the input and weights are cast to the autocast dtype), and the cell has a registered rule
-(:mod:`rnnlab.backends.gpu.rules`: the LSTM family but ``proj_size`` / FGR, the GRU in both forms, Elman,
-IndRNN, SRU, sLSTM, MUT1-3, minGRU/minLSTM where they scan element-wise, the layer-normalised GRU/LSTM
-up to a row limit) that accepts the call.  Options handled in the driver for every cell: lengths, reverse, recurrent
-dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
+(:mod:`rnnlab.backends.gpu.rules`: the LSTM family but FGR, ``proj_size`` included, the GRU in both forms,
+Elman, IndRNN, SRU, sLSTM, MUT1-3, minGRU/minLSTM where they scan element-wise, the layer-normalised GRU/LSTM
+up to a row limit) that accepts the call.  Options handled in the driver for every cell: lengths, reverse,
+recurrent dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
 Triton is imported on first use only, so ``import rnnlab`` does not pay for it.
 """
 

@@ -44,3 +44,33 @@ def blend_grad(d, valid, keep, HAS_KEEP: tl.constexpr):
         d_old += keep * d_new
         d_new = (1.0 - keep) * d_new
     return d_new, d_old
+
+
+@triton.jit
+def blend_rows(NEW, OLD, OUT, VALID, KEEP, N, W, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+               BLOCK: tl.constexpr):
+    """:func:`blend` over (B, W) rows as a kernel of its own (the driver's output projection's state)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    valid = tl.load(VALID + offs // W, mask=m) != 0
+    new = ld(NEW + offs, m, COMPUTE)
+    keep = new
+    if HAS_KEEP:
+        keep = ld(KEEP + offs, m, COMPUTE)
+    tl.store(OUT + offs, blend(new, ld(OLD + offs, m, COMPUTE), valid, keep, HAS_KEEP), mask=m)
+
+
+@triton.jit
+def blend_rows_grad(D, VALID, KEEP, D_NEW, D_OLD, N, W, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """:func:`blend_grad` of :func:`blend_rows`."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    valid = tl.load(VALID + offs // W, mask=m) != 0
+    d = ld(D + offs, m, COMPUTE)
+    keep = d
+    if HAS_KEEP:
+        keep = ld(KEEP + offs, m, COMPUTE)
+    d_new, d_old = blend_grad(d, valid, keep, HAS_KEEP)
+    tl.store(D_NEW + offs, d_new, mask=m)
+    tl.store(D_OLD + offs, d_old, mask=m)

@@ -20,7 +20,9 @@ rule's kernel reads the masked state itself, ``None`` for none); ``operand`` [0]
 ``weight_hh`` multiply ``u`` (B, H), an operand the rule's ``forward_first`` kernel forms from the first
 product's gates (the paper GRU's ``r ⊙ h``), so a step is two products with a kernel between them;
 ``mapped_rows`` [0] with ``operand_map(h)`` / ``operand_map_grad(h, d)``, the first rows of a full ``weight_hh``
-read ``φ(h) ⊙ m`` instead of ``h ⊙ m`` (MUT3's ``tanh(h)``): the product's operand changes per block of rows.
+read ``φ(h) ⊙ m`` instead of ``h ⊙ m`` (MUT3's ``tanh(h)``): the product's operand changes per block of rows;
+``out_proj`` [None], the name of a (P, H) weight: the rule's kernel leaves ``m`` (B, H) unblended in place of
+the new state part 0 and the driver forms ``h = m W_outᵀ`` (B, P) and blends it (lengths, zoneout), the LSTMP.
 
 Reversal is the caller's (the backend reverses within lengths), so valid steps of every row are a prefix.
 """
@@ -226,6 +228,8 @@ class RecurrentLoop(torch.autograd.Function):
         W, W1 = form.widths(w_hh, H)
         hh = x.new_empty(B, W, dtype=acc if form.rec is Identity else x.dtype)
         us = x.new_empty(T if form.second_rows else 0, B, H, dtype=acc)  # the second product's operand
+        ms = x.new_empty(T if form.out_proj else 0, B, H, dtype=acc)  # the output projection's operand
+        w_out = p[form.out_proj] if form.out_proj else None
         w1, b1, w2, b2 = form.split(w_hh, prep.b_hh, W1)
         mask = None if rec_mask is None else rec_mask.to(acc)
         for t in range(T):
@@ -245,12 +249,17 @@ class RecurrentLoop(torch.autograd.Function):
                     hh.copy_(form.first_product(hd_s, hm_s, w1, b1))
                 else:
                     form.rec.forward(hd_s, w1, b1, out=hh)
-            rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H)
+            if form.out_proj:  # the kernel leaves m in ms[t]; h = m W_outᵀ, then blended like any state
+                rule.forward(xp[t], hh, olds, [ms[t], *news[1:]], saved[t], prep.consts, valid[t], keep_t, B, H)
+                raw = torch.mm(ms[t].to(x.dtype), w_out.t()).to(acc)
+                _blend_rows(raw, olds[0], news[0], valid[t], None if keep_t is None else keep_t[0])
+            else:
+                rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H)
         output = (seq[0][1:] * valid.unsqueeze(-1)).to(x.dtype)  # (T, B, H): zero at padded steps
         finals = tuple(s[T].to(s0.dtype) for s, s0 in zip(seq, state0))
         ctx.spec = spec
         ctx.has_mask, ctx.has_keeps = rec_mask is not None, keeps is not None
-        ctx.save_for_backward(x, valid, xp, saved, us, *[s for s in seq], *state0, *params,
+        ctx.save_for_backward(x, valid, xp, saved, us, ms, *[s for s in seq], *state0, *params,
                               *((rec_mask,) if rec_mask is not None else ()), *(keeps or ()))
         records = saved * valid.unsqueeze(-1)
         ctx.mark_non_differentiable(records)
@@ -260,7 +269,7 @@ class RecurrentLoop(torch.autograd.Function):
     def backward(ctx, d_output: Tensor | None, _d_records, *d_finals: Tensor | None):
         spec: LoopSpec = ctx.spec
         S = spec.n_states
-        x, valid, xp, saved, us, *rest = ctx.saved_tensors
+        x, valid, xp, saved, us, ms, *rest = ctx.saved_tensors
         seq, rest = rest[:S], rest[S:]
         state0, rest = rest[:S], rest[S:]
         params, rest = rest[:len(spec.names)], rest[len(spec.names):]
@@ -269,11 +278,11 @@ class RecurrentLoop(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: gradients must themselves be differentiable
             return _differentiable_backward(spec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals)
         with torch.autocast(x.device.type, enabled=False):
-            return RecurrentLoop._backward(spec, x, valid, xp, saved, us, seq, state0, params, rec_mask, keeps,
-                                           d_output, d_finals)
+            return RecurrentLoop._backward(spec, x, valid, xp, saved, us, ms, seq, state0, params, rec_mask,
+                                           keeps, d_output, d_finals)
 
     @staticmethod
-    def _backward(spec: LoopSpec, x, valid, xp, saved, us, seq, state0, params, rec_mask, keeps, d_output,
+    def _backward(spec: LoopSpec, x, valid, xp, saved, us, ms, seq, state0, params, rec_mask, keeps, d_output,
                   d_finals):
         p = dict(zip(spec.names, params))
         rule, form = spec.rule, _Form(spec.rule)
@@ -292,13 +301,19 @@ class RecurrentLoop(torch.autograd.Function):
         C = prep.consts.shape[0]
         d_consts = x.new_zeros(T, B, C * H, dtype=acc) if C else x.new_empty(0, dtype=acc)
         op = form.operand
+        w_out = p[form.out_proj] if form.out_proj else None
+        d_raw = x.new_empty(T if form.out_proj else 0, B, w_out.shape[0] if form.out_proj else 0, dtype=acc)
         for t in range(T - 1, -1, -1):
             if d_output is not None:
                 d_state[0] = d_state[0] + d_output[t].to(acc) * valid[t].unsqueeze(-1)
             d_olds = [torch.empty_like(s) for s in d_state]
             olds = [s[t] for s in seq]
-            rule.backward([d.contiguous() for d in d_state], saved[t], olds, prep.consts,
-                          valid[t], None if keeps is None else [k[t] for k in keeps], d_xp[t], d_hh[t], d_olds,
+            keep_t = None if keeps is None else [k[t] for k in keeps]
+            d_news = [d.contiguous() for d in d_state]
+            if form.out_proj:  # back through the blend (h_{t-1}'s share) and the projection, to m
+                _blend_rows_grad(d_news[0], valid[t], None if keep_t is None else keep_t[0], d_raw[t], d_olds[0])
+                d_news[0] = Matrix.back(d_raw[t], w_out).to(acc).contiguous()
+            rule.backward(d_news, saved[t], olds, prep.consts, valid[t], keep_t, d_xp[t], d_hh[t], d_olds,
                           d_consts[t] if C else d_consts, B, H)
             if form.rec is not None:
                 if form.second_rows:  # through the second product into its operand u, then into the first stage
@@ -322,6 +337,8 @@ class RecurrentLoop(torch.autograd.Function):
                                                 Matrix.weight_grad(flat[:, W1:], us.reshape(T * B, -1), w2)])
             else:
                 grads["weight_hh"] = form.first_weight_grad(flat, hd_all, hm_all, w1)
+        if form.out_proj:
+            grads[form.out_proj] = d_raw.reshape(T * B, -1).t().mm(ms.reshape(T * B, -1))  # one GEMM, (P, H)
         if form.own_projection:
             d_x = d_xp.to(x.dtype)  # autograd carries it on through the cell's project_input
         else:
@@ -344,6 +361,7 @@ class _Form:
         self.own_projection: bool = getattr(rule, "own_projection", False)
         self.second_rows: int = getattr(rule, "second_rows", 0)
         self.mapped_rows: int = getattr(rule, "mapped_rows", 0)
+        self.out_proj: str | None = getattr(rule, "out_proj", None)
         if self.mapped_rows and self.rec is not Matrix:
             raise TypeError("mapped_rows: rows of a full recurrent matrix only (recurrence = Matrix)")
 
@@ -390,6 +408,23 @@ class _Form:
         R = self.mapped_rows
         return torch.cat([Matrix.weight_grad(flat[:, :R], hm_all, w1[:R]),
                           Matrix.weight_grad(flat[:, R:], hd_all, w1[R:])])
+
+
+def _blend_rows(new: Tensor, old: Tensor, out: Tensor, valid: Tensor, keep: Tensor | None) -> None:
+    """``out = blend(new, old)`` over (B, W) rows: lengths and zoneout for a state the driver forms itself."""
+    from rnnlab.backends.gpu.common import blend_rows
+
+    B, W = new.shape
+    blend_rows[grid(B, W)](new, old, out, valid, new if keep is None else keep, B * W, W, HAS_KEEP=keep is not None,
+                           COMPUTE=compute_type(out), BLOCK=BLOCK)
+
+
+def _blend_rows_grad(d: Tensor, valid: Tensor, keep: Tensor | None, d_new: Tensor, d_old: Tensor) -> None:
+    from rnnlab.backends.gpu.common import blend_rows_grad
+
+    B, W = d.shape
+    blend_rows_grad[grid(B, W)](d, valid, d if keep is None else keep, d_new, d_old, B * W, W,
+                                HAS_KEEP=keep is not None, COMPUTE=compute_type(d), BLOCK=BLOCK)
 
 
 def _product(rec, hd: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

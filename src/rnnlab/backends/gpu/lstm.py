@@ -2,7 +2,9 @@
 
 The equations are :class:`rnnlab.cells.LSTMCell`'s.  Gate blocks of ``xp`` / ``hh`` are the present gates in
 the order i, f, g, o; saved per step: i, f, g, o, c (pre-blend), which are also the recorded gates.
-Covered: every option except ``proj_size`` and ``full_gate_recurrence`` (those run on the reference).
+Covered: every option except ``full_gate_recurrence`` (that runs on the reference).  With ``proj_size`` the
+kernel leaves ``m = o ⊙ act(c)`` unblended and the driver's output projection forms ``h = W_hr m`` and blends
+it (``out_proj``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rnnlab.cells.lstm import LSTMCell
 def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -73,9 +75,13 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
     kh = one
     kc = one
     if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
+        if not PROJ:  # (h is P wide then: the driver's blend reads its keep mask)
+            kh = ld(KH + offs, m, COMPUTE)
         kc = ld(KC + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
+    if PROJ:  # m = o ⊙ act(c) for the driver's projection, which blends h itself
+        tl.store(H1 + offs, h, mask=m)
+    else:
+        tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
     tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
 
 
@@ -83,7 +89,7 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
 def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+              PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -103,9 +109,13 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     kh = one
     kc = one
     if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
+        if not PROJ:  # (h is P wide then: the driver's blend reads its keep mask)
+            kh = ld(KH + offs, m, COMPUTE)
         kc = ld(KC + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    if PROJ:  # DH1 is the gradient of m, already through the driver's blend and projection
+        dh = ld(DH1 + offs, m, COMPUTE)
+    else:
+        dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
     dc, dc_old = blend_grad(ld(DC1 + offs, m, COMPUTE), valid, kc, HAS_KEEP)
     a = c
     if OUT_ACT:
@@ -140,7 +150,8 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
             dc_prev += dzi * ld(PEEP + j, m, COMPUTE)
             tl.store(DPEEP + b * 3 * H + j, dzi * c_prev, mask=m)
         tl.store(DXP + row, dzi, mask=m)
-    tl.store(DH0 + offs, dh_old, mask=m)
+    if not PROJ:  # (with the projection the driver's blend gives h_{t-1} its share)
+        tl.store(DH0 + offs, dh_old, mask=m)
     tl.store(DC0 + offs, dc_prev + dc_old, mask=m)
 
 
@@ -157,8 +168,10 @@ class LSTMRule:
         self.record_names = tuple(n for n in ("i", "f", "g", "o") if n in present) + ("c",)
         flags = dict(HAS_I="i" in cell.gates, HAS_F="f" in cell.gates, HAS_O="o" in cell.gates,
                      COUPLED=cell.coupled, IN_ACT=cell.input_activation, OUT_ACT=cell.output_activation,
-                     PEEP_I="i" in cell.peepholes, PEEP_F="f" in cell.peepholes, PEEP_O="o" in cell.peepholes)
+                     PEEP_I="i" in cell.peepholes, PEEP_F="f" in cell.peepholes, PEEP_O="o" in cell.peepholes,
+                     PROJ=bool(cell.proj_size))
         self.flags = {k: int(v) for k, v in flags.items()}  # ints: the kernels do offset arithmetic with them
+        self.out_proj = "weight_hr" if cell.proj_size else None  # h = W_hr m: the driver's output projection
 
     def record_blocks(self) -> dict[str, int]:
         return {n: "ifgoc".index(n) for n in self.record_names}
@@ -196,7 +209,7 @@ class LSTMRule:
 
 
 def _rule(cell: LSTMCell) -> LSTMRule | None:
-    if cell.proj_size or cell.full_gate_recurrence:
+    if cell.full_gate_recurrence:
         return None
     return LSTMRule(cell)
 
