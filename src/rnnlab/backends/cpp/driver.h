@@ -285,7 +285,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   auto states = at::empty({T + 1, B, S * H}, opts);
   states[0].copy_(s0);
   auto saved = at::zeros({T, B, A > 0 ? A * H : 0}, opts);
-  auto fresh = zoned ? at::zeros({T, B, S * H}, opts) : at::empty({0}, opts);
+  auto fresh = zoned ? at::empty({T, B, S * H}, opts) : at::empty({0}, opts);  // every row written below
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
   auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
@@ -334,6 +334,8 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
           for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
         } else {  // padding: state carried, output stays 0
           for (int64_t j = 0; j < S * H; ++j) s1[j] = s0r[j];
+          if (ft)
+            for (int64_t j = 0; j < S * H; ++j) ft[b * S * H + j] = s0r[j];
         }
       });
     }
