@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rnnlab import bench
 from rnnlab.cli import main
 
@@ -84,3 +86,58 @@ def test_option_variants_report_their_backend_and_cost_against_the_plain_cell():
     assert summary["lstm:record"]["backend"] == "reference"
     assert "train_vs_plain" not in summary["lstm"]
     assert all(summary[s]["train_vs_plain"] > 0 for s in specs[1:])
+
+
+def _fake_cuda(monkeypatch) -> None:
+    """What a CUDA machine answers to the device queries (no GPU here: only the metadata path is exercised)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(bench, "_nvidia_driver", lambda: "550.54.15")
+
+
+def test_device_cuda_without_a_gpu_exits_2_naming_the_option(monkeypatch, capsys) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: pytest.fail("measured without a device"))
+    assert main(["bench", "--device", "cuda", "--cells", "rnn", "--shapes", "2,1,4", "--repeats", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device" in err and "got --device cuda" in err
+    assert main(["bench", "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_cpu_report_names_its_device() -> None:
+    meta = bench.device_metadata("cpu")
+    assert meta["type"] == "cpu" and "gpu" not in meta
+
+
+def test_device_cuda_reaches_the_benchmark_and_its_json_names_gpu_driver_and_versions(monkeypatch, tmp_path,
+                                                                                        capsys) -> None:
+    import triton  # noqa: F401  (the metadata names its version)
+
+    _fake_cuda(monkeypatch)
+    seen = {}
+    real = bench.run_bench
+
+    def fake_run_bench(**kw):  # the CPU measures a tiny cell; the report carries what CUDA would have said
+        seen.update(kw)
+        report = real(cells=["rnn"], shapes=[(2, 1, 4)], repeats=1, overhead_steps=2)
+        report["settings"]["device"] = bench.device_metadata(kw["device"])
+        return report
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "--device", "cuda", "--cells", "rnn", "--shapes", "2,1,4", "--repeats", "1",
+                 "--out", str(out)]) == 0
+    assert seen["device"] == "cuda"
+    meta = json.loads(out.read_text())["settings"]["device"]
+    assert meta["type"] == "cuda" and meta["gpu"] == "NVIDIA H100 80GB HBM3" and meta["capability"] == "9.0"
+    assert meta["driver"] == "550.54.15" and meta["cuda_runtime"] == "12.4" and meta["cudnn"] == 91002
+    assert meta["triton"] == triton.__version__ and meta["torch"]
+    assert "NVIDIA H100 80GB HBM3, driver 550.54.15" in capsys.readouterr().out

@@ -4,7 +4,9 @@ Everything is measured in one run and reported as ratios (time of ours / time of
 we are faster), because absolute times on a shared machine are noisy: the implementations are interleaved
 repeat by repeat and medians are taken.  Also measured: the GEMM peak of this machine (fp32, the best of
 ``torch.mm`` and oneDNN's linear), the GFLOP/s our training step achieves as a fraction of that peak, and
-the per-step overhead at B=1, H=32.
+the per-step overhead at B=1, H=32.  ``device="cuda"`` times the same on a GPU (each call closed by
+``torch.cuda.synchronize``, peers nn.LSTM / nn.GRU / nn.RNN on that GPU, the GEMM peak measured there) and
+records the GPU, its driver and the CUDA, cuDNN, torch and Triton versions with the report.
 
 Example:
     >>> from rnnlab.bench import run_bench
@@ -59,9 +61,58 @@ def _median_times(fns: dict[str, Callable[[], object]], repeats: int, best: bool
     return {k: (min(v) if best else statistics.median(v)) for k, v in samples.items()}
 
 
-def gemm_peak(repeats: int = 5, n: int = 1024) -> float:
+def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` timed to the end of its GPU work: CUDA calls return before their kernels finish."""
+    if device == "cpu":
+        return fn
+
+    def call() -> None:
+        fn()
+        torch.cuda.synchronize()
+    return call
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version (``nvidia-smi``), or None where it cannot be asked."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+def device_metadata(device: str) -> dict[str, object]:
+    """What makes a figure traceable: the device, and on CUDA the GPU, its driver, the CUDA runtime, cuDNN,
+    torch and Triton versions."""
+    meta: dict[str, object] = {"type": device, "torch": torch.__version__}
+    if device != "cuda":
+        return meta
+    try:
+        import triton
+
+        triton_version: str | None = triton.__version__
+    except ImportError:
+        triton_version = None
+    major, minor = torch.cuda.get_device_capability()
+    meta.update({"gpu": torch.cuda.get_device_name(), "capability": f"{major}.{minor}",
+                 "driver": _nvidia_driver(), "cuda_runtime": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version(), "triton": triton_version,
+                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32})
+    return meta
+
+
+def gemm_peak(repeats: int = 5, n: int = 1024, device: str = "cpu") -> float:
     """Best fp32 GEMM GFLOP/s reachable from PyTorch here: max of torch.mm and oneDNN linear, (n x n x n),
-    fastest repeat (a median would drop on a busy machine and inflate every %peak)."""
+    fastest repeat (a median would drop on a busy machine and inflate every %peak); on CUDA torch.mm
+    (cuBLAS), synchronised, at n = 4096 so that the GPU is busy."""
+    if device != "cpu":
+        n = max(n, 4096)
+        a, w = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        times = _median_times({"mm": _synced(lambda: torch.mm(a, w), device)}, repeats, best=True)
+        return 2.0 * n ** 3 / times["mm"] / 1e9
     a, w = torch.randn(n, n), torch.randn(n, n)
     fns: dict[str, Callable[[], object]] = {"mm": lambda: torch.mm(a, w)}
     try:
@@ -127,39 +178,45 @@ def _infer_fn(mod: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return fwd
 
 
-def _ours(spec: str, H: int, backend: str) -> nn.Module:
+def _ours(spec: str, H: int, backend: str, device: str = "cpu") -> nn.Module:
     name, options, record = parse_cell_spec(spec)
-    mod = Recurrent(name, H, H, backend=backend, **options)  # type: ignore[arg-type]
+    mod = Recurrent(name, H, H, backend=backend, device=device, **options)  # type: ignore[arg-type]
     mod.bench_record = record  # type: ignore[attr-defined]  # the timed calls run inside mod.recording()
     return mod
 
 
 def backend_used(mod: Recurrent, x: torch.Tensor) -> str:
     """Name of the backend that ``backend="auto"`` picks for layer 0 of ``mod`` on input ``x`` (T, B, I), with
-    the module's options (recurrent dropout, zoneout, weight drop, recording) as its training calls have them."""
-    from rnnlab.backends import LayerCall, select_backend
+    the module's options (recurrent dropout, zoneout, weight drop, recording) as its training calls have them.
+    On CUDA a plain LSTM/GRU/RNN stack runs torch.nn's own op instead of any backend: ``"cudnn"``."""
+    from rnnlab.backends import LayerCall, aten_stack, select_backend
 
+    if x.is_cuda and not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None:
+        return "cudnn" if torch.backends.cudnn.is_acceptable(x) else "aten"
     B = x.shape[1]
-    rec_mask = torch.ones(B, mod.cell.output_size) if mod.recurrent_dropout and mod.training else None
+    rec_mask = torch.ones(B, mod.cell.output_size, device=x.device) if mod.recurrent_dropout and mod.training \
+        else None
     call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
                      state=mod.cell.init_state(B, dtype=x.dtype, device=x.device), rec_mask=rec_mask,
                      zoneout=mod.zoneout, training=mod.training, record=_is_recording(mod))
     return select_backend(call).name
 
 
-def bench_shape(cell: str, T: int, B: int, H: int, repeats: int) -> list[dict[str, object]]:
-    """Train and inference rows for one cell and shape (input size = H)."""
+def bench_shape(cell: str, T: int, B: int, H: int, repeats: int, device: str = "cpu") -> list[dict[str, object]]:
+    """Train and inference rows for one cell and shape (input size = H); on CUDA also against nn.RNN."""
     torch.manual_seed(0)
-    x = torch.randn(T, B, H)
-    mods = {"ours": _ours(cell, H, "auto"), "eager": _ours(cell, H, "reference"),
-            "nn.LSTM": nn.LSTM(H, H), "nn.GRU": nn.GRU(H, H)}
+    x = torch.randn(T, B, H, device=device)
+    mods = {"ours": _ours(cell, H, "auto", device), "eager": _ours(cell, H, "reference", device),
+            "nn.LSTM": nn.LSTM(H, H, device=device), "nn.GRU": nn.GRU(H, H, device=device)}
+    if device != "cpu":
+        mods["nn.RNN"] = nn.RNN(H, H, device=device)
     backend = backend_used(mods["ours"], x)  # type: ignore[arg-type]
     # FLOPs of the input and recurrent GEMMs from the cell's own weights (minGRU/minLSTM have no weight_hh)
     lp = mods["ours"].layer_params(0, 0)  # type: ignore[operator]
     flops_fwd = 2.0 * T * B * sum(lp[k].numel() for k in ("weight_ih", "weight_hh", "weight_hr") if k in lp)
     rows = []
     for mode, make, flops in (("train", _train_fn, 3.0 * flops_fwd), ("infer", _infer_fn, flops_fwd)):
-        t = _median_times({k: make(m, x) for k, m in mods.items()}, repeats)
+        t = _median_times({k: _synced(make(m, x), device) for k, m in mods.items()}, repeats)
         gflops = flops / t["ours"] / 1e9
         rows.append({
             "cell": cell, "backend": backend, "T": T, "B": B, "H": H, "mode": mode,
@@ -169,14 +226,17 @@ def bench_shape(cell: str, T: int, B: int, H: int, repeats: int) -> list[dict[st
             "speedup_vs_eager": t["eager"] / t["ours"],
             "gflops": gflops, "peak_fraction": None,  # set by run_bench once the peak is known
         })
+        if "nn.RNN" in t:
+            rows[-1].update({"rnn_ms": 1e3 * t["nn.RNN"], "vs_rnn": t["ours"] / t["nn.RNN"]})
     return rows
 
 
-def per_step_overhead(cell: str, steps: int, repeats: int, H: int = 32) -> dict[str, float]:
+def per_step_overhead(cell: str, steps: int, repeats: int, H: int = 32, device: str = "cpu") -> dict[str, float]:
     """Microseconds per time step of an inference forward at B=1 (ours, eager loop, nn.LSTM)."""
-    x = torch.randn(steps, 1, H)
-    mods = {"ours": _ours(cell, H, "auto"), "eager": _ours(cell, H, "reference"), "nn.LSTM": nn.LSTM(H, H)}
-    t = _median_times({k: _infer_fn(m, x) for k, m in mods.items()}, repeats)
+    x = torch.randn(steps, 1, H, device=device)
+    mods = {"ours": _ours(cell, H, "auto", device), "eager": _ours(cell, H, "reference", device),
+            "nn.LSTM": nn.LSTM(H, H, device=device)}
+    t = _median_times({k: _synced(_infer_fn(m, x), device) for k, m in mods.items()}, repeats)
     return {f"{k}_us": 1e6 * v / steps for k, v in t.items()}
 
 
@@ -206,6 +266,8 @@ def summarize(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, float]]:
         s["meets_vs_eager"] = all(r["speedup_vs_eager"] >= TARGET_SPEEDUP_VS_EAGER  # type: ignore[operator]
                                   for r in train) if cell != "lstm" else True
         s["backend"] = ",".join(sorted({str(r["backend"]) for r in mine}))  # type: ignore[assignment]
+        if any("vs_rnn" in r for r in train):  # (nn.RNN is a peer on CUDA only)
+            s["train_vs_rnn"] = _median(r["vs_rnn"] for r in train if "vs_rnn" in r)  # type: ignore[misc]
         base = str(cell).partition(":")[0]
         if base != cell:  # an option variant: its training time against the same cell without the options
             plain = {(r["T"], r["B"], r["H"]): r["ours_ms"] for r in rows if r["cell"] == base and r["mode"] == "train"}
@@ -217,33 +279,38 @@ def summarize(rows: Sequence[dict[str, object]]) -> dict[str, dict[str, float]]:
 
 def run_bench(cells: Sequence[str] = tuple(DEFAULT_CELLS), shapes: Sequence[tuple[int, int, int]] = tuple(QUICK_SHAPES),
               repeats: int = 5, threads: int | None = None, overhead_steps: int = 500,
-              progress: Callable[[str], None] | None = None) -> dict[str, object]:
-    """Run the whole benchmark and return the report (a JSON-serialisable dict)."""
+              progress: Callable[[str], None] | None = None, device: str = "cpu") -> dict[str, object]:
+    """Run the whole benchmark on ``device`` ("cpu" or "cuda") and return the report (a JSON-serialisable
+    dict; ``settings["device"]`` says what ran it)."""
     if threads is not None:
         torch.set_num_threads(threads)
     say = progress or (lambda s: None)
     say("measuring GEMM peak")
-    peak_before = gemm_peak(repeats=max(7, repeats))
+    peak_before = gemm_peak(repeats=max(7, repeats), device=device)
     rows: list[dict[str, object]] = []
     overhead: dict[str, dict[str, float]] = {}
     for cell in cells:
         for T, B, H in shapes:
             say(f"{cell} T={T} B={B} H={H}")
-            rows.extend(bench_shape(cell, T, B, H, repeats))
-        overhead[cell] = per_step_overhead(cell, overhead_steps, repeats)
+            rows.extend(bench_shape(cell, T, B, H, repeats, device))
+        overhead[cell] = per_step_overhead(cell, overhead_steps, repeats, device=device)
     # the peak again at the end, keeping the best: one measurement taken during a burst of other work on a
     # shared machine came out at half the real peak and made fractions above 100%
-    peak = max(peak_before, gemm_peak(repeats=max(7, repeats)))
+    peak = max(peak_before, gemm_peak(repeats=max(7, repeats), device=device))
     for r in rows:
         r["peak_fraction"] = r["gflops"] / peak  # type: ignore[operator]
-    from rnnlab.backends.cpp import load_kernels
+    if device == "cpu":
+        from rnnlab.backends.cpp import load_kernels
 
-    ext = load_kernels()
+        ext = load_kernels()
+        gemm = ext.gemm_backend() if ext is not None else "none (kernels not built)"
+    else:
+        gemm = "torch.mm (cuBLAS)"
     return {
         "settings": {"cells": list(cells), "shapes": [list(s) for s in shapes], "repeats": repeats,
-                     "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "gemm": ext.gemm_backend() if ext is not None else "none (kernels not built)",
-                     "machine": platform.machine(), "processor": platform.processor()},
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, "gemm": gemm,
+                     "machine": platform.machine(), "processor": platform.processor(),
+                     "device": device_metadata(device)},
         "gemm_peak_gflops": peak,
         "rows": rows,
         "overhead": overhead,
@@ -253,7 +320,10 @@ def run_bench(cells: Sequence[str] = tuple(DEFAULT_CELLS), shapes: Sequence[tupl
 
 def format_table(report: dict[str, object]) -> str:
     """Human-readable table of a :func:`run_bench` report."""
-    lines = [f"GEMM peak (fp32, this machine): {report['gemm_peak_gflops']:.0f} GFLOP/s, "
+    dev = report["settings"].get("device", {"type": "cpu"})  # type: ignore[union-attr]
+    where = "this machine" if dev["type"] == "cpu" else f"{dev.get('gpu')}, driver {dev.get('driver')}, " \
+        f"CUDA {dev.get('cuda_runtime')}, triton {dev.get('triton')}"
+    lines = [f"GEMM peak (fp32, {where}): {report['gemm_peak_gflops']:.0f} GFLOP/s, "
              f"threads {report['settings']['threads']}, kernel GEMMs: "  # type: ignore[index]
              f"{report['settings'].get('gemm', '?')}",  # type: ignore[index, union-attr]
              "ratios are time(ours) / time(other): < 1 is faster; speedup = eager time / ours", ""]

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--shapes", nargs="+", default=None, metavar="T,B,H",
                    help="override the grid, e.g. --shapes 100,16,256 50,1,64")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the full report as JSON here")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to time (default cpu); cuda: synchronised timings, peers nn.LSTM/nn.GRU/nn.RNN on the "
+                   "GPU, the backend that ran each cell (cudnn / triton / reference), and the GPU, driver, CUDA, "
+                   "torch and Triton versions in the report")
     p.add_argument("--onnx", action="store_true", help="instead: ONNX Runtime (fp32, int8) vs PyTorch eager "
                    "inference, streaming at B=1 and one B=32, T=100 batch (default cells: lstm cifg)")
     p.set_defaults(func=run)
@@ -75,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
             Recurrent(name, 2, 2, device="meta", **options)  # type: ignore[arg-type]
         except (TypeError, ValueError) as e:
             raise UserError(f"--cells: {c!r}: {e}") from None
+    if args.device == "cuda":
+        import torch
+
+        if args.onnx:
+            raise UserError("--device: --onnx measures ONNX Runtime on the CPU, got --device cuda")
+        if not torch.cuda.is_available():
+            raise UserError(f"--device: expected a usable CUDA device, got --device cuda but torch "
+                            f"{torch.__version__} (CUDA {torch.version.cuda}) sees none")
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
     if repeats <= 0:
         raise UserError(f"--repeats: expected a positive int, got {repeats}")
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         shapes = bench.QUICK_SHAPES if args.quick else bench.FULL_SHAPES
     report = bench.run_bench(cells=cells, shapes=shapes, repeats=repeats, threads=args.threads,
                              overhead_steps=100 if args.quick else 1000,
-                             progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+                             progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True), device=args.device)
     print(bench.format_table(report))
     if args.out:
         with open(args.out, "w") as f:
