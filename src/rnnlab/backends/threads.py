@@ -100,6 +100,8 @@ class CallThreads:
         self.cap = 0
 
     def __enter__(self) -> CallThreads:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a traced graph has no thread state
+            return self
         if _stale_restore:
             _restore_stale()
         self.prev = torch.get_num_threads()
