@@ -211,8 +211,3 @@ class RecurrentCell(nn.Module):
         if unbatched:
             new = tuple(s.squeeze(0) for s in new)
         return new[0] if len(new) == 1 else new
-
-
-def gate_chunks(t: Tensor, n: int) -> tuple[Tensor, ...]:
-    """Split (..., n*H) into n (..., H) views along the last dim."""
-    return t.chunk(n, dim=-1)
