@@ -52,7 +52,7 @@ def cases(draw, magnitudes: tuple[str, ...]) -> Case:
                 num_layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()),
                 batch_first=draw(st.booleans()), dtype=draw(st.sampled_from([torch.float32, torch.float64])),
                 lengths=lengths, with_hx=draw(st.booleans()),
-                # zoneout runs on the reference backend only: rare, so that most draws exercise the fused kernels
+                # zoneout in a quarter of the draws (fused on the generic driver, the reference elsewhere)
                 recurrent_dropout=draw(st.sampled_from([0.0, 0.3])),
                 zoneout=draw(st.sampled_from([0.0, 0.0, 0.0, 0.25])),
                 magnitude=draw(st.sampled_from(magnitudes)), seed=draw(st.integers(0, 2**16)))
