@@ -97,7 +97,7 @@ def test_compile_fullgraph_with_lengths(cell: str) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["lstm", "gru", "ln_lstm"])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_compile_kernel_op_with_lengths(name: str) -> None:
     """The ops with a lengths tensor inside a fullgraph compiled function (as the backend calls them)."""
     torch._dynamo.reset()
@@ -226,22 +226,16 @@ def _op_samples() -> list:
         ("lstm_proj", (r(Tn, Bn, 4 * Hn), r(Bn, 2), r(Bn, Hn), r(4 * Hn, 2), r(3, Hn), r(2, Hn), lens, 55)),
         ("gru", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), r(Hn), lens, True)),
         ("gru_paper", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), e, lens, False)),
-        ("elman", (r(Tn, Bn, Hn), r(Bn, Hn), r(Hn, Hn), lens, False)),
         ("mut1", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(2 * Hn, Hn), lens, 1)),
         ("mut3", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), lens, 3)),
-        ("ln_gru", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), r(3 * Hn), r(3 * Hn), lens, 1e-5)),
-        ("ln_lstm", (r(Tn, Bn, 4 * Hn), r(Bn, Hn), r(Bn, Hn), r(4 * Hn, Hn), r(4 * Hn), r(4 * Hn), r(Hn), r(Hn),
-                     lens, 1e-5)),
-        ("scan", (torch.rand(Tn, Bn, Hn, dtype=d, requires_grad=True), r(Tn, Bn, Hn), r(Bn, Hn), lens)),
         ("clockwork", (r(Tn, Bn, Hn), r(Bn, Hn), torch.tensor([0.0, 3.0], dtype=d), r(Hn, Hn),
                        torch.tensor([1.0, 2.0, 4.0], dtype=d), lens)),
     ]
 
 
 _FORWARD = {"lstm": ops.lstm_forward, "lstm_proj": ops.lstm_forward, "gru": ops.gru_forward,
-            "gru_paper": ops.gru_forward, "elman": ops.elman_forward, "mut1": ops.mut_forward,
-            "mut3": ops.mut_forward, "ln_gru": ops.ln_gru_forward, "ln_lstm": ops.ln_lstm_forward,
-            "scan": ops.scan_forward, "clockwork": ops.clockwork_forward}
+            "gru_paper": ops.gru_forward, "mut1": ops.mut_forward, "mut3": ops.mut_forward,
+            "clockwork": ops.clockwork_forward}
 
 
 @needs_kernels
@@ -264,22 +258,9 @@ def test_opcheck_backward_ops(name: str, args: tuple) -> None:
     elif name.startswith("gru"):
         xp, h0, w_hh, b_hn, lens, after = plain
         bargs, op = (g[0], g[1], h0, w_hh, lens, after, outs[0], outs[2], outs[3]), ops.gru_backward
-    elif name == "elman":
-        xp, h0, w_hh, lens, relu = plain
-        bargs, op = (g[0], g[1], h0, w_hh, lens, relu, outs[0]), ops.elman_backward
     elif name.startswith("mut"):
         xp, h0, w_hh, lens, mode = plain
         bargs, op = (g[0], g[1], h0, w_hh, lens, mode, outs[0], *outs[2:]), ops.mut_backward
-    elif name == "ln_gru":
-        xp, h0, w_hh, ln_w, ln_b, lens, eps = plain
-        bargs, op = (g[0], g[1], h0, w_hh, ln_w, ln_b, lens, outs[0], *outs[2:]), ops.ln_gru_backward
-    elif name == "ln_lstm":
-        xp, h0, c0, w_hh, a2, b2, a3, b3, lens, eps = plain
-        bargs = (g[0], g[1], g[2], h0, c0, w_hh, a2, b2, a3, b3, lens, outs[0], *outs[3:])
-        op = ops.ln_lstm_backward
-    elif name == "scan":
-        a, b, h0, lens = plain
-        bargs, op = (g[0], g[1], a, outs[0], h0, lens), ops.scan_backward
     else:
         xp, h0, n0, w_hh, periods, lens = plain
         bargs, op = (g[0], g[1], h0, w_hh, lens, outs[0], outs[3], outs[4]), ops.clockwork_backward

@@ -15,7 +15,6 @@ from rnnlab.backends.cpp import loader
 from rnnlab.backends.cpp import ops
 from rnnlab.backends.cpp.backend import lstm_flags
 from rnnlab.cells.gru import GRUCell
-from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.lstm import LSTMCell
 from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 
@@ -120,8 +119,7 @@ def test_kernel_unbatched_and_default_state() -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("case", ["lstm_proj", "peephole", "cifg", "greff_noaf", "greff_niaf", "greff_nog",
-                                  "gru", "gru_before", "rnn_tanh", "mut1", "mut2", "mut3", "ln_gru", "ln_gru_nobias",
-                                  "ln_lstm", "ln_lstm_nobias"])
+                                  "gru", "gru_before", "mut1", "mut2", "mut3"])
 def test_gradcheck_float64(case: str) -> None:
     """The hand-written backward against finite differences, through the registered ops directly."""
     cell, opts = CASES[case]
@@ -152,35 +150,13 @@ def test_gradcheck_float64(case: str) -> None:
 
         def f(xp, h0, w_hh, *rest):
             return ops.gru_forward(xp, h0, w_hh, rest[0] if rest else b_hn, lens, c.reset_after)[:2]
-    elif isinstance(c, LayerNormGRUCell):
-        ln_w = torch.randn(3 * c.hidden_size, **d)
-        ln_b = torch.randn(3 * c.hidden_size, **d) if c.bias else torch.empty(0, dtype=torch.float64)
-        inputs = [xp, h0, w_hh, ln_w] + ([ln_b] if c.bias else [])
-
-        def f(xp, h0, w_hh, ln_w, *rest):
-            return ops.ln_gru_forward(xp, h0, w_hh, ln_w, rest[0] if rest else ln_b, lens, c.eps)[:2]
-    elif isinstance(c, LayerNormLSTMCell):
-        Hc = c.hidden_size
-        c0 = torch.randn(Bg, Hc, **d)
-        e = torch.empty(0, dtype=torch.float64)
-        a2, a3 = torch.randn(4 * Hc, **d), torch.randn(Hc, **d)
-        b2, b3 = (torch.randn(4 * Hc, **d), torch.randn(Hc, **d)) if c.bias else (e, e)
-        inputs = [xp, h0, c0, w_hh, a2, a3] + ([b2, b3] if c.bias else [])
-
-        def f(xp, h0, c0, w_hh, a2, a3, *rest):
-            bb2, bb3 = rest if rest else (b2, b3)
-            return ops.ln_lstm_forward(xp, h0, c0, w_hh, a2, bb2, a3, bb3, lens, c.eps)[:3]
-    elif isinstance(c, (MUT1Cell, MUT2Cell, MUT3Cell)):
+    else:
+        assert isinstance(c, (MUT1Cell, MUT2Cell, MUT3Cell))
         inputs = [xp, h0, w_hh]
         mode = int(c.kind[-1])
 
         def f(xp, h0, w_hh):
             return ops.mut_forward(xp, h0, w_hh, lens, mode)[:2]
-    else:
-        inputs = [xp, h0, w_hh]
-
-        def f(xp, h0, w_hh):
-            return ops.elman_forward(xp, h0, w_hh, lens, c.nonlinearity == "relu")
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
 
 
@@ -221,7 +197,7 @@ def test_env_switch_disables(monkeypatch) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("change", ["record", "rec_mask", "zoneout", "want_states", "fgr", "float16", "int"])
+@pytest.mark.parametrize("change", ["want_states", "fgr", "float16", "int"])
 def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
     cell = "greff_fgr" if change == "fgr" else "lstm"
     mod = Recurrent(cell, I, H)
@@ -229,13 +205,7 @@ def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
     state = mod.cell.init_state(B, dtype=x.dtype, device=x.device)
     base = dict(cell=mod.cell, params=mod.layer_params(0, 0), x=x, state=state)
     assert change == "fgr" or CppBackend().supports(LayerCall(**base))
-    if change == "record":
-        base["record"] = True
-    elif change == "rec_mask":
-        base["rec_mask"] = torch.ones(B, H)
-    elif change == "zoneout":
-        base["zoneout"] = 0.1
-    elif change == "want_states":
+    if change == "want_states":
         base["want_states"] = True
     elif change == "float16":
         base["x"] = x.half()
@@ -243,8 +213,24 @@ def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
         base["x"] = x.long()
     call = LayerCall(**base)
     assert not CppBackend().supports(call)
-    if change in ("record", "rec_mask", "zoneout", "want_states", "fgr"):
+    if change in ("want_states", "fgr"):
         assert select_backend(call).name == "reference"
+
+
+@needs_kernels
+@pytest.mark.parametrize("change", ["rec_mask", "zoneout"])
+def test_options_run_on_the_driver(change: str) -> None:
+    """Recurrent dropout and zoneout are the generic driver's own options (test_generic_options.py checks them
+    against the reference)."""
+    mod = Recurrent("lstm", I, H)
+    x = torch.randn(T, B, I)
+    base = dict(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
+                state=mod.cell.init_state(B, dtype=x.dtype, device=x.device))
+    if change == "rec_mask":
+        base["rec_mask"] = torch.ones(B, H)
+    else:
+        base["zoneout"] = 0.1
+    assert CppBackend().supports(LayerCall(**base))
 
 
 @needs_kernels
@@ -293,12 +279,8 @@ def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm
 
 
 @needs_kernels
-def test_scan_gradcheck_float64_and_log_scan_refused() -> None:
-    d = dict(dtype=torch.float64, requires_grad=True)
-    a, b, h0 = torch.rand(5, 3, 4, **d), torch.randn(5, 3, 4, **d), torch.randn(3, 4, **d)
-    lens = torch.tensor([5, 2, 4])
-    assert torch.autograd.gradcheck(lambda a, b, h0: ops.scan_forward(a, b, h0, lens), [a, b, h0],
-                                    eps=1e-6, atol=1e-6)
+def test_log_scan_refused() -> None:
+    """Only the element-wise scan is fused (its gradcheck is the driver's: test_generic_ops.py)."""
     mod = Recurrent("mingru", I, H, scan="log")
     call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),
                      state=mod.cell.init_state(B, dtype=torch.float32, device=torch.device("cpu")))

@@ -54,12 +54,8 @@ from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.cells.base import RecurrentCell
 from rnnlab.cells.clockwork import ClockworkCell
-from rnnlab.cells.depth_gated import DepthGatedLSTMCell
-from rnnlab.cells.elman import ElmanCell
 from rnnlab.cells.gru import GRUCell
-from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 from rnnlab.cells.lstm import LSTMCell
-from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell, g
 from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 from rnnlab.sequence import reverse_within_lengths
 
@@ -121,17 +117,14 @@ def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
 
 
 #: kernel kind (from :func:`kernel_for`) -> the CppBackend method that runs it
-_RUNNERS = {"lstm": "_lstm", "gru": "_gru", "elman": "_elman", "ln_gru": "_ln_gru", "ln_lstm": "_ln_lstm",
-            "depth_gated": "_depth_gated", "clockwork": "_clockwork", "mingru": "_min", "minlstm": "_min",
-            "mut1": "_mut", "mut2": "_mut", "mut3": "_mut"}
+_RUNNERS = {"lstm": "_lstm", "gru": "_gru", "clockwork": "_clockwork", "mut1": "_mut", "mut2": "_mut",
+            "mut3": "_mut"}
 
 
 def kernel_for(cell: RecurrentCell) -> str | None:
     """Which fused kernel computes this cell exactly: ``"driver:<rule>"`` for a cell on the generic driver
     (generic_registry.py: LSTM and its variants, GRU, IndRNN, SRU, sLSTM, ...), else one of kernels.cpp's
-    ``"lstm"`` (projection), ``"gru"`` (paper form), ``"elman"``, ``"mut1"``-``"mut3"``, ``"ln_gru"``,
-    ``"ln_lstm"``, ``"clockwork"``, ``"mingru"``, ``"minlstm"``, ``"depth_gated"`` (first layer only: without a
-    layer below it is a peephole LSTM; ``supports`` refuses calls with ``lower``), or ``None``."""
+    ``"lstm"`` (projection), ``"gru"`` (paper form), ``"mut1"``-``"mut3"``, ``"clockwork"``, or ``None``."""
     rule = generic_registry.driver_for(cell)
     if rule is not None:
         return "driver:" + rule
@@ -139,24 +132,11 @@ def kernel_for(cell: RecurrentCell) -> str | None:
         return None if cell.full_gate_recurrence else "lstm"  # type: ignore[attr-defined]
     if _same_math(cell, GRUCell):
         return "gru"
-    if _same_math(cell, ElmanCell):
-        return "elman"
     for mut in (MUT1Cell, MUT2Cell, MUT3Cell):
         if _same_math(cell, mut):
             return mut.kind
-    if _same_math(cell, LayerNormGRUCell):
-        return "ln_gru"
-    if _same_math(cell, LayerNormLSTMCell):
-        return "ln_lstm"
     if _same_math(cell, ClockworkCell):
         return "clockwork"
-    if _same_math(cell, DepthGatedLSTMCell):
-        return "depth_gated"
-    # the log-space scan ("log") rounds differently from the element-wise loop; only the loop is fused
-    if _same_math(cell, MinGRUCell) and cell.scan != "log":  # type: ignore[attr-defined]
-        return "mingru"
-    if _same_math(cell, MinLSTMCell) and cell.scan != "log":  # type: ignore[attr-defined]
-        return "minlstm"
     return None
 
 
@@ -293,14 +273,6 @@ class CppBackend:
         return out, (h,)
 
     @staticmethod
-    def _elman(ext, cell: ElmanCell, p, x: Tensor, state, lens: Tensor):
-        b = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
-        xp = F.linear(x, p["weight_ih"], b)  # (T, B, H)
-        relu = cell.nonlinearity == "relu"
-        out, h = ops.run("elman", xp, state[0], p["weight_hh"], lens, relu)
-        return out, (h,)
-
-    @staticmethod
     def _mut(ext, cell, p, x: Tensor, state, lens: Tensor):
         # The cell's own projection (raw-x block, MUT1's tanh) plus every recurrent bias: none sits behind a
         # gate (W_hh (r ⊙ h) + b_h adds b_h outside the reset), so all of them fold into xp.
@@ -310,37 +282,6 @@ class CppBackend:
             xp = xp + (torch.cat([b.new_zeros(cell.hidden_size), b]) if cell.kind == "mut1" else b)
         mode = int(cell.kind[-1])
         out, h = ops.run("mut", xp, state[0], p["weight_hh"], lens, mode)[:2]
-        return out, (h,)
-
-    @staticmethod
-    def _ln_gru(ext, cell: LayerNormGRUCell, p, x: Tensor, state, lens: Tensor):
-        xp = cell.project_input(x, p)  # (T, B, 3H) = LN(W_ih x), autograd through F.layer_norm
-        ln_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
-        out, h = ops.run("ln_gru", xp, state[0], p["weight_hh"], p["weight_ln_hh"], ln_b, lens, cell.eps)[:2]
-        return out, (h,)
-
-    @staticmethod
-    def _ln_lstm(ext, cell: LayerNormLSTMCell, p, x: Tensor, state, lens: Tensor):
-        xp = cell.project_input(x, p)  # (T, B, 4H) = LN(W_ih x)
-        lnh_b = p["bias_ln_hh"] if "bias_ln_hh" in p else x.new_empty(0)
-        lnc_b = p["bias_ln_c"] if "bias_ln_c" in p else x.new_empty(0)
-        out, h, c = ops.run("ln_lstm", xp, state[0], state[1], p["weight_hh"], p["weight_ln_hh"], lnh_b,
-                                        p["weight_ln_c"], lnc_b, lens, cell.eps)[:3]
-        return out, (h, c)
-
-    @staticmethod
-    def _min(ext, cell, p, x: Tensor, state, lens: Tensor):
-        # a, b exactly as MinGRUCell/MinLSTMCell.sequence form them for the element-wise scan
-        xp = cell.project_input(x, p)
-        if cell.kind == "mingru":
-            k_z, k_h = xp.chunk(2, dim=-1)  # each (T, B, H)
-            z = torch.sigmoid(k_z)
-            a, b = 1.0 - z, z * g(k_h)
-        else:
-            k_f, k_i, k_h = xp.chunk(3, dim=-1)
-            diff = F.softplus(-k_f) - F.softplus(-k_i)  # log(i / f)
-            a, b = torch.exp(-F.softplus(diff)), torch.exp(-F.softplus(-diff)) * g(k_h)
-        out, h = ops.run("scan", a, b, state[0], lens)
         return out, (h,)
 
     @staticmethod
@@ -354,18 +295,3 @@ class CppBackend:
         n0 = state[1]  # (B, 1)
         out, h, n = ops.run("clockwork", xp, state[0], n0.reshape(-1), w_hh, periods, lens)[:3]
         return out, (h, n.view_as(n0))
-
-    @staticmethod
-    def _depth_gated(ext, cell: DepthGatedLSTMCell, p, x: Tensor, state, lens: Tensor):
-        # No layer below: the depth gate and its input block (rows 4H: of weight_ih) are unused, what is left
-        # is an LSTM with peepholes i, f on c_{t-1} and o on c_t (or none) and b_hh outside the gates.
-        H = cell.hidden_size
-        b = p["bias_ih"][: 4 * H] + p["bias_hh"] if "bias_ih" in p else None
-        xp = F.linear(x, p["weight_ih"][: 4 * H], b)  # (T, B, 4H)
-        if cell.peepholes:
-            peep = torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]])  # (3, H)
-        else:
-            peep = x.new_zeros(3, H)
-        flags = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
-        out, h, c = ops.run("lstm", xp, state[0], state[1], p["weight_hh"], peep, x.new_empty(0), lens, flags)[:3]
-        return out, (h, c)

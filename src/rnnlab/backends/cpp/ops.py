@@ -1,7 +1,7 @@
 """The fused kernels as registered PyTorch operators (``torch.ops.rnnlab.*``), visible to compile/export/func/autocast.
 
 One forward and one backward op per kernel kind (``rnnlab::lstm_forward``, ``rnnlab::lstm_backward``, ...: lstm,
-gru, elman, mut, ln_gru, ln_lstm, scan, clockwork), each defined with ``torch.library.custom_op`` and given:
+gru, mut, clockwork: the cells not yet on the generic driver, generic_ops.py), each defined with ``torch.library.custom_op`` and given:
 
 - a CPU implementation: the compiled extension (loader.py);
 - a fake implementation (output shapes only), so ``torch.compile(fullgraph=True)`` and ``torch.export`` (with a
@@ -20,8 +20,8 @@ gru, elman, mut, ln_gru, ln_lstm, scan, clockwork), each defined with ``torch.li
 Example:
     >>> import torch
     >>> from rnnlab.backends.cpp import ops
-    >>> out, h = torch.ops.rnnlab.elman_forward(torch.randn(5, 2, 4), torch.zeros(2, 4), torch.randn(4, 4),
-    ...                                         ops.NO_LENGTHS, False)  # doctest: +SKIP
+    >>> out, h = torch.ops.rnnlab.mut_forward(torch.randn(5, 2, 12), torch.zeros(2, 4), torch.randn(12, 4),
+    ...                                       ops.NO_LENGTHS, 3)[:2]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -187,46 +187,6 @@ def _gru_backward(ctx, gout, ghT, *_aux):
 gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup)
 
 
-# --- Elman ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::elman_forward", mutates_args=())
-def elman_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
-    return tuple(_ext().elman_forward(xp, h0, w_hh, lengths, relu))  # type: ignore[return-value]
-
-
-@elman_forward.register_fake
-def _(xp, h0, w_hh, lengths, relu):
-    return xp.new_empty(xp.shape), xp.new_empty(h0.shape)
-
-
-@torch.library.custom_op("rnnlab::elman_backward", mutates_args=())
-def elman_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool,
-                   out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().elman_backward(gout, ghT, h0, w_hh, lengths, relu, out))  # type: ignore[return-value]
-
-
-@elman_backward.register_fake
-def _(gout, ghT, h0, w_hh, lengths, relu, out):
-    return out.new_empty(out.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
-
-
-def _elman_setup(ctx, inputs, output):
-    xp, h0, w_hh, lengths, relu = inputs
-    ctx.relu = relu
-    ctx.save_for_backward(xp, h0, w_hh, lengths, *output)
-
-
-def _elman_backward(ctx, gout, ghT):
-    xp, h0, w_hh, lengths, out, hT = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, w_hh, lengths, ctx.relu)
-        return tuple(_twin_backward(twins.elman, args, (gout, ghT), ctx.needs_input_grad))
-    dxp, dh0, dw_hh = _call(elman_backward, "elman_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.relu, out)
-    return dxp, dh0, dw_hh, None, None
-
-
-elman_forward.register_autograd(_elman_backward, setup_context=_elman_setup)
-
-
 # --- MUT1-3 ---------------------------------------------------------------------------------------------------
 @torch.library.custom_op("rnnlab::mut_forward", mutates_args=())
 def mut_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor,
@@ -269,143 +229,6 @@ def _mut_backward(ctx, gout, ghT, *_aux):
 
 
 mut_forward.register_autograd(_mut_backward, setup_context=_mut_setup)
-
-
-# --- LN-GRU ---------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::ln_gru_forward", mutates_args=())
-def ln_gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor, lengths: Tensor,
-                   eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().ln_gru_forward(xp, h0, w_hh, ln_w, ln_b, lengths, eps))  # type: ignore[return-value]
-
-
-@ln_gru_forward.register_fake
-def _(xp, h0, w_hh, ln_w, ln_b, lengths, eps):
-    T, B, G = xp.shape
-    H = h0.shape[1]
-    return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, G),
-            xp.new_empty(T, B))
-
-
-@torch.library.custom_op("rnnlab::ln_gru_backward", mutates_args=())
-def ln_gru_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor,
-                    lengths: Tensor, out: Tensor, gates: Tensor, ahs: Tensor,
-                    rs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().ln_gru_backward(gout, ghT, h0, w_hh, ln_w, ln_b, lengths, out, gates, ahs, rs))  # type: ignore[return-value]
-
-
-@ln_gru_backward.register_fake
-def _(gout, ghT, h0, w_hh, ln_w, ln_b, lengths, out, gates, ahs, rs):
-    return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
-            ln_w.new_empty(ln_w.shape), ln_b.new_empty(ln_b.shape) if ln_b.numel() else ln_b.new_empty(0))
-
-
-def _ln_gru_setup(ctx, inputs, output):
-    xp, h0, w_hh, ln_w, ln_b, lengths, eps = inputs
-    ctx.eps = eps
-    ctx.save_for_backward(xp, h0, w_hh, ln_w, ln_b, lengths, *output)
-
-
-def _ln_gru_backward(ctx, gout, ghT, *_aux):
-    xp, h0, w_hh, ln_w, ln_b, lengths, out, hT, gates, ahs, rs = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, w_hh, ln_w, ln_b, lengths, ctx.eps)
-        return tuple(_twin_backward(twins.ln_gru, args, (gout, ghT), ctx.needs_input_grad))
-    dxp, dh0, dw_hh, dln_w, dln_b = _call(ln_gru_backward, "ln_gru_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, ln_w, ln_b, lengths, out,
-                                                    gates, ahs, rs)
-    return dxp, dh0, dw_hh, dln_w, _opt(dln_b, ln_b), None, None
-
-
-ln_gru_forward.register_autograd(_ln_gru_backward, setup_context=_ln_gru_setup)
-
-
-# --- LN-LSTM --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::ln_lstm_forward", mutates_args=())
-def ln_lstm_forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor, lnh_b: Tensor, lnc_w: Tensor,
-                    lnc_b: Tensor, lengths: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                         Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().ln_lstm_forward(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps))  # type: ignore[return-value]
-
-
-@ln_lstm_forward.register_fake
-def _(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps):
-    T, B, G = xp.shape
-    H = h0.shape[1]
-    e = xp.new_empty
-    return (e(T, B, H), e(B, H), e(B, H), e(T, B, G), e(T, B, H), e(T, B, G), e(T, B), e(T, B, H), e(T, B))
-
-
-@torch.library.custom_op("rnnlab::ln_lstm_backward", mutates_args=())
-def ln_lstm_backward(gout: Tensor, ghT: Tensor, gcT: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor,
-                     lnh_b: Tensor, lnc_w: Tensor, lnc_b: Tensor, lengths: Tensor, out: Tensor, gates: Tensor,
-                     cs: Tensor, ahs: Tensor, ras: Tensor, chs: Tensor, rcs: Tensor) -> tuple[
-                         Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().ln_lstm_backward(gout, ghT, gcT, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths,  # type: ignore[return-value]
-                                         out, gates, cs, ahs, ras, chs, rcs))
-
-
-@ln_lstm_backward.register_fake
-def _(gout, ghT, gcT, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, gates, cs, ahs, ras, chs, rcs):
-    def like(t: Tensor) -> Tensor:
-        return t.new_empty(t.shape) if t.numel() else t.new_empty(0)
-
-    return (like(gates), like(h0), like(c0), like(w_hh), like(lnh_w), like(lnh_b), like(lnc_w), like(lnc_b))
-
-
-def _ln_lstm_setup(ctx, inputs, output):
-    xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, eps = inputs
-    ctx.eps = eps
-    ctx.save_for_backward(xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, *output)
-
-
-def _ln_lstm_backward(ctx, gout, ghT, gcT, *_aux):
-    xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, hT, cT, *saved = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, ctx.eps)
-        return tuple(_twin_backward(twins.ln_lstm, args, (gout, ghT, gcT), ctx.needs_input_grad))
-    dxp, dh0, dc0, dw_hh, da2, db2, da3, db3 = _call(ln_lstm_backward, "ln_lstm_backward", 
-        _z(gout, out), _z(ghT, hT), _z(gcT, cT), h0, c0, w_hh, lnh_w, lnh_b, lnc_w, lnc_b, lengths, out, *saved)
-    return dxp, dh0, dc0, dw_hh, da2, _opt(db2, lnh_b), da3, _opt(db3, lnc_b), None, None
-
-
-ln_lstm_forward.register_autograd(_ln_lstm_backward, setup_context=_ln_lstm_setup)
-
-
-# --- element-wise scan (minGRU / minLSTM) ---------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::scan_forward", mutates_args=())
-def scan_forward(a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-    return tuple(_ext().scan_forward(a, b, h0, lengths))  # type: ignore[return-value]
-
-
-@scan_forward.register_fake
-def _(a, b, h0, lengths):
-    return a.new_empty(a.shape), a.new_empty(h0.shape)
-
-
-@torch.library.custom_op("rnnlab::scan_backward", mutates_args=())
-def scan_backward(gout: Tensor, ghT: Tensor, a: Tensor, out: Tensor, h0: Tensor,
-                  lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().scan_backward(gout, ghT, a, out, h0, lengths))  # type: ignore[return-value]
-
-
-@scan_backward.register_fake
-def _(gout, ghT, a, out, h0, lengths):
-    return a.new_empty(a.shape), a.new_empty(a.shape), h0.new_empty(h0.shape)
-
-
-def _scan_setup(ctx, inputs, output):
-    a, b, h0, lengths = inputs
-    ctx.save_for_backward(a, b, h0, lengths, *output)
-
-
-def _scan_backward(ctx, gout, ghT):
-    a, b, h0, lengths, out, hT = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        return tuple(_twin_backward(twins.scan, (a, b, h0, lengths), (gout, ghT), ctx.needs_input_grad))
-    da, db, dh0 = _call(scan_backward, "scan_backward", _z(gout, out), _z(ghT, hT), a, out, h0, lengths)
-    return da, db, dh0, None
-
-
-scan_forward.register_autograd(_scan_backward, setup_context=_scan_setup)
 
 
 # --- Clockwork ------------------------------------------------------------------------------------------------
@@ -455,10 +278,8 @@ clockwork_forward.register_autograd(_clockwork_backward, setup_context=_clockwor
 
 
 # --- shared rules: vmap, autocast -----------------------------------------------------------------------------
-FORWARD_OPS = (lstm_forward, gru_forward, elman_forward, mut_forward, ln_gru_forward, ln_lstm_forward, scan_forward,
-               clockwork_forward)
-BACKWARD_OPS = (lstm_backward, gru_backward, elman_backward, mut_backward, ln_gru_backward, ln_lstm_backward,
-                scan_backward, clockwork_backward)
+FORWARD_OPS = (lstm_forward, gru_forward, mut_forward, clockwork_forward)
+BACKWARD_OPS = (lstm_backward, gru_backward, mut_backward, clockwork_backward)
 
 
 def _vmap_loop(op):
@@ -510,10 +331,7 @@ def _func_function(kind: str, op, setup, backward) -> type[torch.autograd.Functi
 
 
 _KINDS = {"lstm": (lstm_forward, _lstm_setup, _lstm_backward), "gru": (gru_forward, _gru_setup, _gru_backward),
-          "elman": (elman_forward, _elman_setup, _elman_backward), "mut": (mut_forward, _mut_setup, _mut_backward),
-          "ln_gru": (ln_gru_forward, _ln_gru_setup, _ln_gru_backward),
-          "ln_lstm": (ln_lstm_forward, _ln_lstm_setup, _ln_lstm_backward),
-          "scan": (scan_forward, _scan_setup, _scan_backward),
+          "mut": (mut_forward, _mut_setup, _mut_backward),
           "clockwork": (clockwork_forward, _clockwork_setup, _clockwork_backward)}
 _EAGER = {kind: _eager_function(kind, setup, bwd) for kind, (_, setup, bwd) in _KINDS.items()}
 _FUNC = {kind: _func_function(kind, op, setup, bwd) for kind, (op, setup, bwd) in _KINDS.items()}

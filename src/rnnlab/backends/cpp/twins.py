@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 # LSTM kernel flags (kernels.cpp / backend.py)
 _HAS_I, _HAS_F, _HAS_O, _COUPLED, _IN_ACT, _OUT_ACT = 1, 2, 4, 8, 16, 32
@@ -82,15 +81,6 @@ def gru(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, lengths: Tensor,
     return torch.stack(outs), h
 
 
-def elman(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, relu: bool) -> tuple[Tensor, Tensor]:
-    h, outs = h0, []
-    for t in range(xp.shape[0]):
-        pre = xp[t] + h @ w_hh.t()
-        h = _keep(lengths, t, torch.relu(pre) if relu else torch.tanh(pre), h)
-        outs.append(_out(lengths, t, h))
-    return torch.stack(outs), h
-
-
 def mut(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, mode: int) -> tuple[Tensor, Tensor]:
     # W_hh row blocks: MUT1 [r, h]; MUT2/3 [z, r, h]; xp blocks [z, r, h] with every bias folded in
     H = h0.shape[1]
@@ -108,43 +98,6 @@ def mut(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, mode: int) -> tup
         r = torch.sigmoid(x[:, H:2 * H] + h @ w_r.t())
         n = torch.tanh(x[:, 2 * H:] + (r * h) @ w_n.t())
         h = _keep(lengths, t, z * n + (1 - z) * h, h)
-        outs.append(_out(lengths, t, h))
-    return torch.stack(outs), h
-
-
-def ln_gru(xp: Tensor, h0: Tensor, w_hh: Tensor, ln_w: Tensor, ln_b: Tensor, lengths: Tensor,
-           eps: float) -> tuple[Tensor, Tensor]:
-    H = h0.shape[1]
-    h, outs = h0, []
-    for t in range(xp.shape[0]):
-        x = xp[t]
-        a = F.layer_norm(h @ w_hh.t(), (3 * H,), ln_w, ln_b if ln_b.numel() else None, eps)
-        r = torch.sigmoid(x[:, :H] + a[:, :H])
-        z = torch.sigmoid(x[:, H:2 * H] + a[:, H:2 * H])
-        n = torch.tanh(x[:, 2 * H:] + r * a[:, 2 * H:])
-        h = _keep(lengths, t, (1 - z) * n + z * h, h)
-        outs.append(_out(lengths, t, h))
-    return torch.stack(outs), h
-
-
-def ln_lstm(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, lnh_w: Tensor, lnh_b: Tensor, lnc_w: Tensor,
-            lnc_b: Tensor, lengths: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    H = h0.shape[1]
-    h, c, outs = h0, c0, []
-    for t in range(xp.shape[0]):
-        pre = xp[t] + F.layer_norm(h @ w_hh.t(), (4 * H,), lnh_w, lnh_b if lnh_b.numel() else None, eps)
-        i, f, g, o = pre.chunk(4, dim=1)  # each (B, H)
-        cn = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        hn = torch.sigmoid(o) * torch.tanh(F.layer_norm(cn, (H,), lnc_w, lnc_b if lnc_b.numel() else None, eps))
-        h, c = _keep(lengths, t, hn, h), _keep(lengths, t, cn, c)
-        outs.append(_out(lengths, t, h))
-    return torch.stack(outs), h, c
-
-
-def scan(a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-    h, outs = h0, []
-    for t in range(a.shape[0]):
-        h = _keep(lengths, t, a[t] * h + b[t], h)
         outs.append(_out(lengths, t, h))
     return torch.stack(outs), h
 
