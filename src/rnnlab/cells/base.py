@@ -193,6 +193,16 @@ class RecurrentCell(nn.Module):
         """
         return None
 
+    def driver_state(self, state: State) -> Tensor:
+        """The state as the generic C++ driver carries it: (B, S*H), S parts of H units side by side.  Cells
+        with a part of another width (the clockwork counter) override this and :meth:`from_driver_state`."""
+        return state[0].contiguous() if len(state) == 1 else torch.cat([s.contiguous() for s in state], dim=-1)
+
+    def from_driver_state(self, s: Tensor) -> State:
+        """The inverse of :meth:`driver_state`: (B, S*H) -> the cell's state parts."""
+        sizes = self.state_sizes()
+        return (s,) if len(sizes) == 1 else tuple(s.split(list(sizes), dim=-1))
+
     def driver_supported(self) -> bool:
         """Whether the generic C++ driver's rule for this cell class (its ``driver_kernel``) covers this
         instance's options; cells whose rule covers only some options override it."""

@@ -50,6 +50,8 @@ class ClockworkCell(RecurrentCell):
 
     kind = "clockwork"
     state_names: ClassVar[tuple[str, ...]] = ("h", "n")
+    #: the generic C++ driver's rule (backends/cpp/cells/clockwork.h)
+    driver_kernel: ClassVar[str] = "clockwork"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
                  periods: Sequence[int] | None = None, device=None, dtype=None) -> None:
@@ -97,6 +99,30 @@ class ClockworkCell(RecurrentCell):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", periods={self.periods}"
+
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs: xp (T, B, H) with b_hh folded, W_hh ⊙ M (autograd masks its gradient), the
+        unit periods (1, H), no heads or options."""
+        mask, periods = self._constants(x.device, x.dtype)
+        b = p["bias_ih"] + p["bias_hh"] if self.bias else None
+        return F.linear(x, p["weight_ih"], b), p["weight_hh"] * mask, periods.view(1, -1), 0, 0
+
+    def driver_state(self, state: State) -> Tensor:
+        """(h, n) -> (B, 2H): the counter n (B, 1) repeated in every lane of its block."""
+        h, n = state
+        return torch.cat([h.contiguous(), n.expand(-1, self.hidden_size)], dim=-1)
+
+    def from_driver_state(self, s: Tensor) -> State:
+        H = self.hidden_size
+        return s[:, :H], s[:, H:H + 1]
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: ``a`` (the rule saves it) and ``active`` from each step's counter."""
+        H = self.hidden_size
+        n = prev[..., H:H + 1]  # (T, B, 1)
+        active = torch.remainder(n.round(), e.view(-1)) == 0  # (T, B, H)
+        return {"a": saved, "active": active.to(saved.dtype)}
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, n = state[0], state[1]

@@ -1,6 +1,7 @@
 // Entry points of the generic CPU driver (driver.h): one line per cell struct (cells/<name>.h).
 #include <torch/extension.h>
 
+#include "cells/clockwork.h"
 #include "cells/elman.h"
 #include "cells/gru.h"
 #include "cells/indrnn.h"
@@ -26,6 +27,7 @@
       pybind11::arg("opt") = 0)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  RNNLAB_CELL(m, clockwork, Clockwork);
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, gru, GRU);
   RNNLAB_CELL(m, lstm, LSTM);

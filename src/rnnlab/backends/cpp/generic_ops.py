@@ -182,13 +182,13 @@ def differentiable_grads(cell: RecurrentCell, x: Tensor, s0: Tensor, params: lis
     """Gradients of (out, s_T) for x, s0 and the parameters through the cell's own step, recorded (so they can
     be differentiated again).  Returns (d x, d s0, d params)."""
     T, B = x.shape[0], x.shape[1]
-    state = tuple(s0.split(list(cell.state_sizes()), dim=-1))
+    state = cell.from_driver_state(s0)
     keeps = tuple(keep.unbind(1)) if keep.dim() == 4 else None  # Z parts, each (T, B, H)
     with torch.enable_grad():
         out, final = differentiable_loop(cell, dict(zip(param_names(cell), params)), x, _valid(lengths, T, B),
                                          rec_mask if rec_mask.numel() else None, keeps, state)
         outs, grads = [], []
-        for o, g in ((out, dout), (torch.cat(final, dim=-1), ds_t)):
+        for o, g in ((out, dout), (cell.driver_state(final), ds_t)):
             if g is not None:
                 outs.append(o)
                 grads.append(g)

@@ -109,7 +109,7 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
     if e is None:
         e = x.new_empty(0)
     sizes = cell.state_sizes()
-    s0 = state[0].contiguous() if len(state) == 1 else torch.cat([s.contiguous() for s in state], dim=-1)  # (B, S*H)
+    s0 = cell.driver_state(state)  # (B, S*H)
     T, B = x.shape[0], x.shape[1]
     off = x.new_empty(0)  # rec_mask / keep "off"
     mask = off if rec_mask is None else rec_mask
@@ -143,5 +143,4 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
         if lengths.numel():
             valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
             records = {k: v.masked_fill(~valid, 0.0) for k, v in records.items()}
-    final = (s_t,) if len(sizes) == 1 else tuple(s_t.split(list(sizes), dim=-1))
-    return out, final, records
+    return out, cell.from_driver_state(s_t), records
