@@ -141,3 +141,22 @@ def test_device_cuda_reaches_the_benchmark_and_its_json_names_gpu_driver_and_ver
     assert meta["driver"] == "550.54.15" and meta["cuda_runtime"] == "12.4" and meta["cudnn"] == 91002
     assert meta["triton"] == triton.__version__ and meta["torch"]
     assert "NVIDIA H100 80GB HBM3, driver 550.54.15" in capsys.readouterr().out
+
+
+def test_autocast_rows_run_everything_under_autocast_and_report_the_ratio(monkeypatch):
+    import torch
+
+    from rnnlab.bench import run_bench
+
+    seen = []
+    real = torch.autocast.__init__
+
+    def spy(self, device_type, dtype=None, *args, **kwargs):
+        seen.append(dtype)
+        real(self, device_type, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autocast, "__init__", spy)
+    report = run_bench(cells=["lstm", "lstm:autocast=bf16"], shapes=[(5, 2, 8)], repeats=1, overhead_steps=3)
+    assert torch.bfloat16 in seen and report["summary"]["lstm:autocast=bf16"]["train_vs_plain"] > 0
+    with pytest.raises(ValueError, match="autocast"):
+        run_bench(cells=["lstm:autocast=int4"], shapes=[(5, 2, 8)], repeats=1, overhead_steps=3)

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import platform
 import statistics
 import time
@@ -152,24 +154,35 @@ def parse_cell_spec(spec: str) -> tuple[str, dict[str, object], bool]:
     return name, options, record
 
 
+#: ``autocast=bf16`` / ``autocast=fp16`` in a cell spec: every module of that row (ours and the peers) runs
+#: under ``torch.autocast`` with this dtype, so the row against the plain one gives the mixed-precision ratio
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _is_recording(mod: nn.Module) -> bool:
     return bool(getattr(mod, "bench_record", False))
 
 
+def _autocast(mod: nn.Module, x: torch.Tensor):
+    dtype = getattr(mod, "bench_autocast", None)
+    return torch.autocast(x.device.type, dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def _train_fn(mod: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     def step() -> None:
-        if _is_recording(mod):
-            with mod.recording():  # type: ignore[operator]
+        with _autocast(mod, x):
+            if _is_recording(mod):
+                with mod.recording():  # type: ignore[operator]
+                    out = mod(x)[0]
+            else:
                 out = mod(x)[0]
-        else:
-            out = mod(x)[0]
-        out.sum().backward()
+        out.float().sum().backward()
     return step
 
 
 def _infer_fn(mod: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     def fwd() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(mod, x):
             if _is_recording(mod):
                 with mod.recording():  # type: ignore[operator]
                     mod(x)
@@ -180,8 +193,12 @@ def _infer_fn(mod: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 def _ours(spec: str, H: int, backend: str, device: str = "cpu") -> nn.Module:
     name, options, record = parse_cell_spec(spec)
+    autocast = options.pop("autocast", None)
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"cells: autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r} in {spec!r}")
     mod = Recurrent(name, H, H, backend=backend, device=device, **options)  # type: ignore[arg-type]
     mod.bench_record = record  # type: ignore[attr-defined]  # the timed calls run inside mod.recording()
+    mod.bench_autocast = AUTOCAST_DTYPES.get(autocast)  # type: ignore[attr-defined,arg-type]
     return mod
 
 
@@ -210,6 +227,8 @@ def bench_shape(cell: str, T: int, B: int, H: int, repeats: int, device: str = "
             "nn.LSTM": nn.LSTM(H, H, device=device), "nn.GRU": nn.GRU(H, H, device=device)}
     if device != "cpu":
         mods["nn.RNN"] = nn.RNN(H, H, device=device)
+    for m in mods.values():  # an autocast row runs the peers under the same autocast
+        m.bench_autocast = mods["ours"].bench_autocast  # type: ignore[attr-defined]
     backend = backend_used(mods["ours"], x)  # type: ignore[arg-type]
     # FLOPs of the input and recurrent GEMMs from the cell's own weights (minGRU/minLSTM have no weight_hh)
     lp = mods["ours"].layer_params(0, 0)  # type: ignore[operator]

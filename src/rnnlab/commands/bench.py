@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction, name: str) -> None:
         "the per-step overhead at B=1, H=32. Example: rnnlab bench --quick --cells lstm gru --out bench.json")
     p.add_argument("--cells", nargs="+", default=None, metavar="CELL",
                    help="cells to benchmark (names from `rnnlab cells`, or 'all' for every registered cell; a cell "
-                   "with options as NAME:KEY=VALUE,...,record, e.g. lstm:recurrent_dropout=0.25,zoneout=0.1; "
+                   "with options as NAME:KEY=VALUE,...,record, e.g. lstm:recurrent_dropout=0.25,zoneout=0.1 or "
+                   "lstm:autocast=bf16 (everything of that row under torch.autocast); "
                    "default: lstm gru rnn)")
     p.add_argument("--quick", action="store_true",
                    help="two shapes (50,1,64) and (30,32,256), 3 repeats: under a minute even with --cells all")
@@ -52,7 +53,6 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     from rnnlab import bench
     from rnnlab.cells import cell_names
-    from rnnlab.recurrent import Recurrent
     from rnnlab.cli import UserError
     from rnnlab.train.config import MAX_THREADS
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if (options or record) and args.onnx:
             raise UserError(f"--cells: options are not measured by --onnx, got {c!r}")
         try:  # the options are checked before minutes of measurements, on the meta device (no memory)
-            Recurrent(name, 2, 2, device="meta", **options)  # type: ignore[arg-type]
+            bench._ours(c, 2, "auto", device="meta")
         except (TypeError, ValueError) as e:
             raise UserError(f"--cells: {c!r}: {e}") from None
     if args.device == "cuda":
