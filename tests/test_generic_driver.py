@@ -15,7 +15,10 @@ pytestmark = [needs_driver, pytest.mark.usefixtures("single_thread")]
 F64 = torch.float64
 # (registered name, options): every cell of the driver, I != H and I == H (SRU's highway x' = x)
 CASES = [("indrnn", {}, 3), ("indrnn", {"nonlinearity": "tanh"}, 3), ("sru", {}, 3), ("sru", {}, 4),
-         ("slstm", {"num_heads": 2}, 3), ("slstm", {}, 3)]
+         ("slstm", {"num_heads": 2}, 3), ("slstm", {}, 3),
+         # a second product inside the step (W (r ⊙ h)); MUT3 also mapped rows (W_hz tanh(h))
+         ("gru_paper", {}, 3), ("gru_paper", {"bias": False}, 3), ("mut1", {}, 4), ("mut1", {}, 3),
+         ("mut2", {"bias": False}, 4), ("mut3", {}, 3)]
 H = 4
 
 
@@ -128,8 +131,9 @@ def test_auto_backend_runs_the_driver(name, kw, I, monkeypatch):
     mod = Recurrent(name, I, H, num_layers=2, bidirectional=True, **kw)
     out, _ = mod(torch.randn(5, 2, I), lengths=torch.tensor([5, 3]))
     out.sum().backward()
-    assert calls == [mod.cell.driver_kernel] * 4
-    assert generic_registry.driver_for(mod.cell) == mod.cell.driver_kernel
+    rule = mod.cell.driver_rule() if hasattr(mod.cell, "driver_rule") else mod.cell.driver_kernel
+    assert calls == [rule] * 4
+    assert generic_registry.driver_for(mod.cell) == rule
 
 
 def test_a_subclass_that_changes_the_step_is_not_fused():

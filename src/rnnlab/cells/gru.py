@@ -34,7 +34,7 @@ class GRUCell(RecurrentCell):
     """
 
     kind = "gru"
-    #: the generic C++ driver's rule (backends/cpp/cells/gru.h), for the reset-after form
+    #: the generic C++ driver's rules (backends/cpp/cells/gru.h): "gru" (reset after), "gru_paper" (before)
     driver_kernel: ClassVar[str] = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, reset_after: bool = True,
@@ -51,19 +51,29 @@ class GRUCell(RecurrentCell):
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
-    def driver_supported(self) -> bool:
-        """The driver's rule is the reset-after form (the paper form needs a second product inside the step)."""
-        return self.reset_after
+    def driver_rule(self) -> str:
+        """The reset-after form is rule ``gru``; the paper form ``gru_paper`` (a second product, W_hn (r ⊙ h))."""
+        return "gru" if self.reset_after else "gru_paper"
 
     def driver_inputs(self, x: Tensor, p: Params):
         """Generic driver inputs: xp (T, B, 3H) with b_ih and b_hh's r, z parts folded, W_hh, b_hn (1, H) (it
-        sits behind the reset gate) or ``None``, no heads, option BHN = 1 when there is a bias."""
+        sits behind the reset gate) or ``None``, no heads, option BHN = 1 when there is a bias.  The paper form:
+        all of b_hh folded (b_hn sits outside the reset there), W_hh (its last H rows the second product)."""
         H = self.hidden_size
+        if not self.reset_after:
+            b = p["bias_ih"] + p["bias_hh"] if self.bias else None
+            return F.linear(x, p["weight_ih"], b), p["weight_hh"], None, 0, 0
         if not self.bias:
             return F.linear(x, p["weight_ih"]), p["weight_hh"], None, 0, 0
         b_hh = p["bias_hh"]
         b = p["bias_ih"] + torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
         return F.linear(x, p["weight_ih"], b), p["weight_hh"], b_hh[2 * H:].view(1, H), 0, 1
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: r, z, n, the first three of the rule's saved blocks (both forms)."""
+        r, z, n = saved.chunk(4, dim=-1)[:3]
+        return {"r": r, "z": z, "n": n}
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h = state[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -52,6 +54,22 @@ class _MUTCell(RecurrentCell):
         b = p.get("bias_hh")
         return F.linear(v, p["weight_hh"][k * H:(k + 1) * H], None if b is None else b[k * H:(k + 1) * H])
 
+    def driver_inputs(self, x: Tensor, p: Params):
+        """Generic driver inputs (backends/cpp/cells/mut.h): xp (T, B, 3H) blocks z, r, h from the cell's own
+        projection plus every recurrent bias (none sits behind a gate: W_hh (r ⊙ h) + b_h adds b_h outside the
+        reset), W_hh (its last H rows the second product, W_hh (r ⊙ h)), no element-wise parameters."""
+        xp = self.project_input(x, p)
+        if "bias_hh" in p:
+            b = p["bias_hh"]
+            xp = xp + (torch.cat([b.new_zeros(self.hidden_size), b]) if len(self._hh_blocks) == 2 else b)
+        return xp, p["weight_hh"], None, 0, 0
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: z, r, n, the first three of the rule's saved blocks."""
+        z, r, n = saved.chunk(4, dim=-1)[:3]
+        return {"z": z, "r": r, "n": n}
+
     @staticmethod
     def _emit(ctx: StepContext, z: Tensor, r: Tensor, n: Tensor) -> None:
         if ctx.record is not None:
@@ -82,6 +100,8 @@ class MUT1Cell(_MUTCell):
     """
 
     kind = "mut1"
+    #: the generic C++ driver's rule (backends/cpp/cells/mut.h)
+    driver_kernel: ClassVar[str] = "mut1"
     _raw_x_block = "h"
     _hh_blocks = ("r", "h")
 
@@ -118,6 +138,8 @@ class MUT2Cell(_MUTCell):
     """
 
     kind = "mut2"
+    #: the generic C++ driver's rule (backends/cpp/cells/mut.h)
+    driver_kernel: ClassVar[str] = "mut2"
     _raw_x_block = "r"
     _hh_blocks = ("z", "r", "h")
 
@@ -148,6 +170,8 @@ class MUT3Cell(_MUTCell):
     """
 
     kind = "mut3"
+    #: the generic C++ driver's rule (backends/cpp/cells/mut.h)
+    driver_kernel: ClassVar[str] = "mut3"
     _raw_x_block = None
     _hh_blocks = ("z", "r", "h")
 

@@ -98,6 +98,27 @@ struct drop_state : std::integral_constant<int64_t, 0> {};
 template <class Cell>
 struct drop_state<Cell, std::void_t<decltype(Cell::DROP)>> : std::integral_constant<int64_t, Cell::DROP> {};
 
+// A second product inside the step (GRU's paper form, MUT1-3: n reads W_n (r ⊙ h)): a cell that declares
+// ``static constexpr int64_t SECOND = Q`` has a weight of G*H + Q*H rows, the last Q*H forming q = u W_2ᵀ from
+// an H-vector u that the first half of its rule makes.  Its rule is then two-phase:
+//   forward_a(H, opt, xp, hh, e, s0, hd, a)              -> writes a, u = its LAST saved block (a + (A-1)*H)
+//   forward_b(H, opt, xp, hh, q, e, s0, s1, a)           -> writes s1 and the rest of a
+//   backward_b(H, opt, xp, e, s0, s1, a, ds1, dxp, dhh, dq, de, ds0) -> dq (Q*H) and what does not go through u
+//   backward_a(H, opt, xp, e, s0, hd, a, du, dxp, dhh, dhd)          -> the rest; ADDS dL/dhd to dhd
+// hd is h as the products read it (h ⊙ m under recurrent dropout, else h); the driver routes dhd back through
+// the mask.  The driver forms q and du = dq W_2 per step over all rows, and dW_2 = Σ dqᵀ u over all T*B rows.
+template <class Cell, class = void>
+struct second_blocks : std::integral_constant<int64_t, 0> {};
+template <class Cell>
+struct second_blocks<Cell, std::void_t<decltype(Cell::SECOND)>> : std::integral_constant<int64_t, Cell::SECOND> {};
+
+// Mapped rows (MUT3: z reads W_hz tanh(h)): a cell that declares ``static constexpr int64_t MAPPED = M`` has its
+// first M*H product rows read φ(h) ⊙ m instead of h ⊙ m, with φ = Cell::map and φ' = Cell::dmap (of h).
+template <class Cell, class = void>
+struct mapped_blocks : std::integral_constant<int64_t, 0> {};
+template <class Cell>
+struct mapped_blocks<Cell, std::void_t<decltype(Cell::MAPPED)>> : std::integral_constant<int64_t, Cell::MAPPED> {};
+
 // Zoneout's blend, torch.lerp(new, old, keep) as ATen computes it (the weight picks the formula), so that a
 // keep mask of 0/1 gives exactly the reference's value, NaN included when old - new is not finite.
 template <typename T>
@@ -249,6 +270,58 @@ inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const T
   }
 }
 
+// The products of a cell with mapped rows or a second product (Rec::Full only): the weight's row blocks are
+// W_map (M*H, read φ(h) ⊙ m), W_rest ((G-M)*H, read h ⊙ m), W_2 (Q*H, read u); per step through gemm.h's Lin.
+template <typename T>
+struct SplitProducts {
+  int64_t B, H, G, M, Q;
+  Tensor wm, wr, w2;
+  std::optional<Lin<T>> fm, fr, f2, bm, br, b2;  // forward (nt) / backward (nn), made on first use
+
+  SplitProducts(const Tensor& w_in, int64_t B_, int64_t H_, int64_t G_, int64_t M_, int64_t Q_)
+      : B(B_), H(H_), G(G_), M(M_), Q(Q_) {
+    auto w = w_in.contiguous();
+    TORCH_CHECK(w.dim() == 2 && w.size(0) == (G + Q) * H && w.size(1) == H, "w: expected ((G + Q) * H, H) = (",
+                (G + Q) * H, ", ", H, "), got ", w.sizes());
+    if (M > 0) wm = w.narrow(0, 0, M * H).contiguous();
+    if (G > M) wr = w.narrow(0, M * H, (G - M) * H).contiguous();
+    if (Q > 0) w2 = w.narrow(0, G * H, Q * H).contiguous();
+  }
+
+  // hh (B, G*H) = [φ(h)⊙m W_mapᵀ, hd W_restᵀ]: pm (B, H) contiguous, hd rows with leading dimension ld
+  void first(T* hh, const T* pm, const T* hd, int64_t ld) {
+    if (M > 0) {
+      if (!fm) fm.emplace(wm, false, B);
+      fm->apply(hh, G * H, pm, H, B, false);
+    }
+    if (G > M) {
+      if (!fr) fr.emplace(wr, false, B);
+      fr->apply(hh + M * H, G * H, hd, ld, B, false);
+    }
+  }
+  // dpm (B, H) += dhh_map W_map, dhd (B, H) += dhh_rest W_rest; dhh (B, G*H) contiguous
+  void first_t(T* dpm, T* dhd, const T* dhh) {
+    if (M > 0) {
+      if (!bm) bm.emplace(wm, true, B);
+      bm->apply(dpm, H, dhh, G * H, B, true);
+    }
+    if (G > M) {
+      if (!br) br.emplace(wr, true, B);
+      br->apply(dhd, H, dhh + M * H, G * H, B, true);
+    }
+  }
+  // q (B, Q*H) = u W_2ᵀ, u rows with leading dimension ld
+  void second(T* q, const T* u, int64_t ld) {
+    if (!f2) f2.emplace(w2, false, B);
+    f2->apply(q, Q * H, u, ld, B, false);
+  }
+  // du (B, H) = dq W_2, dq (B, Q*H) contiguous
+  void second_t(T* du, const T* dq) {
+    if (!b2) b2.emplace(w2, true, B);
+    b2->apply(du, H, dq, Q * H, B, false);
+  }
+};
+
 // Forward over the whole sequence.
 //   xp (T, B, X*H), s0 (B, S*H), w (recurrent weights, any shape REC needs; empty for None), e (E, H) or empty,
 //   lengths (B,) int64 or empty (all full), heads (Rec::Heads only), opt (the cell's option word),
@@ -288,16 +361,43 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   auto fresh = zoned ? at::empty({T, B, S * H}, opts) : at::empty({0}, opts);  // every row written below
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
   auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
+  constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
+  constexpr bool SPLIT = Q > 0 || M > 0;
+  static_assert(!SPLIT || (Cell::REC == Rec::Full && DROP == 0), "mapped rows / a second product: Rec::Full");
+  // split products: hh (B, G*H), φ(h) ⊙ m (B, H), q (B, Q*H)
+  auto hh2 = SPLIT ? at::empty({B, G * H}, opts) : Tensor();
+  auto pm = M > 0 ? at::empty({B, H}, opts) : Tensor();
+  auto qb = Q > 0 ? at::empty({B, Q * H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
-    Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
+    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : w, B, H, G, S, heads);
+    std::optional<SplitProducts<T_>> split;
+    if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
     for (int64_t t = 0; t < T; ++t) {
       T_* sp = states.template data_ptr<T_>() + t * B * S * H;
       const T_* hhp;
-      if (hm.defined()) {
+      // hd: h as the products read it (h ⊙ m under the driver's recurrent dropout)
+      const T_* hdp = sp;
+      int64_t hld = S * H;
+      if constexpr (SPLIT) {
+        if (hm.defined()) {
+          T_* q = hm.template data_ptr<T_>();
+          for (int64_t i = 0; i < B; ++i)
+            for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
+          hdp = q;
+          hld = H;
+        }
+        if constexpr (M > 0) {
+          T_* q = pm.template data_ptr<T_>();
+          for (int64_t i = 0; i < B; ++i)
+            for (int64_t j = 0; j < H; ++j) q[i * H + j] = Cell::map(sp[i * S * H + j]) * (mp ? mp[i * H + j] : T_(1));
+        }
+        split->first(hh2.template data_ptr<T_>(), M > 0 ? pm.template data_ptr<T_>() : nullptr, hdp, hld);
+        hhp = hh2.template data_ptr<T_>();
+      } else if (hm.defined()) {
         T_* q = hm.template data_ptr<T_>();
         for (int64_t i = 0; i < B; ++i)
           for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
@@ -311,13 +411,27 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
       T_* ot = out.template data_ptr<T_>() + t * B * H;
       T_* ft = zoned ? fresh.template data_ptr<T_>() + t * B * S * H : nullptr;
       const T_* kt = zoned ? keep.template data_ptr<T_>() + t * Z * B * H : nullptr;
+      if constexpr (Q > 0) {  // first half of the rule, then q = u W_2ᵀ over all rows (u: the last saved block)
+        for_rows(B, 4 * (X + A) * H, [&](int64_t b) {
+          T_* arow = at_ + b * A * H;
+          if (t < len[b]) {
+            Cell::forward_a(H, opt, xt + b * X * H, hhp + b * G * H, ep, sp + b * S * H, hdp + b * hld, arow);
+          } else {
+            for (int64_t j = 0; j < H; ++j) arow[(A - 1) * H + j] = T_(0);  // a padded row's u stays 0
+          }
+        });
+        split->second(qb.template data_ptr<T_>(), at_ + (A - 1) * H, A * H);
+      }
       for_rows(B, 4 * (X + S + A) * H, [&](int64_t b) {
         T_* s1 = sn + b * S * H;
         const T_* s0r = sp + b * S * H;
         if (t < len[b]) {
           const T_* hrow = hhp ? hhp + b * G * H : nullptr;
           T_* arow = at_ ? at_ + b * A * H : nullptr;
-          if constexpr (DROP != 0) {
+          if constexpr (Q > 0) {
+            Cell::forward_b(H, opt, xt + b * X * H, hrow, qb.template data_ptr<T_>() + b * Q * H, ep, s0r, s1,
+                            arow);
+          } else if constexpr (DROP != 0) {
             Cell::forward(H, opt, xt + b * X * H, hrow, ep, s0r, s1, arow, mp ? mp + b * H : nullptr);
           } else {
             Cell::forward(H, opt, xt + b * X * H, hrow, ep, s0r, s1, arow);
@@ -376,13 +490,23 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto dnew = zoned ? at::empty({B, S * H}, opts) : Tensor();
   // recurrent dropout applied by the driver: R^T(dhh) lands here, then m ⊙ it goes to dh
   auto dm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
+  constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
+  constexpr bool SPLIT = Q > 0 || M > 0;
+  // split products: every step's dq (kept for dW_2; a padded row's stays 0), du, dL/dhd, dL/d(φ(h) ⊙ m), h ⊙ m
+  auto dq_all = Q > 0 ? at::zeros({T, B, Q * H}, opts) : Tensor();
+  auto du = Q > 0 ? at::empty({B, H}, opts) : Tensor();
+  auto dhd = SPLIT ? at::empty({B, H}, opts) : Tensor();
+  auto dpm = M > 0 ? at::empty({B, H}, opts) : Tensor();
+  auto hdb = SPLIT && masked ? at::empty({B, H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
     T_* dep = E > 0 ? de_rows.template data_ptr<T_>() : nullptr;
-    Recurrence<Cell::REC, T_> rec(w, B, H, G, S, heads);
+    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : w, B, H, G, S, heads);
+    std::optional<SplitProducts<T_>> split;
+    if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       const T_* sp = states.template data_ptr<T_>() + t * B * S * H;
@@ -414,7 +538,11 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           const T_* arow = at_ ? at_ + b * A * H : nullptr;
           T_* dhrow = dht ? dht + b * G * H : nullptr;
           T_* derow = dep ? dep + b * E * H : nullptr;
-          if constexpr (DROP != 0) {
+          if constexpr (Q > 0) {
+            Cell::backward_b(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+                             dxt + b * X * H, dhrow, dq_all.template data_ptr<T_>() + (t * B + b) * Q * H, derow,
+                             d0r);
+          } else if constexpr (DROP != 0) {
             Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
                            dxt + b * X * H, dhrow, derow, d0r, mp ? mp + b * H : nullptr);
           } else {
@@ -431,7 +559,39 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
       });
-      if constexpr (Cell::REC != Rec::None) {
+      if constexpr (SPLIT) {
+        // du = dq W_2, the rule's first half, then dhd += dhh_rest W_rest, dpm = dhh_map W_map, and
+        // dh += m ⊙ (dhd + φ'(h) ⊙ dpm)
+        T_* dh_ = dhd.template data_ptr<T_>();
+        std::fill(dh_, dh_ + B * H, T_(0));
+        const T_* hdp = sp;
+        int64_t hld = S * H;
+        if (masked) {
+          T_* q = hdb.template data_ptr<T_>();
+          for (int64_t i = 0; i < B; ++i)
+            for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
+          hdp = q;
+          hld = H;
+        }
+        if constexpr (Q > 0) {
+          T_* dup = du.template data_ptr<T_>();
+          split->second_t(dup, dq_all.template data_ptr<T_>() + t * B * Q * H);
+          for_rows(B, 4 * (X + A) * H, [&](int64_t b) {
+            if (t < len[b])
+              Cell::backward_a(H, opt, xt + b * X * H, ep, sp + b * S * H, hdp + b * hld, at_ + b * A * H,
+                               dup + b * H, dxt + b * X * H, dht + b * G * H, dh_ + b * H);
+          });
+        }
+        T_* dpp = M > 0 ? dpm.template data_ptr<T_>() : nullptr;
+        if (dpp) std::fill(dpp, dpp + B * H, T_(0));
+        split->first_t(dpp, dh_, dht);
+        for (int64_t i = 0; i < B; ++i)
+          for (int64_t j = 0; j < H; ++j) {
+            T_ g = dh_[i * H + j];
+            if constexpr (M > 0) g += Cell::dmap(sp[i * S * H + j]) * dpp[i * H + j];
+            d0[i * S * H + j] += (mp ? mp[i * H + j] : T_(1)) * g;
+          }
+      } else if constexpr (Cell::REC != Rec::None) {
         if (dm.defined()) {  // dh += m ⊙ R^T(dhh): the product read h ⊙ m
           T_* q = dm.template data_ptr<T_>();
           std::fill(q, q + B * H, T_(0));
@@ -446,7 +606,30 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     }
   });
   Tensor dw = at::zeros_like(w);
-  if constexpr (Cell::REC != Rec::None) {
+  if constexpr (SPLIT) {
+    if (T > 0) {  // one product over all T*B rows per weight block: [dW_map; dW_rest; dW_2]
+      auto hp = states.narrow(0, 0, T).narrow(2, 0, H).reshape({T * B, H});  // every h_{t-1}
+      auto m_all = masked ? mask.repeat({T, 1}) : Tensor();                 // (T*B, H)
+      auto dhh2 = dhh_all.view({T * B, G * H});
+      std::vector<Tensor> parts;
+      if constexpr (M > 0) {
+        auto pm_all = at::empty({T * B, H}, opts);
+        AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_map", [&] {
+          const scalar_t* h = hp.template data_ptr<scalar_t>();
+          scalar_t* o = pm_all.template data_ptr<scalar_t>();
+          for (int64_t i = 0; i < T * B * H; ++i) o[i] = Cell::map(h[i]);
+        });
+        if (masked) pm_all.mul_(m_all);
+        parts.push_back(at::mm(dhh2.narrow(1, 0, M * H).t(), pm_all));
+      }
+      if (G > M) parts.push_back(at::mm(dhh2.narrow(1, M * H, (G - M) * H).t(), masked ? hp * m_all : hp));
+      if (Q > 0) {
+        auto u = saved.narrow(2, (A - 1) * H, H).reshape({T * B, H});
+        parts.push_back(at::mm(dq_all.view({T * B, Q * H}).t(), u));
+      }
+      dw = at::cat(parts, 0);
+    }
+  } else if constexpr (Cell::REC != Rec::None) {
     if (T > 0) {
       auto hp = states.narrow(0, 0, T).narrow(2, 0, H);  // every h_{t-1}, (T, B, H)
       if (dm.defined()) hp = hp * mask;                 // what the product read: h_{t-1} ⊙ m

@@ -8,6 +8,7 @@
 #include "cells/layernorm.h"
 #include "cells/lstm.h"
 #include "cells/minimal.h"
+#include "cells/mut.h"
 #include "cells/slstm.h"
 #include "cells/sru.h"
 
@@ -30,11 +31,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   RNNLAB_CELL(m, clockwork, Clockwork);
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, gru, GRU);
+  RNNLAB_CELL(m, gru_paper, GRUPaper);
   RNNLAB_CELL(m, lstm, LSTM);
   RNNLAB_CELL(m, ln_gru, LayerNormGRU);
   RNNLAB_CELL(m, ln_lstm, LayerNormLSTM);
   RNNLAB_CELL(m, mingru, MinGRU);
   RNNLAB_CELL(m, minlstm, MinLSTM);
+  RNNLAB_CELL(m, mut1, MUT1);
+  RNNLAB_CELL(m, mut2, MUT2);
+  RNNLAB_CELL(m, mut3, MUT3);
   RNNLAB_CELL(m, indrnn, IndRNN);
   RNNLAB_CELL(m, sru, SRU);
   RNNLAB_CELL(m, slstm, SLSTM);

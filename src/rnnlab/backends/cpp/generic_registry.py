@@ -49,7 +49,9 @@ def driver_for(cell: RecurrentCell) -> str | None:
                        for f in ("step", "project_input", "sequence", "driver_inputs"))
             if not same or not cell.driver_supported():  # type: ignore[attr-defined]
                 return None
-            return name
+            # one class, several rules (GRU's two forms): the instance names its rule
+            rule = getattr(cell, "driver_rule", None)
+            return rule() if rule is not None else name
     return None
 
 
