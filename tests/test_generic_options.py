@@ -124,11 +124,12 @@ def test_options_stay_on_the_reference_for_the_hand_written_kernels() -> None:
     """kernels.cpp's cells have no dropout / zoneout / recording: those calls go to the reference; the
     driver's cells keep them on the cpp backend."""
     x = torch.randn(5, 2, I)
-    for name, backend in (("mut1", "reference"), ("indrnn", "cpp")):
-        mod = Recurrent(name, I, H)
+    for name, kw, backend in (("lstm", {"proj_size": 2}, "reference"), ("indrnn", {}, "cpp")):
+        mod = Recurrent(name, I, H, **kw)
         cell = mod.cell
         state = cell.init_state(2, dtype=x.dtype, device=x.device)
-        for opts in ({"zoneout": 0.1, "training": True}, {"record": True}, {"rec_mask": torch.ones(2, H)}):
+        mask = torch.ones(2, cell.state_sizes()[0])
+        for opts in ({"zoneout": 0.1, "training": True}, {"record": True}, {"rec_mask": mask}):
             call = LayerCall(cell=cell, params=mod.layer_params(0, 0), x=x, state=state, **opts)
             assert select_backend(call).name == backend
 

@@ -171,7 +171,7 @@ def test_fallback_when_build_fails(monkeypatch, caplog) -> None:
     loader.reset()
     try:
         torch.manual_seed(0)
-        mod = Recurrent("mut1", I, H)  # a cell of kernels.cpp (the generic driver has its own loader)
+        mod = Recurrent("lstm", I, H, proj_size=3)  # a cell of kernels.cpp (the generic driver has its own loader)
         x = torch.randn(T, B, I)
         with caplog.at_level(logging.WARNING, logger="rnnlab.backends"):
             out = mod(x)[0]

@@ -97,6 +97,13 @@ class DepthGatedLSTMCell(RecurrentCell):
             return xp, p["weight_hh"], None, 0, 0
         return xp, p["weight_hh"], torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]), 0, 64
 
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits on the first layer (no depth gate): i, f, g, o (the LSTM rule's saved blocks)
+        and the new cell state c."""
+        i, f, g, o = saved.chunk(4, dim=-1)
+        return {"i": i, "f": f, "g": g, "o": o, "c": new[..., self.hidden_size:]}
+
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]
         H = self.hidden_size

@@ -51,6 +51,13 @@ class ElmanCell(RecurrentCell):
         b = p["bias_ih"] + p["bias_hh"] if self.bias else None
         return F.linear(x, p["weight_ih"], b), p["weight_hh"], None, 0, int(self.nonlinearity == "tanh")
 
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: ``pre`` = xp + W_hh drop(h_{t-1}), recomputed as one product over all steps
+        (the rule saves nothing; xp holds both biases)."""
+        h = prev[..., : self.hidden_size]
+        return {"pre": xp + (h if rec_mask is None else h * rec_mask) @ w.t()}
+
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         pre = xp_t + F.linear(ctx.drop(state[0]), p["weight_hh"], p.get("bias_hh"))
         h = _NONLINEARITIES[self.nonlinearity](pre)

@@ -119,6 +119,13 @@ class LayerNormLSTMCell(_LayerNormCell):
             with torch.no_grad():
                 p["bias_ln_ih"][H:2 * H].fill_(self.forget_bias)
 
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: i, f, g, o (the rule's first four saved blocks) and the new cell state c."""
+        H = self.hidden_size
+        i, f, g, o = saved[..., : 4 * H].chunk(4, dim=-1)
+        return {"i": i, "f": f, "g": g, "o": o, "c": new[..., H:]}
+
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]
         z_i, z_f, z_g, z_o = (xp_t + self._recurrent(ctx.drop(h), p)).chunk(4, dim=-1)
@@ -164,6 +171,12 @@ class LayerNormGRUCell(_LayerNormCell):
                  device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, eps=eps, device=device, dtype=dtype)
         self._register_params()
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits: r, z, n (the rule's first three saved blocks)."""
+        r, z, n = saved[..., : 3 * self.hidden_size].chunk(3, dim=-1)
+        return {"r": r, "z": z, "n": n}
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h = state[0]

@@ -160,6 +160,17 @@ class LSTMCell(RecurrentCell):
             peep = torch.stack([p[f"weight_c{g}"] if g in self.peepholes else zero for g in ("i", "f", "o")])
         return xp, p["weight_hh"], peep, 0, opt
 
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, from the generic driver's results: the present gates (the rule's saved blocks,
+        in block order), f = 1 - i when coupled, and the new cell state c."""
+        blocks = dict(zip(self.gates, saved.chunk(self.num_gates, dim=-1)))
+        if self.coupled:
+            blocks["f"] = 1.0 - blocks["i"]
+        records = {g: blocks[g] for g in ("i", "f", "g", "o") if g in blocks}
+        records["c"] = new[..., self.hidden_size:]
+        return records
+
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]
         pre = xp_t + F.linear(ctx.drop(h), p["weight_hh"], p.get("bias_hh"))

@@ -164,6 +164,12 @@ class MinGRUCell(_MinimalCell):
     #: the generic C++ driver's rule (backends/cpp/cells/minimal.h)
     driver_kernel: ClassVar[str] = "mingru"
 
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, recomputed from xp (the rule saves nothing): z and h_tilde."""
+        k_z, k_h = xp.chunk(2, dim=-1)
+        return {"z": torch.sigmoid(k_z), "h_tilde": g(k_h)}
+
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_z, k_h = xp_t.chunk(2, dim=-1)
         z = torch.sigmoid(k_z)
@@ -214,6 +220,13 @@ class MinLSTMCell(_MinimalCell):
     num_blocks = 3
     #: the generic C++ driver's rule (backends/cpp/cells/minimal.h)
     driver_kernel: ClassVar[str] = "minlstm"
+
+    def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
+                       rec_mask: Tensor | None) -> dict[str, Tensor]:
+        """What :meth:`step` emits, recomputed from xp (the rule saves nothing): f, i normalised, h_tilde."""
+        k_f, k_i, k_h = xp.chunk(3, dim=-1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        return {"f": f / (f + i), "i": i / (f + i), "h_tilde": g(k_h)}
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         k_f, k_i, k_h = xp_t.chunk(3, dim=-1)
