@@ -97,13 +97,13 @@ def test_compile_fullgraph_with_lengths(cell: str) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", "lstm_proj"])
 def test_compile_kernel_op_with_lengths(name: str) -> None:
     """The ops with a lengths tensor inside a fullgraph compiled function (as the backend calls them)."""
     torch._dynamo.reset()
     args = dict(_op_samples())[name]
-    compiled = torch.compile(lambda *a: ops.run(name, *a), fullgraph=True)
-    for a, b in zip(compiled(*args), ops.run(name, *args)):
+    compiled = torch.compile(lambda *a: ops.run("lstm", *a), fullgraph=True)
+    for a, b in zip(compiled(*args), ops.run("lstm", *args)):
         torch.testing.assert_close(a, b)
 
 
@@ -224,18 +224,11 @@ def _op_samples() -> list:
     return [
         ("lstm", (r(Tn, Bn, 4 * Hn), r(Bn, Hn), r(Bn, Hn), r(4 * Hn, Hn), r(3, Hn), e, lens, 55)),
         ("lstm_proj", (r(Tn, Bn, 4 * Hn), r(Bn, 2), r(Bn, Hn), r(4 * Hn, 2), r(3, Hn), r(2, Hn), lens, 55)),
-        ("gru", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), r(Hn), lens, True)),
-        ("gru_paper", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), e, lens, False)),
-        ("mut1", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(2 * Hn, Hn), lens, 1)),
-        ("mut3", (r(Tn, Bn, 3 * Hn), r(Bn, Hn), r(3 * Hn, Hn), lens, 3)),
-        ("clockwork", (r(Tn, Bn, Hn), r(Bn, Hn), torch.tensor([0.0, 3.0], dtype=d), r(Hn, Hn),
-                       torch.tensor([1.0, 2.0, 4.0], dtype=d), lens)),
     ]
 
 
-_FORWARD = {"lstm": ops.lstm_forward, "lstm_proj": ops.lstm_forward, "gru": ops.gru_forward,
-            "gru_paper": ops.gru_forward, "mut1": ops.mut_forward, "mut3": ops.mut_forward,
-            "clockwork": ops.clockwork_forward}
+# kernels.cpp's one op pair; the driver's (every other cell) is opchecked per rule in test_generic_ops.py
+_FORWARD = {"lstm": ops.lstm_forward, "lstm_proj": ops.lstm_forward}
 
 
 @needs_kernels
@@ -251,20 +244,9 @@ def test_opcheck_backward_ops(name: str, args: tuple) -> None:
     plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     outs = _FORWARD[name](*plain)
     g = [torch.randn_like(o) for o in outs[:3]]
-    if name.startswith("lstm"):
-        xp, h0, c0, w_hh, peep, w_hr, lens, flags = plain
-        bargs = (g[0], g[1], g[2], h0, c0, w_hh, peep, w_hr, lens, flags, outs[0], *outs[3:])
-        op = ops.lstm_backward
-    elif name.startswith("gru"):
-        xp, h0, w_hh, b_hn, lens, after = plain
-        bargs, op = (g[0], g[1], h0, w_hh, lens, after, outs[0], outs[2], outs[3]), ops.gru_backward
-    elif name.startswith("mut"):
-        xp, h0, w_hh, lens, mode = plain
-        bargs, op = (g[0], g[1], h0, w_hh, lens, mode, outs[0], *outs[2:]), ops.mut_backward
-    else:
-        xp, h0, n0, w_hh, periods, lens = plain
-        bargs, op = (g[0], g[1], h0, w_hh, lens, outs[0], outs[3], outs[4]), ops.clockwork_backward
-    torch.library.opcheck(op, bargs)
+    xp, h0, c0, w_hh, peep, w_hr, lens, flags = plain
+    bargs = (g[0], g[1], g[2], h0, c0, w_hh, peep, w_hr, lens, flags, outs[0], *outs[3:])
+    torch.library.opcheck(ops.lstm_backward, bargs)
 
 
 @needs_kernels

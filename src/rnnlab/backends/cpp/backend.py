@@ -1,21 +1,16 @@
 """The ``"cpp"`` backend: fused C++ recurrences on the CPU for every cell except the Greff FGR variant.
 
-``supports`` accepts exactly what the kernels implement:
+``supports`` accepts exactly what the fused code implements:
 
-- :class:`~rnnlab.cells.LSTMCell` with any option except ``full_gate_recurrence`` (also the peephole /
-  CIFG / Greff subclasses that only set options), :class:`~rnnlab.cells.GRUCell` (both forms),
-  :class:`~rnnlab.cells.ElmanCell`, :class:`~rnnlab.cells.MUT1Cell` / ``MUT2Cell`` / ``MUT3Cell`` (raw-x or
-  projected input), :class:`~rnnlab.cells.LayerNormLSTMCell`, :class:`~rnnlab.cells.LayerNormGRUCell`;
-- :class:`~rnnlab.cells.ClockworkCell` (the clock runs inside the kernel, +1.0 per valid step like the cell);
-- :class:`~rnnlab.cells.MinGRUCell` / ``MinLSTMCell`` with the element-wise scan (a and b are formed with
-  autograd exactly as the cells' ``sequence`` does on a CPU; ``scan="log"`` is refused);
-- :class:`~rnnlab.cells.DepthGatedLSTMCell` on its first layer only (no layer below: a peephole LSTM; upper
-  layers need the lower layer's per-step states, which this backend does not return);
+- every cell that declares a generic driver rule (driver.h, generic_registry.py): the LSTM family (any option
+  but Greff's full gate recurrence and, for now, ``proj_size``), GRU in both forms, Elman, MUT1-3, the
+  layer-normalised LSTM and GRU, the clockwork RNN, minGRU / minLSTM (element-wise scan), IndRNN, SRU, sLSTM,
+  the depth-gated LSTM on its first layer; with recording, recurrent dropout and zoneout;
+- the LSTM with a projection (``proj_size``) on kernels.cpp's LSTM kernel, without those options;
 
-on float32 / float64 CPU tensors, without layer-below input or per-step states; recording, recurrent dropout
-and zoneout only on the generic driver (generic_registry.py), not on kernels.cpp's kernels.  Everything else,
-and subclasses that change the math, goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference``
-in the environment switches it off.
+on float32 / float64 CPU tensors, without layer-below input or per-step states.  Everything else, and
+subclasses that change the math, goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the
+environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
 otherwise, to inline loops when tiny; the measurements behind that choice are in kernels.cpp.
@@ -53,10 +48,7 @@ from rnnlab.backends.cpp.loader import kernels_failed, load_kernels
 from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.cells.base import RecurrentCell
-from rnnlab.cells.clockwork import ClockworkCell
-from rnnlab.cells.gru import GRUCell
 from rnnlab.cells.lstm import LSTMCell
-from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 from rnnlab.sequence import reverse_within_lengths
 
 # LSTM kernel flags (must match kernels.cpp)
@@ -117,26 +109,18 @@ def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
 
 
 #: kernel kind (from :func:`kernel_for`) -> the CppBackend method that runs it
-_RUNNERS = {"lstm": "_lstm", "gru": "_gru", "clockwork": "_clockwork", "mut1": "_mut", "mut2": "_mut",
-            "mut3": "_mut"}
+_RUNNERS = {"lstm": "_lstm"}
 
 
 def kernel_for(cell: RecurrentCell) -> str | None:
     """Which fused kernel computes this cell exactly: ``"driver:<rule>"`` for a cell on the generic driver
     (generic_registry.py: LSTM and its variants, GRU, IndRNN, SRU, sLSTM, ...), else one of kernels.cpp's
-    ``"lstm"`` (projection), ``"gru"`` (paper form), ``"mut1"``-``"mut3"``, ``"clockwork"``, or ``None``."""
+    ``"lstm"`` (the LSTM with a projection, the one cell not on the driver yet), or ``None``."""
     rule = generic_registry.driver_for(cell)
     if rule is not None:
         return "driver:" + rule
     if _same_math(cell, LSTMCell):
         return None if cell.full_gate_recurrence else "lstm"  # type: ignore[attr-defined]
-    if _same_math(cell, GRUCell):
-        return "gru"
-    for mut in (MUT1Cell, MUT2Cell, MUT3Cell):
-        if _same_math(cell, mut):
-            return mut.kind
-    if _same_math(cell, ClockworkCell):
-        return "clockwork"
     return None
 
 
@@ -256,42 +240,3 @@ class CppBackend:
         w_hr = p["weight_hr"] if cell.proj_size else _zeros(0, x.dtype)
         out, h, c = ops.run("lstm", xp, h0, c0, w_hh, peep, w_hr, lens, lstm_flags(cell))[:3]
         return out, (h, c)
-
-    @staticmethod
-    def _gru(ext, cell: GRUCell, p, x: Tensor, state, lens: Tensor):
-        H = cell.hidden_size
-        b_hn = _zeros(0, x.dtype)
-        b = None
-        if "bias_ih" in p:
-            if cell.reset_after:  # b_hn sits behind the reset gate: r ⊙ (W_hn h + b_hn)
-                b = p["bias_ih"] + torch.cat([p["bias_hh"][: 2 * H], x.new_zeros(H)])
-                b_hn = p["bias_hh"][2 * H:]
-            else:
-                b = p["bias_ih"] + p["bias_hh"]
-        xp = F.linear(x, p["weight_ih"], b)  # (T, B, 3H)
-        out, h = ops.run("gru", xp, state[0], p["weight_hh"], b_hn, lens, cell.reset_after)[:2]
-        return out, (h,)
-
-    @staticmethod
-    def _mut(ext, cell, p, x: Tensor, state, lens: Tensor):
-        # The cell's own projection (raw-x block, MUT1's tanh) plus every recurrent bias: none sits behind a
-        # gate (W_hh (r ⊙ h) + b_h adds b_h outside the reset), so all of them fold into xp.
-        xp = cell.project_input(x, p)  # (T, B, 3H) blocks z, r, h
-        if "bias_hh" in p:
-            b = p["bias_hh"]
-            xp = xp + (torch.cat([b.new_zeros(cell.hidden_size), b]) if cell.kind == "mut1" else b)
-        mode = int(cell.kind[-1])
-        out, h = ops.run("mut", xp, state[0], p["weight_hh"], lens, mode)[:2]
-        return out, (h,)
-
-    @staticmethod
-    def _clockwork(ext, cell: ClockworkCell, p, x: Tensor, state, lens: Tensor):
-        xp = cell.project_input(x, p)  # (T, B, H)
-        if "bias_hh" in p:
-            xp = xp + p["bias_hh"]  # inside the tanh, outside any gate
-        w_hh = p["weight_hh"] * cell.recurrent_mask(x.dtype, x.device)  # autograd masks the gradient
-        periods = torch.tensor([P for P, size in zip(cell.periods, cell.module_sizes) for _ in range(size)],
-                               dtype=x.dtype)
-        n0 = state[1]  # (B, 1)
-        out, h, n = ops.run("clockwork", xp, state[0], n0.reshape(-1), w_hh, periods, lens)[:3]
-        return out, (h, n.view_as(n0))

@@ -1,7 +1,8 @@
 """The fused kernels as registered PyTorch operators (``torch.ops.rnnlab.*``), visible to compile/export/func/autocast.
 
-One forward and one backward op per kernel kind (``rnnlab::lstm_forward``, ``rnnlab::lstm_backward``, ...: lstm,
-gru, mut, clockwork: the cells not yet on the generic driver, generic_ops.py), each defined with ``torch.library.custom_op`` and given:
+One forward and one backward op, ``rnnlab::lstm_forward`` / ``rnnlab::lstm_backward``: kernels.cpp's LSTM, which
+runs the LSTM with a projection (``proj_size``), the one cell not yet on the generic driver (every other cell
+runs on the driver's op pair, generic_ops.py).  Both are defined with ``torch.library.custom_op`` and given:
 
 - a CPU implementation: the compiled extension (loader.py);
 - a fake implementation (output shapes only), so ``torch.compile(fullgraph=True)`` and ``torch.export`` (with a
@@ -20,8 +21,8 @@ gru, mut, clockwork: the cells not yet on the generic driver, generic_ops.py), e
 Example:
     >>> import torch
     >>> from rnnlab.backends.cpp import ops
-    >>> out, h = torch.ops.rnnlab.mut_forward(torch.randn(5, 2, 12), torch.zeros(2, 4), torch.randn(12, 4),
-    ...                                       ops.NO_LENGTHS, 3)[:2]  # doctest: +SKIP
+    >>> out, h, c = torch.ops.rnnlab.lstm_forward(torch.randn(5, 2, 16), torch.zeros(2, 2), torch.zeros(2, 4),
+    ...     torch.randn(16, 2), torch.zeros(3, 4), torch.randn(2, 4), ops.NO_LENGTHS, 63)[:3]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -141,145 +142,9 @@ def _lstm_backward(ctx, gout, ghT, gcT, *_aux):
 lstm_forward.register_autograd(_lstm_backward, setup_context=_lstm_setup)
 
 
-# --- GRU ------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::gru_forward", mutates_args=())
-def gru_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Tensor, lengths: Tensor,
-                reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_forward(xp, h0, w_hh, b_hn, lengths, reset_after))  # type: ignore[return-value]
-
-
-@gru_forward.register_fake
-def _(xp, h0, w_hh, b_hn, lengths, reset_after):
-    T, B, G = xp.shape
-    H = h0.shape[1]
-    return xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, H)
-
-
-@torch.library.custom_op("rnnlab::gru_backward", mutates_args=())
-def gru_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, reset_after: bool,
-                 out: Tensor, gates: Tensor, aux: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_backward(gout, ghT, h0, w_hh, lengths, reset_after, out, gates, aux))  # type: ignore[return-value]
-
-
-@gru_backward.register_fake
-def _(gout, ghT, h0, w_hh, lengths, reset_after, out, gates, aux):
-    H = h0.shape[1]
-    return (gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape),
-            h0.new_empty(H) if reset_after else h0.new_empty(0))
-
-
-def _gru_setup(ctx, inputs, output):
-    xp, h0, w_hh, b_hn, lengths, reset_after = inputs
-    ctx.reset_after = reset_after
-    ctx.save_for_backward(xp, h0, w_hh, b_hn, lengths, *output)
-
-
-def _gru_backward(ctx, gout, ghT, *_aux):
-    xp, h0, w_hh, b_hn, lengths, out, hT, gates, aux = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, w_hh, b_hn, lengths, ctx.reset_after)
-        return tuple(_twin_backward(twins.gru, args, (gout, ghT), ctx.needs_input_grad))
-    dxp, dh0, dw_hh, db_hn = _call(gru_backward, "gru_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.reset_after, out,
-                                          gates, aux)
-    return dxp, dh0, dw_hh, _opt(db_hn, b_hn), None, None
-
-
-gru_forward.register_autograd(_gru_backward, setup_context=_gru_setup)
-
-
-# --- MUT1-3 ---------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::mut_forward", mutates_args=())
-def mut_forward(xp: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor,
-                mode: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().mut_forward(xp, h0, w_hh, lengths, mode))  # type: ignore[return-value]
-
-
-@mut_forward.register_fake
-def _(xp, h0, w_hh, lengths, mode):
-    T, B, G = xp.shape
-    H = h0.shape[1]
-    ths = xp.new_empty(T, B, H) if mode == 3 else xp.new_empty(0)
-    return xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, G), xp.new_empty(T, B, H), ths
-
-
-@torch.library.custom_op("rnnlab::mut_backward", mutates_args=())
-def mut_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, mode: int, out: Tensor,
-                 gates: Tensor, us: Tensor, ths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().mut_backward(gout, ghT, h0, w_hh, lengths, mode, out, gates, us, ths))  # type: ignore[return-value]
-
-
-@mut_backward.register_fake
-def _(gout, ghT, h0, w_hh, lengths, mode, out, gates, us, ths):
-    return gates.new_empty(gates.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
-
-
-def _mut_setup(ctx, inputs, output):
-    xp, h0, w_hh, lengths, mode = inputs
-    ctx.mode = mode
-    ctx.save_for_backward(xp, h0, w_hh, lengths, *output)
-
-
-def _mut_backward(ctx, gout, ghT, *_aux):
-    xp, h0, w_hh, lengths, out, hT, gates, us, ths = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, w_hh, lengths, ctx.mode)
-        return tuple(_twin_backward(twins.mut, args, (gout, ghT), ctx.needs_input_grad))
-    dxp, dh0, dw_hh = _call(mut_backward, "mut_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, ctx.mode, out, gates, us, ths)
-    return dxp, dh0, dw_hh, None, None
-
-
-mut_forward.register_autograd(_mut_backward, setup_context=_mut_setup)
-
-
-# --- Clockwork ------------------------------------------------------------------------------------------------
-@torch.library.custom_op("rnnlab::clockwork_forward", mutates_args=())
-def clockwork_forward(xp: Tensor, h0: Tensor, n0: Tensor, w_hh: Tensor, periods: Tensor,
-                      lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``n0`` (B,): the step counter; returns (out, h_T, n_T (B,), activations, update mask)."""
-    return tuple(_ext().clockwork_forward(xp, h0, n0, w_hh, periods, lengths))  # type: ignore[return-value]
-
-
-@clockwork_forward.register_fake
-def _(xp, h0, n0, w_hh, periods, lengths):
-    return xp.new_empty(xp.shape), h0.new_empty(h0.shape), n0.new_empty(n0.shape), xp.new_empty(xp.shape), \
-        xp.new_empty(xp.shape)
-
-
-@torch.library.custom_op("rnnlab::clockwork_backward", mutates_args=())
-def clockwork_backward(gout: Tensor, ghT: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor, out: Tensor,
-                       acts: Tensor, upd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().clockwork_backward(gout, ghT, h0, w_hh, lengths, out, acts, upd))  # type: ignore[return-value]
-
-
-@clockwork_backward.register_fake
-def _(gout, ghT, h0, w_hh, lengths, out, acts, upd):
-    return out.new_empty(out.shape), h0.new_empty(h0.shape), w_hh.new_empty(w_hh.shape)
-
-
-def _clockwork_setup(ctx, inputs, output):
-    xp, h0, n0, w_hh, periods, lengths = inputs
-    ctx.save_for_backward(xp, h0, n0, w_hh, periods, lengths, *output)
-
-
-def _clockwork_backward(ctx, gout, ghT, gnT, *_aux):
-    xp, h0, n0, w_hh, periods, lengths, out, hT, nT, acts, upd = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        args = (xp, h0, n0, w_hh, periods, lengths)
-        needs = list(ctx.needs_input_grad)
-        needs[2] = needs[4] = False  # the counter and the periods are not differentiable
-        grads = _twin_backward(twins.clockwork, args, (gout, ghT, None), needs)
-        grads[2] = gnT  # n_T = n_0 + steps: identity for n
-        return tuple(grads)
-    dxp, dh0, dw_hh = _call(clockwork_backward, "clockwork_backward", _z(gout, out), _z(ghT, hT), h0, w_hh, lengths, out, acts, upd)
-    return dxp, dh0, gnT, dw_hh, None, None
-
-
-clockwork_forward.register_autograd(_clockwork_backward, setup_context=_clockwork_setup)
-
-
 # --- shared rules: vmap, autocast -----------------------------------------------------------------------------
-FORWARD_OPS = (lstm_forward, gru_forward, mut_forward, clockwork_forward)
-BACKWARD_OPS = (lstm_backward, gru_backward, mut_backward, clockwork_backward)
+FORWARD_OPS = (lstm_forward,)
+BACKWARD_OPS = (lstm_backward,)
 
 
 def _vmap_loop(op):
@@ -330,9 +195,7 @@ def _func_function(kind: str, op, setup, backward) -> type[torch.autograd.Functi
                  "backward": staticmethod(backward), "generate_vmap_rule": True})
 
 
-_KINDS = {"lstm": (lstm_forward, _lstm_setup, _lstm_backward), "gru": (gru_forward, _gru_setup, _gru_backward),
-          "mut": (mut_forward, _mut_setup, _mut_backward),
-          "clockwork": (clockwork_forward, _clockwork_setup, _clockwork_backward)}
+_KINDS = {"lstm": (lstm_forward, _lstm_setup, _lstm_backward)}
 _EAGER = {kind: _eager_function(kind, setup, bwd) for kind, (_, setup, bwd) in _KINDS.items()}
 _FUNC = {kind: _func_function(kind, op, setup, bwd) for kind, (op, setup, bwd) in _KINDS.items()}
 _OPS = {kind: op for kind, (op, _, _) in _KINDS.items()}
