@@ -1,4 +1,4 @@
-"""Element-wise helpers shared by every Triton cell rule: stable activations and the length/zoneout blend."""
+"""Element-wise helpers shared by every Triton cell rule: lanes, stable activations and the length/zoneout blend."""
 
 from __future__ import annotations
 
@@ -47,30 +47,56 @@ def blend_grad(d, valid, keep, HAS_KEEP: tl.constexpr):
 
 
 @triton.jit
+def lanes(N, H, BLOCK: tl.constexpr):
+    """This program's lanes of a flat (B, H) state: (offsets, in-range mask, batch row, unit)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < N, offs // H, offs % H
+
+
+@triton.jit
+def row_valid(VALID, b, m):
+    """Whether each lane's batch row still runs this step (a padded row keeps its state)."""
+    return tl.load(VALID + b, mask=m) != 0
+
+
+@triton.jit
+def load_keep(KEEP, offs, m, other, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr):
+    """The zoneout keep weights at ``KEEP``; without zoneout ``other``, a placeholder :func:`blend` ignores."""
+    keep = other
+    if HAS_KEEP:
+        keep = ld(KEEP + offs, m, COMPUTE)
+    return keep
+
+
+@triton.jit
+def store_blend(OUT, KEEP, offs, m, new, old, valid, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr):
+    """Store the state a step leaves, :func:`blend` of ``new`` and ``old`` with the keep weights at ``KEEP``."""
+    keep = load_keep(KEEP, offs, m, new, HAS_KEEP, COMPUTE)
+    tl.store(OUT + offs, blend(new, old, valid, keep, HAS_KEEP), mask=m)
+
+
+@triton.jit
+def load_blend_grad(D, KEEP, offs, m, valid, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr):
+    """:func:`blend_grad` of the gradient at ``D``: (to the step's new state, to ``old``)."""
+    d = ld(D + offs, m, COMPUTE)
+    d_new, d_old = blend_grad(d, valid, load_keep(KEEP, offs, m, d, HAS_KEEP, COMPUTE), HAS_KEEP)
+    return d_new, d_old
+
+
+@triton.jit
 def blend_rows(NEW, OLD, OUT, VALID, KEEP, N, W, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                BLOCK: tl.constexpr):
     """:func:`blend` over (B, W) rows as a kernel of its own (the driver's output projection's state)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    valid = tl.load(VALID + offs // W, mask=m) != 0
-    new = ld(NEW + offs, m, COMPUTE)
-    keep = new
-    if HAS_KEEP:
-        keep = ld(KEEP + offs, m, COMPUTE)
-    tl.store(OUT + offs, blend(new, ld(OLD + offs, m, COMPUTE), valid, keep, HAS_KEEP), mask=m)
+    offs, m, b, _ = lanes(N, W, BLOCK)
+    store_blend(OUT, KEEP, offs, m, ld(NEW + offs, m, COMPUTE), ld(OLD + offs, m, COMPUTE), row_valid(VALID, b, m),
+                HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def blend_rows_grad(D, VALID, KEEP, D_NEW, D_OLD, N, W, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                     BLOCK: tl.constexpr):
     """:func:`blend_grad` of :func:`blend_rows`."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    valid = tl.load(VALID + offs // W, mask=m) != 0
-    d = ld(D + offs, m, COMPUTE)
-    keep = d
-    if HAS_KEEP:
-        keep = ld(KEEP + offs, m, COMPUTE)
-    d_new, d_old = blend_grad(d, valid, keep, HAS_KEEP)
+    offs, m, b, _ = lanes(N, W, BLOCK)
+    d_new, d_old = load_blend_grad(D, KEEP, offs, m, row_valid(VALID, b, m), HAS_KEEP, COMPUTE)
     tl.store(D_NEW + offs, d_new, mask=m)
     tl.store(D_OLD + offs, d_old, mask=m)

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.elman import ElmanCell
@@ -15,32 +15,24 @@ from rnnlab.cells.elman import ElmanCell
 @triton.jit
 def _elman_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, RELU: tl.constexpr, HAS_KEEP: tl.constexpr,
                COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
+    offs, m, b, _ = lanes(N, H, BLOCK)
     pre = ld(XP + offs, m, COMPUTE) + ld(HH + offs, m, COMPUTE)
     if RELU:
         h = tl.maximum(pre, 0.0)
     else:
         h = tanh(pre)
     tl.store(SAVED + offs, pre, mask=m)
-    valid = tl.load(VALID + offs // H, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, ld(H0 + offs, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _elman_bwd(DH1, SAVED, VALID, KH, DXP, DH0, N, H, RELU: tl.constexpr, HAS_KEEP: tl.constexpr,
                COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
+    offs, m, b, _ = lanes(N, H, BLOCK)
     pre = ld(SAVED + offs, m, COMPUTE)
-    valid = tl.load(VALID + offs // H, mask=m) != 0
-    kh = pre
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     if RELU:
         dpre = tl.where(pre > 0.0, dh, 0.0)
     else:

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.gru_paper import GRUPaperRule
 from rnnlab.backends.gpu.rules import register_rule
@@ -21,10 +21,7 @@ from rnnlab.cells.gru import GRUCell
 @triton.jit
 def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     r = sigmoid(ld(XP + row, m, COMPUTE) + ld(HH + row, m, COMPUTE))
     z = sigmoid(ld(XP + row + H, m, COMPUTE) + ld(HH + row + H, m, COMPUTE))
@@ -37,31 +34,22 @@ def _gru_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COM
     tl.store(SAVED + srow + H, z, mask=m)
     tl.store(SAVED + srow + 2 * H, n, mask=m)
     tl.store(SAVED + srow + 3 * H, hn, mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _gru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     srow = b * 4 * H + j
     r = ld(SAVED + srow, m, COMPUTE)
     z = ld(SAVED + srow + H, m, COMPUTE)
     n = ld(SAVED + srow + 2 * H, m, COMPUTE)
     hn = ld(SAVED + srow + 3 * H, m, COMPUTE)
     h_prev = ld(H0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h_prev
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     dzn = dh * (1.0 - z) * (1.0 - n * n)
     dzz = dh * (h_prev - n) * z * (1.0 - z)
     dzr = dzn * hn * r * (1.0 - r)

@@ -12,16 +12,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 
 
 @triton.jit
 def _first_fwd(XP, HH, HD, U, SAVED, N, H, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     r = sigmoid(ld(XP + row, m, COMPUTE) + ld(HH + row, m, COMPUTE))
     z = sigmoid(ld(XP + row + H, m, COMPUTE) + ld(HH + row + H, m, COMPUTE))
@@ -34,39 +31,27 @@ def _first_fwd(XP, HH, HD, U, SAVED, N, H, COMPUTE: tl.constexpr, BLOCK: tl.cons
 @triton.jit
 def _gru_paper_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                    BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     z = ld(SAVED + row + H, m, COMPUTE)
     n = tanh(ld(XP + row + 2 * H, m, COMPUTE) + ld(HH + row + 2 * H, m, COMPUTE))
     h_prev = ld(H0 + offs, m, COMPUTE)
     h = (1.0 - z) * n + z * h_prev
     tl.store(SAVED + row + 2 * H, n, mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _gru_paper_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                    BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     z = ld(SAVED + row + H, m, COMPUTE)
     n = ld(SAVED + row + 2 * H, m, COMPUTE)
     h_prev = ld(H0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h_prev
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     tl.store(DXP + row + H, dh * (h_prev - n) * z * (1.0 - z), mask=m)
     tl.store(DXP + row + 2 * H, dh * (1.0 - z) * (1.0 - n * n), mask=m)
     tl.store(DH0 + offs, dh * z + dh_old, mask=m)
@@ -75,10 +60,7 @@ def _gru_paper_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.const
 @triton.jit
 def _first_bwd(DU, SAVED, HD, DXP, DHD, N, H, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     # u = r ⊙ hd: the gradient of the second product's operand goes to the reset gate and to hd
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     r = ld(SAVED + row, m, COMPUTE)
     du = ld(DU + offs, m, COMPUTE)

@@ -23,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import ld, load_blend_grad, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import Prepared, accumulation_dtype, compute_type
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
@@ -85,10 +85,7 @@ def _ln_gru_fwd(XP, HH, H0, H1, SAVED, C, VALID, KH, H, HAS_KEEP: tl.constexpr, 
     tl.store(SAVED + srow + 5 * H, ah_n, mask=m)
     tl.store(SAVED + srow + 6 * H, rstd + 0.0 * h, mask=m)  # broadcast over the block
     valid = tl.load(VALID + b) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
@@ -108,10 +105,7 @@ def _ln_gru_bwd(DH1, SAVED, H0, C, VALID, KH, DXP, DHH, DH0, DC, H, HAS_KEEP: tl
     offs = b * H + j
     h_prev = ld(H0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b) != 0
-    kh = h_prev
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    d, d_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    d, d_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     al_r = ld(C + j, m, COMPUTE)
     al_z = ld(C + H + j, m, COMPUTE)
     al_n = ld(C + 2 * H + j, m, COMPUTE)
@@ -197,13 +191,8 @@ def _ln_lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, C, VALID, KH, KC, H, HAS_KEEP: t
     tl.store(SAVED + srow + 10 * H, rstd + 0.0 * c, mask=m)  # broadcast over the block
     tl.store(SAVED + srow + 11 * H, rstd_c + 0.0 * c, mask=m)
     valid = tl.load(VALID + b) != 0
-    kh = h
-    kc = c
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
-    tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
+    store_blend(H1, KH, offs, m, h, ld(H0 + offs, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
+    store_blend(C1, KC, offs, m, c, c_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
@@ -227,13 +216,8 @@ def _ln_lstm_bwd(DH1, DC1, SAVED, C0, C, VALID, KH, KC, DXP, DHH, DH0, DC0, DC, 
     offs = b * H + j
     c_prev = ld(C0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b) != 0
-    kh = c_prev
-    kc = c_prev
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
-    dc, dc_old = blend_grad(ld(DC1 + offs, m, COMPUTE), valid, kc, HAS_KEEP)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
+    dc, dc_old = load_blend_grad(DC1, KC, offs, m, valid, HAS_KEEP, COMPUTE)
     al_c = ld(C + 8 * H + j, m, COMPUTE)
     act = tanh(al_c * ch + ld(C + 9 * H + j, m, COMPUTE))
     dy = dh * o * (1.0 - act * act)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.lstm import LSTMCell
@@ -26,10 +26,7 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
               PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
     c_prev = ld(C0 + offs, m, COMPUTE)
@@ -71,18 +68,12 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
     tl.store(SAVED + srow + 2 * H, g, mask=m)
     tl.store(SAVED + srow + 3 * H, o, mask=m)
     tl.store(SAVED + srow + 4 * H, c, mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = one
-    kc = one
-    if HAS_KEEP:
-        if not PROJ:  # (h is P wide then: the driver's blend reads its keep mask)
-            kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
-    if PROJ:  # m = o ⊙ act(c) for the driver's projection, which blends h itself
+    valid = row_valid(VALID, b, m)
+    if PROJ:  # m = o ⊙ act(c) for the driver's projection, which blends h itself (h is P wide: KH is not read)
         tl.store(H1 + offs, h, mask=m)
     else:
-        tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
-    tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
+        store_blend(H1, KH, offs, m, h, ld(H0 + offs, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
+    store_blend(C1, KC, offs, m, c, c_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
@@ -91,10 +82,7 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
               PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
               BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
     srow = b * 5 * H + j
@@ -104,19 +92,12 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     o = ld(SAVED + srow + 3 * H, m, COMPUTE)
     c = ld(SAVED + srow + 4 * H, m, COMPUTE)
     c_prev = ld(C0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    one = tl.full([BLOCK], 1.0, c.dtype)
-    kh = one
-    kc = one
-    if HAS_KEEP:
-        if not PROJ:  # (h is P wide then: the driver's blend reads its keep mask)
-            kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
+    valid = row_valid(VALID, b, m)
     if PROJ:  # DH1 is the gradient of m, already through the driver's blend and projection
         dh = ld(DH1 + offs, m, COMPUTE)
     else:
-        dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
-    dc, dc_old = blend_grad(ld(DC1 + offs, m, COMPUTE), valid, kc, HAS_KEEP)
+        dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
+    dc, dc_old = load_blend_grad(DC1, KC, offs, m, valid, HAS_KEEP, COMPUTE)
     a = c
     if OUT_ACT:
         a = tanh(c)

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell, _MinimalCell, _use_log_scan
@@ -47,10 +47,7 @@ def _softplus(u):
 @triton.jit
 def _mingru_fwd(XP, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                 BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 2 * H + j
     z = sigmoid(ld(XP + row, m, COMPUTE))
     k = ld(XP + row + H, m, COMPUTE)
@@ -61,30 +58,21 @@ def _mingru_fwd(XP, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMP
     tl.store(SAVED + srow, z, mask=m)
     tl.store(SAVED + srow + H, ht, mask=m)
     tl.store(SAVED + srow + 2 * H, _dg(k), mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _mingru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                 BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     srow = b * 3 * H + j
     z = ld(SAVED + srow, m, COMPUTE)
     ht = ld(SAVED + srow + H, m, COMPUTE)
     dg = ld(SAVED + srow + 2 * H, m, COMPUTE)
     h_prev = ld(H0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = z
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    d, d_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    d, d_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     row = b * 2 * H + j
     tl.store(DXP + row, d * (ht - h_prev) * z * (1.0 - z), mask=m)
     tl.store(DXP + row + H, d * z * dg, mask=m)
@@ -94,10 +82,7 @@ def _mingru_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.constexp
 @triton.jit
 def _minlstm_fwd(XP, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                  BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     kf = ld(XP + row, m, COMPUTE)
     ki = ld(XP + row + H, m, COMPUTE)
@@ -115,20 +100,14 @@ def _minlstm_fwd(XP, H0, H1, SAVED, VALID, KH, N, H, HAS_KEEP: tl.constexpr, COM
     tl.store(SAVED + srow + 3 * H, sigmoid(-kf), mask=m)
     tl.store(SAVED + srow + 4 * H, sigmoid(-ki), mask=m)
     tl.store(SAVED + srow + 5 * H, _dg(k), mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _minlstm_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
                  BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     srow = b * 6 * H + j
     fn = ld(SAVED + srow, m, COMPUTE)
     i_n = ld(SAVED + srow + H, m, COMPUTE)
@@ -137,11 +116,8 @@ def _minlstm_bwd(DH1, SAVED, H0, VALID, KH, DXP, DH0, N, H, HAS_KEEP: tl.constex
     s_i = ld(SAVED + srow + 4 * H, m, COMPUTE)
     dg = ld(SAVED + srow + 5 * H, m, COMPUTE)
     h_prev = ld(H0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = fn
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    d, d_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    d, d_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     # f' = σ(-δ), i' = σ(δ): df'/dδ = -f' i', di'/dδ = i' f'; dδ/dk_f = -σ(-k_f), dδ/dk_i = σ(-k_i)
     ddelta = d * fn * i_n * (ht - h_prev)
     row = b * 3 * H + j

@@ -14,7 +14,7 @@ import triton.language as tl
 import torch
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
@@ -24,10 +24,7 @@ from rnnlab.cells.mut import MUT1Cell, MUT2Cell, MUT3Cell
 def _mut_first_fwd(XP, HH, HD, U, SAVED, N, H, HAS_HZ: tl.constexpr, COMPUTE: tl.constexpr,
                    BLOCK: tl.constexpr):
     # hh blocks: (r, n) for MUT1, (z, r, n) for MUT2 (HAS_HZ)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     hrow = b * (2 + HAS_HZ) * H + j
     zt = ld(XP + row, m, COMPUTE)
@@ -43,10 +40,7 @@ def _mut_first_fwd(XP, HH, HD, U, SAVED, N, H, HAS_HZ: tl.constexpr, COMPUTE: tl
 @triton.jit
 def _mut_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_HZ: tl.constexpr, HAS_KEEP: tl.constexpr,
              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     hrow = b * (2 + HAS_HZ) * H + j
     z = ld(SAVED + row, m, COMPUTE)
@@ -54,30 +48,21 @@ def _mut_fwd(XP, HH, H0, H1, SAVED, VALID, KH, N, H, HAS_HZ: tl.constexpr, HAS_K
     h_prev = ld(H0 + offs, m, COMPUTE)
     h = z * n + (1.0 - z) * h_prev
     tl.store(SAVED + row + 2 * H, n, mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, h_prev, valid, kh, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, h_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _mut_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_HZ: tl.constexpr, HAS_KEEP: tl.constexpr,
              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     hrow = b * (2 + HAS_HZ) * H + j
     z = ld(SAVED + row, m, COMPUTE)
     n = ld(SAVED + row + 2 * H, m, COMPUTE)
     h_prev = ld(H0 + offs, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h_prev
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     dzn = dh * z * (1.0 - n * n)
     dzz = dh * (n - h_prev) * z * (1.0 - z)
     tl.store(DXP + row, dzz, mask=m)
@@ -92,10 +77,7 @@ def _mut_bwd(DH1, SAVED, H0, VALID, KH, DXP, DHH, DH0, N, H, HAS_HZ: tl.constexp
 def _mut_first_bwd(DU, SAVED, HD, DXP, DHH, DHD, N, H, HAS_HZ: tl.constexpr, COMPUTE: tl.constexpr,
                    BLOCK: tl.constexpr):
     # u = r ⊙ hd: the second product's operand gradient goes to the reset gate and to hd
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 3 * H + j
     r = ld(SAVED + row + H, m, COMPUTE)
     du = ld(DU + offs, m, COMPUTE)

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid, tanh
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
 from rnnlab.backends.gpu.driver import BLOCK, Heads, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.slstm import SLSTMCell
@@ -22,10 +22,7 @@ from rnnlab.cells.slstm import SLSTMCell
 @triton.jit
 def _slstm_fwd(XP, HH, H0, C0, N0, M0, H1, C1, N1, M1, SAVED, VALID, KH, KC, KN, KM, N, H,
                HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    msk = offs < N
-    b = offs // H
-    j = offs % H
+    offs, msk, b, j = lanes(N, H, BLOCK)
     row = b * 4 * H + j
     zt = ld(XP + row, msk, COMPUTE) + ld(HH + row, msk, COMPUTE)
     it = ld(XP + row + H, msk, COMPUTE) + ld(HH + row + H, msk, COMPUTE)
@@ -56,29 +53,18 @@ def _slstm_fwd(XP, HH, H0, C0, N0, M0, H1, C1, N1, M1, SAVED, VALID, KH, KC, KN,
     tl.store(SAVED + srow + 7 * H, c, mask=msk)
     tl.store(SAVED + srow + 8 * H, n, mask=msk)
     tl.store(SAVED + srow + 9 * H, m, mask=msk)
-    valid = tl.load(VALID + b, mask=msk) != 0
-    kh = h
-    kc = c
-    kn = n
-    km = m
-    if HAS_KEEP:  # the backend's keeps for n and m are 0: only h and c zone out
-        kh = ld(KH + offs, msk, COMPUTE)
-        kc = ld(KC + offs, msk, COMPUTE)
-        kn = ld(KN + offs, msk, COMPUTE)
-        km = ld(KM + offs, msk, COMPUTE)
-    tl.store(H1 + offs, blend(h, ld(H0 + offs, msk, COMPUTE), valid, kh, HAS_KEEP), mask=msk)
-    tl.store(C1 + offs, blend(c, c0, valid, kc, HAS_KEEP), mask=msk)
-    tl.store(N1 + offs, blend(n, n0, valid, kn, HAS_KEEP), mask=msk)
-    tl.store(M1 + offs, blend(m, m0, valid, km, HAS_KEEP), mask=msk)
+    valid = row_valid(VALID, b, msk)
+    # the backend's keeps for n and m are 0: only h and c zone out
+    store_blend(H1, KH, offs, msk, h, ld(H0 + offs, msk, COMPUTE), valid, HAS_KEEP, COMPUTE)
+    store_blend(C1, KC, offs, msk, c, c0, valid, HAS_KEEP, COMPUTE)
+    store_blend(N1, KN, offs, msk, n, n0, valid, HAS_KEEP, COMPUTE)
+    store_blend(M1, KM, offs, msk, m, m0, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _slstm_bwd(DH1, DC1, DN1, DM1, SAVED, C0, N0, VALID, KH, KC, KN, KM, DXP, DH0, DC0, DN0, DM0, N, H,
                HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    msk = offs < N
-    b = offs // H
-    j = offs % H
+    offs, msk, b, j = lanes(N, H, BLOCK)
     srow = b * 10 * H + j
     z = ld(SAVED + srow, msk, COMPUTE)
     o = ld(SAVED + srow + H, msk, COMPUTE)
@@ -91,20 +77,11 @@ def _slstm_bwd(DH1, DC1, DN1, DM1, SAVED, C0, N0, VALID, KH, KC, KN, KM, DXP, DH
     n = tl.where(msk, ld(SAVED + srow + 8 * H, msk, COMPUTE), 1.0)  # lanes past the end: no 0/0
     c0 = ld(C0 + offs, msk, COMPUTE)
     n0 = ld(N0 + offs, msk, COMPUTE)
-    valid = tl.load(VALID + b, mask=msk) != 0
-    kh = c
-    kc = c
-    kn = c
-    km = c
-    if HAS_KEEP:
-        kh = ld(KH + offs, msk, COMPUTE)
-        kc = ld(KC + offs, msk, COMPUTE)
-        kn = ld(KN + offs, msk, COMPUTE)
-        km = ld(KM + offs, msk, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, msk, COMPUTE), valid, kh, HAS_KEEP)
-    dc, dc_old = blend_grad(ld(DC1 + offs, msk, COMPUTE), valid, kc, HAS_KEEP)
-    dn, dn_old = blend_grad(ld(DN1 + offs, msk, COMPUTE), valid, kn, HAS_KEEP)
-    dm, dm_old = blend_grad(ld(DM1 + offs, msk, COMPUTE), valid, km, HAS_KEEP)
+    valid = row_valid(VALID, b, msk)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, msk, valid, HAS_KEEP, COMPUTE)
+    dc, dc_old = load_blend_grad(DC1, KC, offs, msk, valid, HAS_KEEP, COMPUTE)
+    dn, dn_old = load_blend_grad(DN1, KN, offs, msk, valid, HAS_KEEP, COMPUTE)
+    dm, dm_old = load_blend_grad(DM1, KM, offs, msk, valid, HAS_KEEP, COMPUTE)
     # h = (o c) / n: torch's division rule (no n² that could overflow)
     dq = dh / n
     dn -= dh * ((o * c / n) / n)

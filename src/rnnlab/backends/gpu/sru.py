@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import blend, blend_grad, ld, sigmoid
+from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend
 from rnnlab.backends.gpu.driver import BLOCK, Identity, Prepared, compute_type, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.sru import SRUCell
@@ -22,10 +22,7 @@ from rnnlab.cells.sru import SRUCell
 @triton.jit
 def _sru_fwd(XP, CD, H0, C0, H1, C1, SAVED, V, VALID, KH, KC, N, H, HAS_KEEP: tl.constexpr,
              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     row = b * 4 * H + j
     cd = ld(CD + offs, m, COMPUTE)
     c_prev = ld(C0 + offs, m, COMPUTE)
@@ -42,23 +39,15 @@ def _sru_fwd(XP, CD, H0, C0, H1, C1, SAVED, V, VALID, KH, KC, N, H, HAS_KEEP: tl
     tl.store(SAVED + srow + 3 * H, xc, mask=m)
     tl.store(SAVED + srow + 4 * H, xh, mask=m)
     tl.store(SAVED + srow + 5 * H, cd, mask=m)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = h
-    kc = c
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
-    tl.store(H1 + offs, blend(h, ld(H0 + offs, m, COMPUTE), valid, kh, HAS_KEEP), mask=m)
-    tl.store(C1 + offs, blend(c, c_prev, valid, kc, HAS_KEEP), mask=m)
+    valid = row_valid(VALID, b, m)
+    store_blend(H1, KH, offs, m, h, ld(H0 + offs, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
+    store_blend(C1, KC, offs, m, c, c_prev, valid, HAS_KEEP, COMPUTE)
 
 
 @triton.jit
 def _sru_bwd(DH1, DC1, SAVED, C0, V, VALID, KH, KC, DXP, DCD, DH0, DC0, DV, N, H, HAS_KEEP: tl.constexpr,
              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < N
-    b = offs // H
-    j = offs % H
+    offs, m, b, j = lanes(N, H, BLOCK)
     srow = b * 6 * H + j
     f = ld(SAVED + srow, m, COMPUTE)
     r = ld(SAVED + srow + H, m, COMPUTE)
@@ -67,14 +56,9 @@ def _sru_bwd(DH1, DC1, SAVED, C0, V, VALID, KH, KC, DXP, DCD, DH0, DC0, DV, N, H
     xh = ld(SAVED + srow + 4 * H, m, COMPUTE)
     c_prev = ld(C0 + offs, m, COMPUTE)
     cd = ld(SAVED + srow + 5 * H, m, COMPUTE)
-    valid = tl.load(VALID + b, mask=m) != 0
-    kh = c
-    kc = c
-    if HAS_KEEP:
-        kh = ld(KH + offs, m, COMPUTE)
-        kc = ld(KC + offs, m, COMPUTE)
-    dh, dh_old = blend_grad(ld(DH1 + offs, m, COMPUTE), valid, kh, HAS_KEEP)
-    dc, dc_old = blend_grad(ld(DC1 + offs, m, COMPUTE), valid, kc, HAS_KEEP)
+    valid = row_valid(VALID, b, m)
+    dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
+    dc, dc_old = load_blend_grad(DC1, KC, offs, m, valid, HAS_KEEP, COMPUTE)
     dc += dh * r
     dzf = dc * (c_prev - xc) * f * (1.0 - f)
     dzr = dh * (c - xh) * r * (1.0 - r)
