@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from torch import Tensor
+
+from rnnlab.backends.gpu.driver import compute_type
+
+
+def keep_ptrs(keeps: list[Tensor] | None, olds: list[Tensor], n: int) -> list[Tensor]:
+    """The first ``n`` keep tensors a kernel takes; without zoneout the old states stand in (never read)."""
+    return list((keeps if keeps is not None else olds)[:n])
+
+
+def step_flags(saved: Tensor, keeps: list[Tensor] | None) -> dict:
+    """The constexprs every element-wise kernel takes: zoneout or not, and the compute type of the storage."""
+    return dict(HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved))
 
 
 @triton.jit

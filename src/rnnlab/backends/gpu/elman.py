@@ -6,8 +6,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, store_blend, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
+from rnnlab.backends.gpu.common import keep_ptrs, lanes, ld, load_blend_grad, row_valid, step_flags, store_blend, tanh
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.elman import ElmanCell
 
@@ -64,14 +64,12 @@ class ElmanRule:
         return {} if d_b_x is None else {"bias_ih": d_b_x, "bias_hh": d_b_x}
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        _elman_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, kh, B * H, H, RELU=self.relu,
-                               HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _elman_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, *keep_ptrs(keeps, olds, 1), B * H, H,
+                               RELU=self.relu, **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        _elman_bwd[grid(B, H)](d_news[0], saved, valid, kh, d_xp, d_olds[0], B * H, H, RELU=self.relu,
-                               HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _elman_bwd[grid(B, H)](d_news[0], saved, valid, *keep_ptrs(keeps, olds, 1), d_xp, d_olds[0], B * H, H,
+                               RELU=self.relu, **step_flags(saved, keeps), BLOCK=BLOCK)
 
 
 register_rule(ElmanCell, lambda cell: ElmanRule(cell))

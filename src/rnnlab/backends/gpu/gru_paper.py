@@ -12,7 +12,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
+from rnnlab.backends.gpu.common import (
+    keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend, tanh,
+)
 from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
 
 
@@ -94,14 +96,12 @@ class GRUPaperRule:
                                BLOCK=BLOCK)
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        _gru_paper_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, kh, B * H, H,
-                                   HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _gru_paper_fwd[grid(B, H)](xp, hh, olds[0], news[0], saved, valid, *keep_ptrs(keeps, olds, 1), B * H, H,
+                                   **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        _gru_paper_bwd[grid(B, H)](d_news[0], saved, olds[0], valid, kh, d_xp, d_olds[0], B * H, H,
-                                   HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _gru_paper_bwd[grid(B, H)](d_news[0], saved, olds[0], valid, *keep_ptrs(keeps, olds, 1), d_xp, d_olds[0], B * H,
+                                   H, **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward_first(self, d_u, saved, hd, olds, consts, d_xp, d_hh, d_hd, B, H):
         _first_bwd[grid(B, H)](d_u, saved, hd.contiguous(), d_xp, d_hd, B * H, H, COMPUTE=compute_type(saved),

@@ -23,8 +23,8 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall
-from rnnlab.backends.gpu.common import ld, load_blend_grad, sigmoid, store_blend, tanh
-from rnnlab.backends.gpu.driver import Prepared, accumulation_dtype, compute_type
+from rnnlab.backends.gpu.common import keep_ptrs, ld, load_blend_grad, sigmoid, step_flags, store_blend, tanh
+from rnnlab.backends.gpu.driver import Prepared, accumulation_dtype
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.layernorm import LayerNormGRUCell, LayerNormLSTMCell
 
@@ -320,16 +320,14 @@ class LayerNormGRURule(_LayerNormRule):
     _record_at = (0, 1, 2)
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
         block, warps = _row_launch(H)
-        _ln_gru_fwd[(B,)](xp, hh, olds[0], news[0], saved, consts, valid, kh, H, HAS_KEEP=keeps is not None,
-                          COMPUTE=compute_type(saved), BLOCK_H=block, num_warps=warps)
+        _ln_gru_fwd[(B,)](xp, hh, olds[0], news[0], saved, consts, valid, *keep_ptrs(keeps, olds, 1), H,
+                          **step_flags(saved, keeps), BLOCK_H=block, num_warps=warps)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
         block, warps = _row_launch(H)
-        _ln_gru_bwd[(B,)](d_news[0], saved, olds[0], consts, valid, kh, d_xp, d_hh, d_olds[0], d_consts, H,
-                          HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK_H=block, num_warps=warps)
+        _ln_gru_bwd[(B,)](d_news[0], saved, olds[0], consts, valid, *keep_ptrs(keeps, olds, 1), d_xp, d_hh, d_olds[0],
+                          d_consts, H, **step_flags(saved, keeps), BLOCK_H=block, num_warps=warps)
 
 
 class LayerNormLSTMRule(_LayerNormRule):
@@ -352,17 +350,15 @@ class LayerNormLSTMRule(_LayerNormRule):
         return grads
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
         block, warps = _row_launch(H)
-        _ln_lstm_fwd[(B,)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, kh, kc, H,
-                           HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK_H=block, num_warps=warps)
+        _ln_lstm_fwd[(B,)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, *keep_ptrs(keeps, olds, 2),
+                           H, **step_flags(saved, keeps), BLOCK_H=block, num_warps=warps)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
         block, warps = _row_launch(H)
-        _ln_lstm_bwd[(B,)](d_news[0], d_news[1], saved, olds[1], consts, valid, kh, kc, d_xp, d_hh, d_olds[0],
-                           d_olds[1], d_consts, H, HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved),
-                           BLOCK_H=block, num_warps=warps)
+        _ln_lstm_bwd[(B,)](d_news[0], d_news[1], saved, olds[1], consts, valid, *keep_ptrs(keeps, olds, 2), d_xp, d_hh,
+                           d_olds[0], d_olds[1], d_consts, H, **step_flags(saved, keeps), BLOCK_H=block,
+                           num_warps=warps)
 
 
 register_rule(LayerNormGRUCell, LayerNormGRURule)

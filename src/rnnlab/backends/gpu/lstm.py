@@ -14,8 +14,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
+from rnnlab.backends.gpu.common import (
+    keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend, tanh,
+)
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.lstm import LSTMCell
 
@@ -177,16 +179,14 @@ class LSTMRule:
         return grads
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
-        _lstm_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, kh, kc, B * H,
-                              H, HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK,
+        _lstm_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid,
+                              *keep_ptrs(keeps, olds, 2), B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK,
                               **self.flags)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
-        _lstm_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, kh, kc, d_xp, d_olds[0],
-                              d_olds[1], d_consts, B * H, H, HAS_KEEP=keeps is not None,
-                              COMPUTE=compute_type(saved), BLOCK=BLOCK, **self.flags)
+        _lstm_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, *keep_ptrs(keeps, olds, 2), d_xp,
+                              d_olds[0], d_olds[1], d_consts, B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK,
+                              **self.flags)
 
 
 def _rule(cell: LSTMCell) -> LSTMRule | None:

@@ -19,8 +19,10 @@ import triton.language as tl
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, compute_type, grid
+from rnnlab.backends.gpu.common import (
+    keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend,
+)
+from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.minimal import MinGRUCell, MinLSTMCell, _MinimalCell, _use_log_scan
 
@@ -150,14 +152,12 @@ class _MinimalRule:
         return {} if d_b_x is None else {"bias_ih": d_b_x}
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        self._fwd[grid(B, H)](xp, olds[0], news[0], saved, valid, kh, B * H, H, HAS_KEEP=keeps is not None,
-                              COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        self._fwd[grid(B, H)](xp, olds[0], news[0], saved, valid, *keep_ptrs(keeps, olds, 1), B * H, H,
+                              **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh = keeps[0] if keeps is not None else olds[0]
-        self._bwd[grid(B, H)](d_news[0], saved, olds[0], valid, kh, d_xp, d_olds[0], B * H, H,
-                              HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        self._bwd[grid(B, H)](d_news[0], saved, olds[0], valid, *keep_ptrs(keeps, olds, 1), d_xp, d_olds[0], B * H, H,
+                              **step_flags(saved, keeps), BLOCK=BLOCK)
 
 
 class MinGRURule(_MinimalRule):

@@ -13,8 +13,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend, tanh
-from rnnlab.backends.gpu.driver import BLOCK, Heads, Prepared, compute_type, grid
+from rnnlab.backends.gpu.common import (
+    keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend, tanh,
+)
+from rnnlab.backends.gpu.driver import BLOCK, Heads, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.slstm import SLSTMCell
 
@@ -126,14 +128,12 @@ class SLSTMRule:
         return {} if d_b_x is None else {"bias_ih": d_b_x}
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        ks = keeps if keeps is not None else olds
-        _slstm_fwd[grid(B, H)](xp, hh, *olds, *news, saved, valid, *ks, B * H, H, HAS_KEEP=keeps is not None,
-                               COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _slstm_fwd[grid(B, H)](xp, hh, *olds, *news, saved, valid, *keep_ptrs(keeps, olds, 4), B * H, H,
+                               **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        ks = keeps if keeps is not None else olds
-        _slstm_bwd[grid(B, H)](*d_news, saved, olds[1], olds[2], valid, *ks, d_xp, *d_olds, B * H, H,
-                               HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _slstm_bwd[grid(B, H)](*d_news, saved, olds[1], olds[2], valid, *keep_ptrs(keeps, olds, 4), d_xp, *d_olds,
+                               B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK)
 
 
 register_rule(SLSTMCell, lambda cell: SLSTMRule())

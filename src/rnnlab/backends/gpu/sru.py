@@ -13,8 +13,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from rnnlab.backends.gpu.common import lanes, ld, load_blend_grad, row_valid, sigmoid, store_blend
-from rnnlab.backends.gpu.driver import BLOCK, Identity, Prepared, compute_type, grid
+from rnnlab.backends.gpu.common import (
+    keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend,
+)
+from rnnlab.backends.gpu.driver import BLOCK, Identity, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.sru import SRUCell
 
@@ -95,15 +97,12 @@ class SRURule:
         return {"weight_hh": d_consts.reshape(-1)}
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
-        _sru_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid, kh, kc, B * H, H,
-                             HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved), BLOCK=BLOCK)
+        _sru_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid,
+                             *keep_ptrs(keeps, olds, 2), B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        kh, kc = keeps if keeps is not None else (olds[0], olds[1])
-        _sru_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, kh, kc, d_xp, d_hh, d_olds[0],
-                             d_olds[1], d_consts, B * H, H, HAS_KEEP=keeps is not None, COMPUTE=compute_type(saved),
-                             BLOCK=BLOCK)
+        _sru_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, *keep_ptrs(keeps, olds, 2), d_xp,
+                             d_hh, d_olds[0], d_olds[1], d_consts, B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK)
 
 
 register_rule(SRUCell, lambda cell: SRURule())
