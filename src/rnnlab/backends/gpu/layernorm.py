@@ -49,11 +49,17 @@ def _msum(v, m):
 
 
 @triton.jit
-def _ln_gru_fwd(XP, HH, H0, H1, SAVED, C, VALID, KH, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
-                BLOCK_H: tl.constexpr):
+def _row_lanes(H, BLOCK_H: tl.constexpr):
+    """This program's batch row (one program per row): (offsets into the (B, H) state, unit mask, row, unit)."""
     b = tl.program_id(0)
     j = tl.arange(0, BLOCK_H)
-    m = j < H
+    return b * H + j, j < H, b, j
+
+
+@triton.jit
+def _ln_gru_fwd(XP, HH, H0, H1, SAVED, C, VALID, KH, H, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
+                BLOCK_H: tl.constexpr):
+    offs, m, b, j = _row_lanes(H, BLOCK_H)
     row = b * 3 * H + j
     a_r = ld(HH + row, m, COMPUTE)
     a_z = ld(HH + row + H, m, COMPUTE)
@@ -73,7 +79,6 @@ def _ln_gru_fwd(XP, HH, H0, H1, SAVED, C, VALID, KH, H, HAS_KEEP: tl.constexpr, 
     z = sigmoid(ld(XP + row + H, m, COMPUTE) + ld(C + H + j, m, COMPUTE) * ah_z + ld(C + 4 * H + j, m, COMPUTE))
     hn = ld(C + 2 * H + j, m, COMPUTE) * ah_n + ld(C + 5 * H + j, m, COMPUTE)
     n = tanh(ld(XP + row + 2 * H, m, COMPUTE) + r * hn)
-    offs = b * H + j
     h_prev = ld(H0 + offs, m, COMPUTE)
     h = (1.0 - z) * n + z * h_prev
     srow = b * 7 * H + j
@@ -91,9 +96,7 @@ def _ln_gru_fwd(XP, HH, H0, H1, SAVED, C, VALID, KH, H, HAS_KEEP: tl.constexpr, 
 @triton.jit
 def _ln_gru_bwd(DH1, SAVED, H0, C, VALID, KH, DXP, DHH, DH0, DC, H, HAS_KEEP: tl.constexpr,
                 COMPUTE: tl.constexpr, BLOCK_H: tl.constexpr):
-    b = tl.program_id(0)
-    j = tl.arange(0, BLOCK_H)
-    m = j < H
+    offs, m, b, j = _row_lanes(H, BLOCK_H)
     srow = b * 7 * H + j
     r = ld(SAVED + srow, m, COMPUTE)
     z = ld(SAVED + srow + H, m, COMPUTE)
@@ -102,7 +105,6 @@ def _ln_gru_bwd(DH1, SAVED, H0, C, VALID, KH, DXP, DHH, DH0, DC, H, HAS_KEEP: tl
     ah_z = ld(SAVED + srow + 4 * H, m, COMPUTE)
     ah_n = ld(SAVED + srow + 5 * H, m, COMPUTE)
     rstd = tl.load(SAVED + b * 7 * H + 6 * H).to(COMPUTE)
-    offs = b * H + j
     h_prev = ld(H0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b) != 0
     d, d_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
@@ -142,9 +144,7 @@ def _ln_gru_bwd(DH1, SAVED, H0, C, VALID, KH, DXP, DHH, DH0, DC, H, HAS_KEEP: tl
 @triton.jit
 def _ln_lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, C, VALID, KH, KC, H, HAS_KEEP: tl.constexpr,
                  COMPUTE: tl.constexpr, BLOCK_H: tl.constexpr):
-    b = tl.program_id(0)
-    j = tl.arange(0, BLOCK_H)
-    m = j < H
+    offs, m, b, j = _row_lanes(H, BLOCK_H)
     row = b * 4 * H + j
     a_i = ld(HH + row, m, COMPUTE)
     a_f = ld(HH + row + H, m, COMPUTE)
@@ -169,7 +169,6 @@ def _ln_lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, C, VALID, KH, KC, H, HAS_KEEP: t
              + ld(C + 6 * H + j, m, COMPUTE))
     o = sigmoid(ld(XP + row + 3 * H, m, COMPUTE) + ld(C + 3 * H + j, m, COMPUTE) * ah_o
                 + ld(C + 7 * H + j, m, COMPUTE))
-    offs = b * H + j
     c_prev = ld(C0 + offs, m, COMPUTE)
     c = f * c_prev + i * g
     mu_c = _msum(c, m) / H
@@ -198,9 +197,7 @@ def _ln_lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, C, VALID, KH, KC, H, HAS_KEEP: t
 @triton.jit
 def _ln_lstm_bwd(DH1, DC1, SAVED, C0, C, VALID, KH, KC, DXP, DHH, DH0, DC0, DC, H, HAS_KEEP: tl.constexpr,
                  COMPUTE: tl.constexpr, BLOCK_H: tl.constexpr):
-    b = tl.program_id(0)
-    j = tl.arange(0, BLOCK_H)
-    m = j < H
+    offs, m, b, j = _row_lanes(H, BLOCK_H)
     srow = b * 12 * H + j
     i = ld(SAVED + srow, m, COMPUTE)
     f = ld(SAVED + srow + H, m, COMPUTE)
@@ -213,7 +210,6 @@ def _ln_lstm_bwd(DH1, DC1, SAVED, C0, C, VALID, KH, KC, DXP, DHH, DH0, DC0, DC, 
     ch = ld(SAVED + srow + 8 * H, m, COMPUTE)
     rstd = tl.load(SAVED + b * 12 * H + 10 * H).to(COMPUTE)
     rstd_c = tl.load(SAVED + b * 12 * H + 11 * H).to(COMPUTE)
-    offs = b * H + j
     c_prev = ld(C0 + offs, m, COMPUTE)
     valid = tl.load(VALID + b) != 0
     dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
