@@ -1,4 +1,5 @@
-"""The fused kernels as torch.ops.rnnlab.*: compile, export (dynamic T), autocast, vmap, func.grad, second derivatives."""
+"""The cpp backend's layers through torch.ops.rnnlab.driver_*: compile, export (dynamic T), autocast, vmap, func.grad,
+second derivatives, per registered cell (the op itself is opchecked per rule in test_generic_ops.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import torch
 import rnnlab
 from rnnlab import Recurrent
 from rnnlab.backends import LayerCall, select_backend
-from rnnlab.backends.cpp import kernel_for, load_kernels, ops
+from rnnlab.backends.cpp import generic_ops, generic_registry, kernel_for, load_generic
 
-needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
+needs_kernels = pytest.mark.skipif(load_generic() is None, reason="the C++ driver could not be built here")
 
 I, H, B, T = 3, 4, 2, 5
-FUSED = [n for n in rnnlab.cell_names() if kernel_for(Recurrent(n, I, H).cell) is not None]
+# options that change what the driver itself does, under a name of their own: the LSTM's output projection
+VARIANTS: dict[str, tuple[str, dict]] = {"lstm_proj": ("lstm", {"proj_size": 2})}
+FUSED = [n for n in rnnlab.cell_names() if kernel_for(Recurrent(n, I, H).cell) is not None] + sorted(VARIANTS)
 # the default suite compiles/exports a representative set; the rest run with -m slow (each compile takes seconds)
-REPRESENTATIVE = ["lstm", "gru", "peephole", "mut1", "ln_lstm"]
+REPRESENTATIVE = ["lstm", "gru", "peephole", "mut1", "ln_lstm", "lstm_proj"]
 # (name, options) layouts: one layer; bidirectional with lengths; two layers
 LAYOUTS = {"plain": {}, "bidir": {"bidirectional": True}, "layers2": {"num_layers": 2}}
 LENGTHS = torch.tensor([T, 3])
@@ -26,7 +29,8 @@ def _cases(representative: list[str]) -> list:
 
 
 def _module(cell: str, layout: str = "plain", dtype: torch.dtype = torch.float32) -> Recurrent:
-    opts = dict(LAYOUTS[layout])
+    cell, kw = VARIANTS.get(cell, (cell, {}))
+    opts = {**LAYOUTS[layout], **kw}
     if cell == "depth_gated":  # upper layers of depth_gated are not fused (they need the layer below)
         opts.pop("num_layers", None)
     torch.manual_seed(0)
@@ -73,12 +77,13 @@ def test_compile_fullgraph_equals_eager(cell: str) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("cell", ["gru", "peephole"])
+@pytest.mark.parametrize("cell", ["gru", "peephole", "lstm_proj"])
 def test_compile_fullgraph_with_lengths(cell: str) -> None:
     """The wrapper with lengths compiles without a graph break (the range check is an in-graph assert) and
     equals eager; bad lengths still raise, from inside the compiled graph."""
     torch._dynamo.reset()
-    mod = rnnlab.Recurrent(cell, I, H, num_layers=2, bidirectional=True)
+    cell, kw = VARIANTS.get(cell, (cell, {}))
+    mod = rnnlab.Recurrent(cell, I, H, num_layers=2, bidirectional=True, **kw)
     x = torch.randn(T, B, I, requires_grad=True)
     lengths = torch.tensor([T, 1] + [2] * (B - 2))[:B]
     call = lambda x, lengths: mod(x, lengths=lengths)  # noqa: E731
@@ -94,17 +99,6 @@ def test_compile_fullgraph_with_lengths(cell: str) -> None:
     torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match=r"lengths: each length must be in \[1, "):
         compiled(x, torch.full((B,), T + 1))
-
-
-@needs_kernels
-@pytest.mark.parametrize("name", ["lstm", "lstm_proj"])
-def test_compile_kernel_op_with_lengths(name: str) -> None:
-    """The ops with a lengths tensor inside a fullgraph compiled function (as the backend calls them)."""
-    torch._dynamo.reset()
-    args = dict(_op_samples())[name]
-    compiled = torch.compile(lambda *a: ops.run("lstm", *a), fullgraph=True)
-    for a, b in zip(compiled(*args), ops.run("lstm", *args)):
-        torch.testing.assert_close(a, b)
 
 
 @needs_kernels
@@ -210,45 +204,6 @@ def test_gradient_penalty_second_derivative_wrt_parameters(cell: str) -> None:
     assert torch.autograd.gradcheck(penalty, params, eps=1e-6, atol=1e-5)
 
 
-def _op_samples() -> list:
-    """Arguments for each forward op (and, from its outputs, the matching backward op), float64, with lengths."""
-    torch.manual_seed(0)
-    d = torch.float64
-    Tn, Bn, Hn = 4, 2, 3
-    lens = torch.tensor([4, 2])
-
-    def r(*shape, grad=True):
-        return torch.randn(*shape, dtype=d, requires_grad=grad)
-
-    e = torch.empty(0, dtype=d)
-    return [
-        ("lstm", (r(Tn, Bn, 4 * Hn), r(Bn, Hn), r(Bn, Hn), r(4 * Hn, Hn), r(3, Hn), e, lens, 55)),
-        ("lstm_proj", (r(Tn, Bn, 4 * Hn), r(Bn, 2), r(Bn, Hn), r(4 * Hn, 2), r(3, Hn), r(2, Hn), lens, 55)),
-    ]
-
-
-# kernels.cpp's one op pair; the driver's (every other cell) is opchecked per rule in test_generic_ops.py
-_FORWARD = {"lstm": ops.lstm_forward, "lstm_proj": ops.lstm_forward}
-
-
-@needs_kernels
-@pytest.mark.parametrize("name,args", _op_samples(), ids=[n for n, _ in _op_samples()])
-def test_opcheck_forward_ops(name: str, args: tuple) -> None:
-    torch.library.opcheck(_FORWARD[name], args)
-
-
-@needs_kernels
-@pytest.mark.parametrize("name,args", _op_samples(), ids=[n for n, _ in _op_samples()])
-def test_opcheck_backward_ops(name: str, args: tuple) -> None:
-    """Each backward op, called with the saved outputs of its forward op, as the autograd formula calls it."""
-    plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    outs = _FORWARD[name](*plain)
-    g = [torch.randn_like(o) for o in outs[:3]]
-    xp, h0, c0, w_hh, peep, w_hr, lens, flags = plain
-    bargs = (g[0], g[1], g[2], h0, c0, w_hh, peep, w_hr, lens, flags, outs[0], *outs[3:])
-    torch.library.opcheck(ops.lstm_backward, bargs)
-
-
 @needs_kernels
 def test_onnx_legacy_export_raises_a_clear_error(tmp_path) -> None:
     mod = _module("lstm")
@@ -259,12 +214,23 @@ def test_onnx_legacy_export_raises_a_clear_error(tmp_path) -> None:
 
 @needs_kernels
 def test_eager_calls_skip_the_dispatcher_but_equal_the_op() -> None:
-    """ops.run's eager shortcut (direct extension / autograd.Function) gives what the registered op gives."""
-    name, args = _op_samples()[0]
-    direct = ops.run("lstm", *args)
-    via_op = ops.lstm_forward(*args)
-    for a, b in zip(direct, via_op):
+    """The eager shortcut (the extension through DriverFunction) gives what the registered op gives, outputs and
+    gradients, for the projected LSTM with lengths."""
+    mod = _module("lstm_proj", dtype=torch.float64)
+    cell, p = mod.cell, mod.layer_params(0, 0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    state = tuple(0.5 * torch.randn(B, s, dtype=torch.float64) for s in cell.state_sizes())
+    out, final, _ = generic_registry.run(cell, p, x, state, LENGTHS)
+    xp, w, e, heads, opt = cell.driver_inputs(x, p)
+    off = x.new_empty(0)
+    params = [p[n] for n in generic_ops.param_names(cell)]
+    spec = generic_ops.cell_spec(cell, "lstm")
+    via_op = generic_ops.driver_forward(spec, heads, opt, xp, w, off if e is None else e, cell.driver_state(state),
+                                        LENGTHS, off, off, x, params)
+    torch.testing.assert_close(out, via_op[0], atol=0, rtol=0)
+    for a, b in zip(final, cell.from_driver_state(via_op[1])):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    ga = torch.autograd.grad(direct[0].sum(), args[0])[0]
-    gb = torch.autograd.grad(via_op[0].sum(), args[0])[0]
-    torch.testing.assert_close(ga, gb, atol=0, rtol=0)
+    ga = torch.autograd.grad(out.sum() + final[0].sum(), (x, p["weight_hr"]))
+    gb = torch.autograd.grad(via_op[0].sum() + cell.from_driver_state(via_op[1])[0].sum(), (x, p["weight_hr"]))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

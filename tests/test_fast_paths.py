@@ -8,9 +8,9 @@ from torch import nn
 
 import rnnlab.backends.cpp.backend as cpp_backend
 from rnnlab import Recurrent
-from rnnlab.backends.cpp import load_kernels
+from rnnlab.backends.cpp import load_generic
 
-pytestmark = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
+pytestmark = pytest.mark.skipif(load_generic() is None, reason="the C++ driver could not be built here")
 
 
 def _pair(cell: str, I: int, H: int, **kw) -> tuple[Recurrent, Recurrent]:
@@ -66,10 +66,10 @@ def test_onednn_inference_is_what_nn_lstm_computes(monkeypatch):
     assert calls == []
 
 
-def test_constants_made_in_inference_mode_still_train():
-    # the shared zero peephole / empty tensors must not become inference tensors saved for backward
-    cpp_backend._ZEROS.clear()
-    fast, ref = _pair("lstm", 3, 11)
+@pytest.mark.parametrize("cell,kw", [("lstm", {}), ("lstm", {"proj_size": 4, "peepholes": "f"})])
+def test_a_call_in_inference_mode_first_still_trains(cell, kw):
+    # nothing made inside torch.inference_mode (zero peephole rows, empty "off" tensors) may be saved for backward
+    fast, ref = _pair(cell, 3, 11, **kw)
     x = torch.randn(4, 2, 3)
     with torch.inference_mode():
         fast(x)

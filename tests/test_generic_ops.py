@@ -22,16 +22,27 @@ for _n in rnnlab.cell_names():
     _rule = generic_registry.driver_for(Recurrent(_n, I, H).cell)
     if _rule is not None:
         _BY_RULE.setdefault(_rule, _n)
-RULES = sorted(_BY_RULE.values())
+# options that change what the driver itself does, under a name of their own: the LSTM's output projection
+_VARIANTS: dict[str, tuple[str, dict]] = {"lstmp": ("lstm", {"proj_size": 2})}
+RULES = sorted(_BY_RULE.values()) + sorted(_VARIANTS)
 # the default suite compiles / exports a representative set (each compile takes seconds); the rest with -m slow
-REPRESENTATIVE = ("indrnn", "slstm", "sru")
+REPRESENTATIVE = ("indrnn", "slstm", "sru", "lstmp")
 SLOW_RULES = [pytest.param(n, marks=() if n in REPRESENTATIVE else pytest.mark.slow) for n in RULES]
 
 
 def _module(name: str, dtype: torch.dtype = torch.float32, **kw) -> Recurrent:
     torch.manual_seed(0)
-    opts = {"num_heads": 2} if name == "slstm" else {}
+    name, opts = _VARIANTS.get(name, (name, {}))
+    opts = {"num_heads": 2, **opts} if name == "slstm" else opts
     return Recurrent(name, I, H, dtype=dtype, **opts, **kw)
+
+
+def _masks(cell, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A recurrent dropout mask on h and zoneout keep masks, in the driver's layout (float64)."""
+    mask = torch.empty(B, cell.state_sizes()[0], dtype=torch.float64).bernoulli_(0.7) / 0.7
+    widths = cell.state_sizes()[:generic_registry.zoned_parts(cell)]
+    keep = generic_registry.draw_keep(widths, steps, B, 0.3, True, mask)
+    return mask, keep
 
 
 def _outputs(mod: Recurrent, x: torch.Tensor, lengths=None) -> tuple[torch.Tensor, ...]:
@@ -66,7 +77,7 @@ def test_compile_fullgraph_equals_eager(name: str, no_reference) -> None:
         torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["indrnn", "slstm"])
+@pytest.mark.parametrize("name", ["indrnn", "slstm", "lstmp"])
 def test_compile_with_dropout_zoneout_and_recording(name: str, no_reference) -> None:
     """Options through the compiled op: eval-mode zoneout (its expectation) and recording equal eager."""
     torch._dynamo.reset()
@@ -139,8 +150,7 @@ def test_gradcheck_and_gradgradcheck_float64_through_the_op(name: str) -> None:
     spec = generic_ops.cell_spec(cell, rule)
     names = generic_ops.param_names(cell)
     lengths = torch.tensor([4, 3])
-    mask = torch.empty(B, H, dtype=torch.float64).bernoulli_(0.7) / 0.7
-    keep = torch.empty(4, generic_registry.zoned_parts(cell), B, H, dtype=torch.float64).bernoulli_(0.3)
+    mask, keep = _masks(cell, 4)
 
     def f(x, s0, *ps):
         xp, w, e, heads, opt = cell.driver_inputs(x, dict(zip(names, ps)))
@@ -166,8 +176,7 @@ def _op_args(name: str, options: bool):
     off = x.new_empty(0)
     mask, keep = off, off
     if options:
-        mask = torch.empty(B, H, dtype=torch.float64).bernoulli_(0.7) / 0.7
-        keep = torch.empty(4, generic_registry.zoned_parts(cell), B, H, dtype=torch.float64).bernoulli_(0.3)
+        mask, keep = _masks(cell, 4)
     args = (generic_ops.cell_spec(cell, rule), heads, opt, xp.detach().requires_grad_(),
             w.detach().requires_grad_() if w.numel() else w.detach(), e.detach(), s0.requires_grad_(),
             torch.tensor([4, 3]), mask, keep, x, [p[n].detach() for n in generic_ops.param_names(cell)])

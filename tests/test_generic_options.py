@@ -18,14 +18,23 @@ pytestmark = [needs_driver, pytest.mark.usefixtures("single_thread")]
 F64 = torch.float64
 I, H = 3, 4
 # every registered cell the generic driver runs (new rules join automatically)
+# options that change what the driver itself does, under a name of their own: the LSTM's output projection
+VARIANTS: dict[str, tuple[str, dict]] = {"lstmp": ("lstm", {"proj_size": 2})}
 DRIVER = [n for n in rnnlab.cell_names() if generic_registry.driver_for(Recurrent(n, I, H).cell) is not None]
-RECORDING = [n for n in DRIVER if hasattr(Recurrent(n, I, H).cell, "driver_records")]
+DRIVER += sorted(VARIANTS)
+RECORDING = [n for n in DRIVER if hasattr(Recurrent(VARIANTS.get(n, (n, {}))[0], I, H).cell, "driver_records")]
+
+
+def _cell_args(name: str) -> tuple[str, dict]:
+    """The registered name and options of a test case (a variant or a cell with its defaults)."""
+    name, opts = VARIANTS.get(name, (name, {}))
+    return name, ({"num_heads": 2, **opts} if name == "slstm" else dict(opts))
 
 
 def _module(name: str, **kw) -> Recurrent:
     """Two bidirectional layers (one for a cell that reads the layer below: its upper layers are not fused)."""
     torch.manual_seed(0)
-    opts = {"num_heads": 2} if name == "slstm" else {}
+    name, opts = _cell_args(name)
     layers = 1 if Recurrent(name, I, H).cell.needs_lower else 2
     return Recurrent(name, I, H, num_layers=layers, bidirectional=True, dtype=F64, recurrent_dropout=0.3,
                      zoneout=0.25, **opts, **kw)
@@ -102,7 +111,7 @@ def test_recording_equals_the_reference(name: str) -> None:
 def test_gradcheck_float64_with_dropout_and_zoneout(name: str) -> None:
     """The driver's BPTT through the masks: the same seed inside f gives the same masks at every evaluation."""
     torch.manual_seed(1)
-    opts = {"num_heads": 2} if name == "slstm" else {}
+    name, opts = _cell_args(name)
     mod = Recurrent(name, I, H, dtype=F64, backend="cpp", recurrent_dropout=0.3, zoneout=0.25, **opts)
     names = [n for n, _ in mod.named_parameters()]
     x = torch.randn(4, 2, I, dtype=F64, requires_grad=True)
@@ -120,11 +129,10 @@ def test_gradcheck_float64_with_dropout_and_zoneout(name: str) -> None:
     assert torch.autograd.gradcheck(f, (x, *hx, *leaves))
 
 
-def test_options_stay_on_the_reference_for_the_hand_written_kernels() -> None:
-    """kernels.cpp's cells have no dropout / zoneout / recording: those calls go to the reference; the
-    driver's cells keep them on the cpp backend."""
+def test_options_stay_on_the_cpp_backend() -> None:
+    """Dropout, zoneout and recording calls of driver cells, the projected LSTM included, run on the cpp backend."""
     x = torch.randn(5, 2, I)
-    for name, kw, backend in (("lstm", {"proj_size": 2}, "reference"), ("indrnn", {}, "cpp")):
+    for name, kw, backend in (("lstm", {"proj_size": 2}, "cpp"), ("indrnn", {}, "cpp")):
         mod = Recurrent(name, I, H, **kw)
         cell = mod.cell
         state = cell.init_state(2, dtype=x.dtype, device=x.device)

@@ -1,4 +1,5 @@
-"""The fused C++ kernels (backend "cpp") against the reference backend, float64 gradcheck, fallback, refusals."""
+"""The fused C++ backend "cpp" (the generic driver) against the reference backend, float64 gradcheck, fallback,
+refusals, the build cache."""
 
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from rnnlab import Recurrent
 from rnnlab.backends import LayerCall, select_backend
-from rnnlab.backends.cpp import CppBackend, load_kernels
-from rnnlab.backends.cpp import loader
-from rnnlab.backends.cpp import ops
-from rnnlab.backends.cpp.backend import lstm_flags
-from rnnlab.cells.lstm import LSTMCell
+from rnnlab.backends.cpp import CppBackend, load_generic
+from rnnlab.backends.cpp import generic_loader as loader
 
 ATOL = RTOL = 1e-5
 I, H, B, T = 4, 6, 3, 7
 LENGTHS = [7, 2, 5]  # unsorted, one full-length sequence
 
-# (cell name, options) for every kernel and every LSTM option the kernel implements
+# (cell name, options) for every rule of the driver and the LSTM's options (the projection included)
 CASES = {
     "lstm": ("lstm", {}),
     "lstm_proj": ("lstm", {"proj_size": 3}),
@@ -52,7 +50,7 @@ CASES = {
     "minlstm": ("minlstm", {"scan": "sequential"}),
 }
 
-needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="C++ kernels could not be built here")
+needs_kernels = pytest.mark.skipif(load_generic() is None, reason="the C++ driver could not be built here")
 
 
 def _run(mod: Recurrent, backend: str, x, hx, lengths=None, packed=False, batch_first=False):
@@ -90,7 +88,7 @@ def test_kernel_equals_reference(case: str, layout: str) -> None:
     hx = tuple(torch.randn(s) for s in mod.state_shapes(B))
     lengths = None if layout == "plain" else LENGTHS
     packed = layout == "packed_batch_first"
-    # the call really goes to the kernels
+    # the call really goes to the driver
     call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=torch.randn(T, B, I),
                      state=tuple(s[0] for s in hx))
     assert select_backend(call).name == "cpp"
@@ -119,31 +117,22 @@ def test_kernel_unbatched_and_default_state() -> None:
 @pytest.mark.parametrize("case", ["lstm_proj", "peephole", "cifg", "greff_noaf", "greff_niaf", "greff_nog",
                                   "lstm_peep_f_proj"])
 def test_gradcheck_float64(case: str) -> None:
-    """The hand-written LSTM backward against finite differences, through the registered op directly (the
-    driver's rules are gradchecked through their op in test_generic_ops.py and test_generic_driver.py)."""
+    """The LSTM options' BPTT on the driver (the projection included) against finite differences: the whole
+    layer with lengths, every input, initial state and parameter."""
     cell, opts = CASES[case]
     torch.manual_seed(0)
-    mod = Recurrent(cell, 3, 4, **opts).double()
-    c, p = mod.cell, mod.layer_params(0, 0)
-    Tg, Bg = 4, 3
+    mod = Recurrent(cell, 3, 4, backend="cpp", dtype=torch.float64, **opts)
+    names = [n for n, _ in mod.named_parameters()]
     lens = torch.tensor([4, 2, 3])
-    d = dict(dtype=torch.float64, requires_grad=True)
-    xp = torch.randn(Tg, Bg, c.param_specs()[0].shape[0], **d)
-    shapes = c.state_sizes()
-    h0 = torch.randn(Bg, shapes[0], **d)
-    w_hh = p["weight_hh"].detach().clone().requires_grad_()
-    assert isinstance(c, LSTMCell)
-    c0 = torch.randn(Bg, shapes[1], **d)
-    peep = torch.randn(3, c.hidden_size, **d)
-    w_hr = (p["weight_hr"].detach().clone().requires_grad_() if c.proj_size
-            else torch.empty(0, dtype=torch.float64))
-    flags = lstm_flags(c)
-    inputs = [xp, h0, c0, w_hh, peep] + ([w_hr] if c.proj_size else [])
+    x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    hx = tuple(torch.randn(s, dtype=torch.float64, requires_grad=True) for s in mod.state_shapes(3))
+    leaves = tuple(p.detach().clone().requires_grad_() for p in mod.parameters())
 
-    def f(xp, h0, c0, w_hh, peep, *rest):
-        return ops.lstm_forward(xp, h0, c0, w_hh, peep, rest[0] if rest else w_hr, lens, flags)[:3]
+    def f(x, h, c, *ps):
+        out, (hn, cn) = torch.func.functional_call(mod, dict(zip(names, ps)), (x, (h, c)), {"lengths": lens})
+        return out, hn, cn
 
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(f, (x, *hx, *leaves), eps=1e-6, atol=1e-6)
 
 
 def test_fallback_when_build_fails(monkeypatch, caplog) -> None:
@@ -157,12 +146,12 @@ def test_fallback_when_build_fails(monkeypatch, caplog) -> None:
     loader.reset()
     try:
         torch.manual_seed(0)
-        mod = Recurrent("lstm", I, H, proj_size=3)  # a cell of kernels.cpp (the generic driver has its own loader)
+        mod = Recurrent("lstm", I, H, proj_size=3)
         x = torch.randn(T, B, I)
         with caplog.at_level(logging.WARNING, logger="rnnlab.backends"):
             out = mod(x)[0]
             mod(x)
-        warnings = [r for r in caplog.records if r.name == "rnnlab.backends" and "C++ kernels" in r.message]
+        warnings = [r for r in caplog.records if r.name == "rnnlab.backends" and "C++ driver" in r.getMessage()]
         assert len(warnings) == 1 and "simulated" in warnings[0].getMessage()
         call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
                          state=mod.cell.init_state(B, dtype=x.dtype, device=x.device))
@@ -220,8 +209,8 @@ def test_options_run_on_the_driver(change: str) -> None:
 
 
 @needs_kernels
-def test_recording_and_dropout_use_reference_silently() -> None:
-    """The wrapper still works (on the reference) with options the kernels refuse."""
+def test_recording_and_dropout_run_through_the_wrapper() -> None:
+    """The wrapper with recurrent dropout, zoneout and recording (the driver's own options)."""
     torch.manual_seed(0)
     mod = Recurrent("lstm", I, H, recurrent_dropout=0.3, zoneout=0.1)
     mod.train()
@@ -236,23 +225,24 @@ def test_recording_and_dropout_use_reference_silently() -> None:
 def test_cache_dir_respects_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
     d = loader.cache_dir()
-    assert d.parent == tmp_path and d.name.startswith("kernels-") and len(d.name) == len("kernels-") + 16
+    assert d.parent == tmp_path and d.name.startswith("generic-") and len(d.name) == len("generic-") + 16
 
 
 @needs_kernels
 @pytest.mark.parametrize("cell,Hl,Bl", [(c, 256, 64) for c in ("lstm", "gru", "gru_paper", "rnn", "mut1", "mut2", "mut3",
-                                                                 "ln_gru", "ln_lstm", "clockwork")]
-                         + [("lstm", 512, 16)])
+                                                                 "ln_gru", "ln_lstm", "clockwork", "lstm_proj")]
+                         + [("lstm", 512, 16), ("lstm_proj", 512, 16)])
 @pytest.mark.parametrize("gemm", ["onednn", "aten"])
 def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm: str) -> None:
     """Per-step products of >= 4M multiply-adds run on oneDNN (forward; backward too from H=512 for an LSTM)
     or ATen, not the inline loops: same results as the reference."""
-    ext = load_kernels()
+    ext = load_generic()
     ext.set_gemm_backend(gemm)
     try:
         assert ext.gemm_backend() in (gemm, "aten")
         torch.manual_seed(0)
-        mod = Recurrent(cell, Hl, Hl)
+        # the projection's own per-step product (B, H) x (H, P) is large too
+        mod = Recurrent("lstm", Hl, Hl, proj_size=Hl // 2) if cell == "lstm_proj" else Recurrent(cell, Hl, Hl)
         x = torch.randn(3, Bl, Hl)
         hx = tuple(torch.randn(s) for s in mod.state_shapes(Bl))
         lengths = [3, 1, 2] * (Bl // 3) + [3] * (Bl % 3)
@@ -329,19 +319,19 @@ def test_build_lock_serialises_builders(monkeypatch, tmp_path) -> None:
     for t in threads:
         t.join(10)
     assert events == ["first in", "first out", "second in"]
-    assert (tmp_path / "kernels-k.lock").exists()
+    assert (tmp_path / "k.lock").exists()
 
 
 @pytest.mark.slow
 def test_two_processes_build_concurrently(tmp_path) -> None:
-    """Two processes building into a fresh cache at once both get working kernels (one builds, one waits)."""
+    """Two processes building into a fresh cache at once both get a working driver (one builds, one waits)."""
     import os
     import subprocess
     import sys
 
     script = ("import torch, rnnlab\n"
-              "from rnnlab.backends.cpp import load_kernels\n"
-              "assert load_kernels() is not None\n"
+              "from rnnlab.backends.cpp import load_generic\n"
+              "assert load_generic() is not None\n"
               "m = rnnlab.Recurrent('gru', 3, 4, backend='cpp')\n"
               "print(tuple(m(torch.randn(5, 2, 3))[0].shape))\n")
     env = {**os.environ, "RNNLAB_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -351,4 +341,4 @@ def test_two_processes_build_concurrently(tmp_path) -> None:
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-2000:]
         assert out.strip() == "(5, 2, 4)"
-    assert len(list(tmp_path.glob("kernels-*/*.so"))) == 1
+    assert len(list(tmp_path.glob("generic-*/*.so"))) == 1

@@ -319,10 +319,10 @@ def run_bench(cells: Sequence[str] = tuple(DEFAULT_CELLS), shapes: Sequence[tupl
     for r in rows:
         r["peak_fraction"] = r["gflops"] / peak  # type: ignore[operator]
     if device == "cpu":
-        from rnnlab.backends.cpp import load_kernels
+        from rnnlab.backends.cpp import load_generic
 
-        ext = load_kernels()
-        gemm = ext.gemm_backend() if ext is not None else "none (kernels not built)"
+        ext = load_generic()
+        gemm = ext.gemm_backend() if ext is not None else "none (driver not built)"
     else:
         gemm = "torch.mm (cuBLAS)"
     return {

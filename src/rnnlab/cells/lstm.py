@@ -143,22 +143,39 @@ class LSTMCell(RecurrentCell):
         return ", ".join([s] + extra)
 
     def driver_supported(self) -> bool:
-        """The driver's rule covers every option but the projection and Greff's full gate recurrence."""
-        return not self.proj_size and not self.full_gate_recurrence
+        """The driver's rule covers every option but Greff's full gate recurrence."""
+        return not self.full_gate_recurrence
+
+    def driver_state(self, state: State) -> Tensor:
+        """With a projection the driver's row is [m, c, h] (driver.h proj_bit): m = o ⊙ act(c) before the
+        projection, which the rule never reads back (zeros here), then h (P)."""
+        if not self.proj_size:
+            return super().driver_state(state)
+        h, c = state[0], state[1]
+        return torch.cat([c.new_zeros(c.shape), c.contiguous(), h.contiguous()], dim=-1)
+
+    def from_driver_state(self, s: Tensor) -> State:
+        if not self.proj_size:
+            return super().from_driver_state(s)
+        H = self.hidden_size
+        return s[..., 2 * H:], s[..., H:2 * H]
 
     def driver_inputs(self, x: Tensor, p: Params):
         """Generic driver inputs: xp (T, B, G*H) with both biases folded, W_hh, the peepholes (3, H) (zero rows
-        for absent ones) or ``None``, no heads, the option word of cells/lstm.h."""
+        for absent ones) or ``None``, no heads, the option word of cells/lstm.h.  With a projection the weight is
+        [W_hh; W_hrᵀ] (G*H + H, P) and the option word has PROJ (the driver forms h = m W_hrᵀ)."""
         b = p["bias_ih"] + p["bias_hh"] if self.bias else None
         xp = F.linear(x, p["weight_ih"], b)
         opt = sum(bit for bit, on in ((1, not self.input_gate), (2, not self.forget_gate), (4, not self.output_gate),
                                       (8, self.coupled), (16, not self.input_activation),
-                                      (32, not self.output_activation), (64, bool(self.peepholes))) if on)
+                                      (32, not self.output_activation), (64, bool(self.peepholes)),
+                                      (128, bool(self.proj_size))) if on)
         peep = None
         if self.peepholes:
             zero = x.new_zeros(self.hidden_size)
             peep = torch.stack([p[f"weight_c{g}"] if g in self.peepholes else zero for g in ("i", "f", "o")])
-        return xp, p["weight_hh"], peep, 0, opt
+        w = torch.cat([p["weight_hh"], p["weight_hr"].t()]) if self.proj_size else p["weight_hh"]
+        return xp, w, peep, 0, opt
 
     def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
                        rec_mask: Tensor | None) -> dict[str, Tensor]:
@@ -168,7 +185,7 @@ class LSTMCell(RecurrentCell):
         if self.coupled:
             blocks["f"] = 1.0 - blocks["i"]
         records = {g: blocks[g] for g in ("i", "f", "g", "o") if g in blocks}
-        records["c"] = new[..., self.hidden_size:]
+        records["c"] = new[..., self.hidden_size:2 * self.hidden_size]  # [m, c] or, projected, [m, c, h]
         return records
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:

@@ -1,6 +1,6 @@
-"""Fused C++ CPU kernels with hand-written BPTT, built on first use and registered as torch.ops.rnnlab.* (ops.py)."""
+"""Fused C++ CPU recurrences: the generic driver (driver.h), built on first use, registered as torch.ops.rnnlab.*."""
 
 from rnnlab.backends.cpp.backend import CppBackend, kernel_for
-from rnnlab.backends.cpp.loader import load_kernels
+from rnnlab.backends.cpp.generic_loader import load_generic
 
-__all__ = ["CppBackend", "kernel_for", "load_kernels"]
+__all__ = ["CppBackend", "kernel_for", "load_generic"]

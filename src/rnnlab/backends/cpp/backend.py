@@ -1,20 +1,16 @@
 """The ``"cpp"`` backend: fused C++ recurrences on the CPU for every cell except the Greff FGR variant.
 
-``supports`` accepts exactly what the fused code implements:
-
-- every cell that declares a generic driver rule (driver.h, generic_registry.py): the LSTM family (any option
-  but Greff's full gate recurrence and, for now, ``proj_size``), GRU in both forms, Elman, MUT1-3, the
-  layer-normalised LSTM and GRU, the clockwork RNN, minGRU / minLSTM (element-wise scan), IndRNN, SRU, sLSTM,
-  the depth-gated LSTM on its first layer; with recording, recurrent dropout and zoneout;
-- the LSTM with a projection (``proj_size``) on kernels.cpp's LSTM kernel, without those options;
-
-on float32 / float64 CPU tensors, without layer-below input or per-step states.  Everything else, and
-subclasses that change the math, goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the
-environment switches it off.
+``supports`` accepts exactly what the fused code implements: every cell that declares a generic driver rule
+(driver.h, generic_registry.py): the LSTM family (any option but Greff's full gate recurrence; ``proj_size``
+through the driver's output projection), GRU in both forms, Elman, MUT1-3, the layer-normalised LSTM and GRU,
+the clockwork RNN, minGRU / minLSTM (element-wise scan), IndRNN, SRU, sLSTM, the depth-gated LSTM on its first
+layer; with recording, recurrent dropout and zoneout; on float32 / float64 CPU tensors, without layer-below
+input or per-step states.  Everything else, and subclasses that change the math, goes to the next backend (the
+reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
-otherwise, to inline loops when tiny; the measurements behind that choice are in kernels.cpp.
-``load_kernels().set_gemm_backend("aten")`` switches oneDNN off (benchmarks compare both in one process).
+otherwise, to inline loops when tiny; the measurements behind that choice are in gemm.h.
+``load_generic().set_gemm_backend("aten")`` switches oneDNN off (benchmarks compare both in one process).
 
 The plain LSTM (default options, fp32, bias, no lengths) runs ``torch.ops.aten.mkldnn_rnn_layer`` instead, the
 oneDNN layer ``torch.nn.LSTM`` runs (results equal nn.LSTM's; torch's autograd formula gives the gradients):
@@ -40,21 +36,16 @@ import os
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from rnnlab.backends.base import LayerCall, LayerResult
-from rnnlab.backends.cpp import ops
-from rnnlab.backends.cpp.loader import kernels_failed, load_kernels
-from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
+from rnnlab.backends.cpp.generic_loader import generic_failed
+from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.cells.base import RecurrentCell
 from rnnlab.cells.lstm import LSTMCell
 from rnnlab.sequence import reverse_within_lengths
 
-# LSTM kernel flags (must match kernels.cpp)
-_HAS_I, _HAS_F, _HAS_O, _COUPLED, _IN_ACT, _OUT_ACT = 1, 2, 4, 8, 16, 32
 _DTYPES = (torch.float32, torch.float64)
-_PLAIN_LSTM = _HAS_I | _HAS_F | _HAS_O | _IN_ACT | _OUT_ACT
 _MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 LSTM, 3 GRU
 #: plain fp32 LSTM without lengths, T*B >= _ONEDNN_MIN_TB (training: B >= _ONEDNN_MIN_B_TRAIN too), goes to
 #: ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs; measurements in the module docstring)
@@ -66,7 +57,7 @@ _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; rea
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
-    """Whether autograd must record the kernel call."""
+    """Whether autograd must record the layer call."""
     if not torch.is_grad_enabled():
         return False
     for t in tensors:
@@ -78,27 +69,10 @@ def _needs_grad(*tensors: Tensor) -> bool:
 def _onednn_ok(x: Tensor) -> bool:
     """``aten.mkldnn_rnn_layer`` only in plain eager mode.  Under torch.compile / export (no fake-tensor rule for
     its packed weights in every version), torch.func transforms (no batching rule), autocast (bf16 weights
-    would change the numbers) and jit tracing the registered op (ops.py) runs instead."""
+    would change the numbers) and jit tracing the registered op (generic_ops.py) runs instead."""
     return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
             and not torch.jit.is_tracing())
-
-
-_ZEROS: dict[tuple[int, torch.dtype], Tensor] = {}
-
-
-def _zeros(n: int, dtype: torch.dtype) -> Tensor:
-    """A shared read-only (3, n) CPU zero tensor (absent peepholes; ``n = 0``: an absent optional weight).
-
-    Kernels never write to their inputs, and autograd never needs gradients of these constants, so one tensor
-    per (size, dtype) serves every call instead of an allocation per call."""
-    key = (n, dtype)
-    z = _ZEROS.get(key)
-    if z is None:
-        # a normal tensor even when first asked for inside torch.inference_mode (autograd may save it later)
-        with torch.inference_mode(False):
-            z = _ZEROS[key] = torch.zeros(3, n, dtype=dtype) if n else torch.empty(0, dtype=dtype)
-    return z
 
 
 def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
@@ -108,35 +82,23 @@ def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
             and cls.sequence is base.sequence)
 
 
-#: kernel kind (from :func:`kernel_for`) -> the CppBackend method that runs it
-_RUNNERS = {"lstm": "_lstm"}
-
-
 def kernel_for(cell: RecurrentCell) -> str | None:
     """Which fused kernel computes this cell exactly: ``"driver:<rule>"`` for a cell on the generic driver
-    (generic_registry.py: LSTM and its variants, GRU, IndRNN, SRU, sLSTM, ...), else one of kernels.cpp's
-    ``"lstm"`` (the LSTM with a projection, the one cell not on the driver yet), or ``None``."""
+    (generic_registry.py: LSTM and its variants, GRU, IndRNN, SRU, sLSTM, ...), else ``None``."""
     rule = generic_registry.driver_for(cell)
-    if rule is not None:
-        return "driver:" + rule
-    if _same_math(cell, LSTMCell):
-        return None if cell.full_gate_recurrence else "lstm"  # type: ignore[attr-defined]
-    return None
+    return None if rule is None else "driver:" + rule
 
 
-def lstm_flags(cell: LSTMCell) -> int:
-    flags = 0
-    flags |= _HAS_I if "i" in cell.gates else 0
-    flags |= _HAS_F if "f" in cell.gates else 0
-    flags |= _HAS_O if "o" in cell.gates else 0
-    flags |= _COUPLED if cell.coupled else 0
-    flags |= _IN_ACT if cell.input_activation else 0
-    flags |= _OUT_ACT if cell.output_activation else 0
-    return flags
+def _plain_lstm(cell: LSTMCell) -> bool:
+    """torch.nn.LSTM's cell: all four gates, both activations, no coupling, peepholes, projection or FGR."""
+    return (cell.gates == ("i", "f", "g", "o") and not cell.coupled and cell.input_activation
+            and cell.output_activation and not cell.peepholes and not cell.proj_size
+            and not cell.full_gate_recurrence)
 
 
 class CppBackend:
-    """Fused CPU kernels with hand-written BPTT; built on first use, refuses everything when the build failed."""
+    """Fused CPU recurrences (the generic driver, hand-written BPTT per rule); built on first use, refuses
+    everything when the build failed."""
 
     name = "cpp"
 
@@ -144,7 +106,7 @@ class CppBackend:
         # Called on every forward: plain loops, no generators (this is per-call overhead at small sizes).
         if call.want_states or call.lower is not None:
             return False
-        if os.environ.get("RNNLAB_BACKEND", "").strip().lower() == "reference" or kernels_failed():
+        if os.environ.get("RNNLAB_BACKEND", "").strip().lower() == "reference" or generic_failed():
             return False
         x = call.x
         dtype = x.dtype
@@ -156,14 +118,9 @@ class CppBackend:
         for s in call.state:
             if s.dtype != dtype or s.device.type != "cpu":
                 return False
-        kind = kernel_for(call.cell)
-        if kind is None:
+        if kernel_for(call.cell) is None:
             return False
-        if kind.startswith("driver:"):
-            return generic_registry.supports(call) or self._onednn_layer(call) is not None
-        if call.record or call.rec_mask is not None or call.zoneout != 0.0:
-            return False  # only the generic driver has these options
-        return load_kernels() is not None  # first use builds the extension (once per machine)
+        return generic_registry.supports(call) or self._onednn_layer(call) is not None
 
     def run(self, call: LayerCall) -> LayerResult:
         # small calls on one intra-op thread, forward and backward (threads.py: measured up to 25x faster under load)
@@ -176,21 +133,13 @@ class CppBackend:
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
-        kind = kernel_for(cell)
-        assert kind is not None  # supports() said yes
         records: dict[str, Tensor] = {}
-        if kind.startswith("driver:"):  # a cell of the generic driver (generic_registry.py)
-            onednn = self._onednn_layer(call)
-            if onednn is not None:
-                out, state = onednn(x)
-            else:
-                out, state, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
-                                                           call.zoneout, call.training, call.record)
-        else:
-            ext = load_kernels()
-            if ext is None:  # pragma: no cover - supports() said yes, so the build succeeded
-                raise RuntimeError("cpp backend: kernels are not available")
-            out, state = getattr(self, _RUNNERS[kind])(ext, cell, p, x, call.state, lens)
+        onednn = self._onednn_layer(call)
+        if onednn is not None:
+            out, state = onednn(x)
+        else:  # a cell of the generic driver (generic_registry.py); supports() said yes
+            out, state, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
+                                                       call.zoneout, call.training, call.record)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
             records = {k: reverse_within_lengths(v, lengths) for k, v in records.items()}
@@ -206,10 +155,7 @@ class CppBackend:
             return None  # options only the generic driver has
         if not (_HAS_ONEDNN_LSTM and _same_math(cell, LSTMCell) and x.dtype == torch.float32 and _onednn_ok(x)
                 and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and call.lengths is None and "bias_ih" in p
-                and not cell.peepholes and not cell.proj_size  # type: ignore[attr-defined]
-                and lstm_flags(cell) == _PLAIN_LSTM  # type: ignore[arg-type]
-                and not cell.full_gate_recurrence  # type: ignore[attr-defined]
-                and torch._C._get_mkldnn_enabled()):
+                and _plain_lstm(cell) and torch._C._get_mkldnn_enabled()):  # type: ignore[arg-type]
             return None
         h0, c0, w_hh = call.state[0], call.state[1], p["weight_hh"]
         train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
@@ -222,21 +168,3 @@ class CppBackend:
                 c0.contiguous(), False, [], _MKLDNN_LSTM_MODE, cell.hidden_size, 1, True, False, False, train)
             return out, (h, c)
         return layer
-
-    # Biases that are simply added to a pre-activation are folded into the single input GEMM.
-    @staticmethod
-    def _lstm(ext, cell: LSTMCell, p, x: Tensor, state, lens: Tensor):
-        h0, c0, w_hh = state[0], state[1], p["weight_hh"]
-        b = None
-        if "bias_ih" in p:
-            b = p["bias_ih"] + p["bias_hh"]
-        xp = F.linear(x, p["weight_ih"], b)  # (T, B, G*H)
-        H = cell.hidden_size
-        if cell.peepholes:
-            rows = [p[f"weight_c{g}"] if g in cell.peepholes else x.new_zeros(H) for g in ("i", "f", "o")]
-            peep = torch.stack(rows)  # (3, H)
-        else:  # the common case: a shared zero tensor instead of an allocation per call
-            peep = _zeros(H, x.dtype)
-        w_hr = p["weight_hr"] if cell.proj_size else _zeros(0, x.dtype)
-        out, h, c = ops.run("lstm", xp, h0, c0, w_hh, peep, w_hr, lens, lstm_flags(cell))[:3]
-        return out, (h, c)

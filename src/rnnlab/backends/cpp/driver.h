@@ -119,6 +119,49 @@ struct mapped_blocks : std::integral_constant<int64_t, 0> {};
 template <class Cell>
 struct mapped_blocks<Cell, std::void_t<decltype(Cell::MAPPED)>> : std::integral_constant<int64_t, Cell::MAPPED> {};
 
+// An output projection (LSTMP, Sak et al. 2014): a cell that declares ``static constexpr int64_t PROJ = bit`` has,
+// when its option word has that bit, a rule whose component 0 is m (H) and an h that the driver forms itself,
+// h = m W_rᵀ (P wide, one product over all rows per step).  Then the state row is [rule state (S*H), h (P)],
+// w is [W (G*H, P); W_rᵀ (H, P)] (the recurrent product reads h), out is h (T, B, P), rec_mask is (B, P) on h,
+// and zoneout's keep is (T, B, P + (Z-1)*H): h, then the rule's components 1..Z-1 (m itself is never mixed).
+template <class Cell, class = void>
+struct proj_bit : std::integral_constant<int64_t, 0> {};
+template <class Cell>
+struct proj_bit<Cell, std::void_t<decltype(Cell::PROJ)>> : std::integral_constant<int64_t, Cell::PROJ> {};
+
+// The widths of one call's state row: the rule's S*H, then h (P) when projected.
+struct Layout {
+  bool proj;
+  int64_t P, SW, HW, HO, Z, KW;  // P; row width; width and offset of h; zoned parts; keep row width (proj)
+  Layout(int64_t opt, int64_t bit, const Tensor& w, const Tensor& keep, int64_t G, int64_t S, int64_t H) {
+    proj = (opt & bit) != 0;
+    P = proj ? w.size(1) : 0;
+    TORCH_CHECK(!proj || (w.dim() == 2 && w.size(0) == (G + 1) * H), "w: expected [W (G*H, P); W_r^T (H, P)] = (",
+                (G + 1) * H, ", P), got ", w.sizes());
+    SW = S * H + P;
+    HW = proj ? P : H;
+    HO = proj ? S * H : 0;
+    const bool zoned = keep.defined() && keep.numel() > 0;
+    if (!zoned) {
+      Z = 0;
+    } else if (proj) {
+      TORCH_CHECK(keep.dim() == 3 && keep.size(2) >= P && (keep.size(2) - P) % H == 0,
+                  "keep: expected (T, B, P + (Z-1)*H) with a projection");
+      Z = 1 + (keep.size(2) - P) / H;
+    } else {
+      TORCH_CHECK(keep.dim() == 4, "keep: expected (T, Z, B, H)");
+      Z = keep.size(1);
+    }
+    KW = proj && zoned ? keep.size(2) : 0;
+  }
+  // the keep weights of zoned part c (0: h) for row b at step t
+  template <typename T>
+  const T* keep_at(const T* k, int64_t t, int64_t c, int64_t b, int64_t B, int64_t H) const {
+    if (proj) return k + (t * B + b) * KW + (c == 0 ? 0 : P + (c - 1) * H);
+    return k + ((t * Z + c) * B + b) * H;
+  }
+};
+
 // Zoneout's blend, torch.lerp(new, old, keep) as ATen computes it (the weight picks the formula), so that a
 // keep mask of 0/1 gives exactly the reference's value, NaN included when old - new is not finite.
 template <typename T>
@@ -331,6 +374,7 @@ struct SplitProducts {
 // Returns out (T, B, H), states (T+1, B, S*H) (every step's state, saved for backward; [T] is the final one),
 // saved (T, B, A*H), fresh (T, B, S*H): the cell's own new states before zoneout (what its backward reads and
 // recording shows), empty without keep (then they are states[1:] at valid steps).
+// With an output projection (proj_bit) the state rows, out, rec_mask and keep are as proj_bit says.
 template <class Cell>
 std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
                             const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
@@ -340,82 +384,88 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   constexpr int64_t DROP = drop_state<Cell>::value;
   TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
-  TORCH_CHECK(xp_in.size(2) == X * H && s0.size(0) == B && s0.size(1) == S * H, "state/input sizes disagree");
+  const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
+  const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
+  TORCH_CHECK(xp_in.size(2) == X * H && s0.size(0) == B && s0.size(1) == SW, "state/input sizes disagree");
   if constexpr (Cell::REC == Rec::Heads) TORCH_CHECK(heads > 0 && H % heads == 0, "heads must divide H");
   const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
-  const bool zoned = keep_in.defined() && keep_in.numel() > 0;
-  TORCH_CHECK(!masked || (rec_mask.dim() == 2 && rec_mask.size(0) == B && rec_mask.size(1) == H),
-              "rec_mask: expected (B, H)");
-  const int64_t Z = zoned ? keep_in.size(1) : 0;
-  TORCH_CHECK(!zoned || (keep_in.dim() == 4 && keep_in.size(0) == T && Z <= S && keep_in.size(2) == B &&
-                         keep_in.size(3) == H), "keep: expected (T, Z <= S, B, H)");
+  const bool zoned = Z > 0;
+  TORCH_CHECK(!masked || (rec_mask.dim() == 2 && rec_mask.size(0) == B && rec_mask.size(1) == HW),
+              "rec_mask: expected (B, H) (P with a projection)");
+  TORCH_CHECK(!zoned || (keep_in.size(0) == T && Z <= S &&
+                         (L.proj ? keep_in.size(1) == B : keep_in.size(2) == B && keep_in.size(3) == H)),
+              "keep: expected (T, Z <= S, B, H)");
   auto xp = xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
-  auto out = at::zeros({T, B, H}, opts);
-  auto states = at::empty({T + 1, B, S * H}, opts);
+  auto out = at::zeros({T, B, HW}, opts);
+  auto states = at::empty({T + 1, B, SW}, opts);
   states[0].copy_(s0);
   auto saved = at::zeros({T, B, A > 0 ? A * H : 0}, opts);
-  auto fresh = zoned ? at::empty({T, B, S * H}, opts) : at::empty({0}, opts);  // every row written below
+  auto fresh = zoned ? at::empty({T, B, SW}, opts) : at::empty({0}, opts);  // every row written below
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
-  auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
+  auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, HW}, opts) : Tensor();
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
   constexpr bool SPLIT = Q > 0 || M > 0;
   static_assert(!SPLIT || (Cell::REC == Rec::Full && DROP == 0), "mapped rows / a second product: Rec::Full");
+  static_assert(proj_bit<Cell>::value == 0 || (!SPLIT && DROP == 0 && Cell::REC == Rec::Full),
+                "an output projection: Rec::Full, no split products, the driver's dropout");
   // split products: hh (B, G*H), φ(h) ⊙ m (B, H), q (B, Q*H)
   auto hh2 = SPLIT ? at::empty({B, G * H}, opts) : Tensor();
   auto pm = M > 0 ? at::empty({B, H}, opts) : Tensor();
   auto qb = Q > 0 ? at::empty({B, Q * H}, opts) : Tensor();
+  // projection: W (G*H, P) for the recurrent product, W_rᵀ (H, P), the step's m W_rᵀ (B, P)
+  auto wrec = L.proj ? w.narrow(0, 0, G * H) : w;
+  auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
+  auto pb = L.proj ? at::empty({B, P}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
-    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : w, B, H, G, S, heads);
+    const T_* kp = zoned ? keep.template data_ptr<T_>() : nullptr;
+    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : wrec, B, H, G, S, heads);
     std::optional<SplitProducts<T_>> split;
     if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
+    std::optional<Lin<T_>> lin_r;
+    if (L.proj) lin_r.emplace(wr, true, B);  // (B, H) m -> (B, P) m W_rᵀ
+    const int64_t c0 = L.proj ? 1 : 0;       // the rule's components zoneout mixes start here (m is not mixed)
     for (int64_t t = 0; t < T; ++t) {
-      T_* sp = states.template data_ptr<T_>() + t * B * S * H;
+      T_* sp = states.template data_ptr<T_>() + t * B * SW;
       const T_* hhp;
       // hd: h as the products read it (h ⊙ m under the driver's recurrent dropout)
-      const T_* hdp = sp;
-      int64_t hld = S * H;
+      const T_* hdp = sp + HO;
+      int64_t hld = SW;
+      if (hm.defined()) {
+        T_* q = hm.template data_ptr<T_>();
+        for (int64_t i = 0; i < B; ++i)
+          for (int64_t j = 0; j < HW; ++j) q[i * HW + j] = sp[i * SW + HO + j] * mp[i * HW + j];
+        hdp = q;
+        hld = HW;
+      }
       if constexpr (SPLIT) {
-        if (hm.defined()) {
-          T_* q = hm.template data_ptr<T_>();
-          for (int64_t i = 0; i < B; ++i)
-            for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
-          hdp = q;
-          hld = H;
-        }
         if constexpr (M > 0) {
           T_* q = pm.template data_ptr<T_>();
           for (int64_t i = 0; i < B; ++i)
-            for (int64_t j = 0; j < H; ++j) q[i * H + j] = Cell::map(sp[i * S * H + j]) * (mp ? mp[i * H + j] : T_(1));
+            for (int64_t j = 0; j < H; ++j) q[i * H + j] = Cell::map(sp[i * SW + j]) * (mp ? mp[i * H + j] : T_(1));
         }
         split->first(hh2.template data_ptr<T_>(), M > 0 ? pm.template data_ptr<T_>() : nullptr, hdp, hld);
         hhp = hh2.template data_ptr<T_>();
-      } else if (hm.defined()) {
-        T_* q = hm.template data_ptr<T_>();
-        for (int64_t i = 0; i < B; ++i)
-          for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
-        hhp = rec.forward(q, H);
       } else {
-        hhp = rec.forward(states, t);
+        hhp = rec.forward(hdp, hld);
       }
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
-      T_* sn = sp + B * S * H;
+      T_* sn = sp + B * SW;
       T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
-      T_* ot = out.template data_ptr<T_>() + t * B * H;
-      T_* ft = zoned ? fresh.template data_ptr<T_>() + t * B * S * H : nullptr;
-      const T_* kt = zoned ? keep.template data_ptr<T_>() + t * Z * B * H : nullptr;
+      T_* ot = out.template data_ptr<T_>() + t * B * HW;
+      T_* ft = zoned ? fresh.template data_ptr<T_>() + t * B * SW : nullptr;
       if constexpr (Q > 0) {  // first half of the rule, then q = u W_2ᵀ over all rows (u: the last saved block)
         for_rows(B, 4 * (X + A) * H, [&](int64_t b) {
           T_* arow = at_ + b * A * H;
           if (t < len[b]) {
-            Cell::forward_a(H, opt, xt + b * X * H, hhp + b * G * H, ep, sp + b * S * H, hdp + b * hld, arow);
+            Cell::forward_a(H, opt, xt + b * X * H, hhp + b * G * H, ep, sp + b * SW, hdp + b * hld, arow);
           } else {
             for (int64_t j = 0; j < H; ++j) arow[(A - 1) * H + j] = T_(0);  // a padded row's u stays 0
           }
@@ -423,8 +473,8 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
         split->second(qb.template data_ptr<T_>(), at_ + (A - 1) * H, A * H);
       }
       for_rows(B, 4 * (X + S + A) * H, [&](int64_t b) {
-        T_* s1 = sn + b * S * H;
-        const T_* s0r = sp + b * S * H;
+        T_* s1 = sn + b * SW;
+        const T_* s0r = sp + b * SW;
         if (t < len[b]) {
           const T_* hrow = hhp ? hhp + b * G * H : nullptr;
           T_* arow = at_ ? at_ + b * A * H : nullptr;
@@ -437,21 +487,43 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
             Cell::forward(H, opt, xt + b * X * H, hrow, ep, s0r, s1, arow);
           }
           if (ft) {  // zoneout: keep the cell's own state for backward / recording, then blend
-            T_* fr = ft + b * S * H;
+            T_* fr = ft + b * SW;
             for (int64_t j = 0; j < S * H; ++j) fr[j] = s1[j];
-            for (int64_t c = 0; c < Z; ++c) {
-              const T_* k = kt + (c * B + b) * H;
+            for (int64_t c = c0; c < Z; ++c) {
+              const T_* k = L.keep_at(kp, t, c, b, B, H);
               RNNLAB_SIMD
               for (int64_t j = 0; j < H; ++j) s1[c * H + j] = lerp_keep(fr[c * H + j], s0r[c * H + j], k[j]);
             }
           }
-          for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
+          if (!L.proj)
+            for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
         } else {  // padding: state carried, output stays 0
-          for (int64_t j = 0; j < S * H; ++j) s1[j] = s0r[j];
+          for (int64_t j = 0; j < SW; ++j) s1[j] = s0r[j];
           if (ft)
-            for (int64_t j = 0; j < S * H; ++j) ft[b * S * H + j] = s0r[j];
+            for (int64_t j = 0; j < SW; ++j) ft[b * SW + j] = s0r[j];
         }
       });
+      if (L.proj) {  // h = m W_rᵀ over all rows (a padded row's is dropped), then zoneout on h, out
+        T_* q = pb.template data_ptr<T_>();
+        lin_r->apply(q, P, sn, SW, B, false);
+        for (int64_t b = 0; b < B; ++b) {
+          if (t >= len[b]) continue;
+          T_* h1 = sn + b * SW + HO;
+          const T_* h0 = sp + b * SW + HO;
+          const T_* hr = q + b * P;
+          if (ft) {
+            const T_* k = L.keep_at(kp, t, 0, b, B, H);
+            T_* fr = ft + b * SW + HO;
+            for (int64_t j = 0; j < P; ++j) {
+              fr[j] = hr[j];
+              h1[j] = lerp_keep(hr[j], h0[j], k[j]);
+            }
+          } else {
+            for (int64_t j = 0; j < P; ++j) h1[j] = hr[j];
+          }
+          for (int64_t j = 0; j < P; ++j) ot[b * P + j] = h1[j];
+        }
+      }
     }
   });
   return {out, states, saved, fresh};
@@ -468,9 +540,10 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   constexpr int64_t DROP = drop_state<Cell>::value;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
+  const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
+  const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
   const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
-  const bool zoned = keep_in.defined() && keep_in.numel() > 0;
-  const int64_t Z = zoned ? keep_in.size(1) : 0;
+  const bool zoned = Z > 0;
   TORCH_CHECK(!zoned || (fresh.dim() == 3 && fresh.size(0) == T), "fresh: expected forward's (T, B, S*H)");
   auto xp = xp_in.contiguous();
   auto e = e_in.contiguous();
@@ -478,18 +551,18 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
   auto fr_all = zoned ? fresh.contiguous() : Tensor();
-  auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, H}, opts);
+  auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, HW}, opts);
   auto dxp = at::empty_like(xp);
   constexpr bool same = dhh_is_dxp<Cell>::value;
   auto dhh_all = same ? dxp : at::zeros({T, B, G * H}, opts);  // same: padded rows' dxp is zeroed below
   // each row adds its element-wise parameter gradients to its own slice (rows may run in parallel)
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
-  auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, S * H}, opts);
-  auto ds0 = at::empty({B, S * H}, opts);
+  auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, SW}, opts);
+  auto ds0 = at::empty({B, SW}, opts);
   // zoneout: per row, the gradient of the cell's own new state, (1 - keep) ⊙ that of the blended one
   auto dnew = zoned ? at::empty({B, S * H}, opts) : Tensor();
   // recurrent dropout applied by the driver: R^T(dhh) lands here, then m ⊙ it goes to dh
-  auto dm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, H}, opts) : Tensor();
+  auto dm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, HW}, opts) : Tensor();
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
   constexpr bool SPLIT = Q > 0 || M > 0;
   // split products: every step's dq (kept for dW_2; a padded row's stays 0), du, dL/dhd, dL/d(φ(h) ⊙ m), h ⊙ m
@@ -498,38 +571,64 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto dhd = SPLIT ? at::empty({B, H}, opts) : Tensor();
   auto dpm = M > 0 ? at::empty({B, H}, opts) : Tensor();
   auto hdb = SPLIT && masked ? at::empty({B, H}, opts) : Tensor();
+  // projection: every step's dL/d(m W_rᵀ) (kept for dW_r; a padded row's stays 0) and the step's dL/dm
+  auto wrec = L.proj ? w.narrow(0, 0, G * H) : w;
+  auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
+  auto dp_all = L.proj ? at::zeros({T, B, P}, opts) : Tensor();
+  auto dmb = L.proj ? at::empty({B, H}, opts) : Tensor();
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
+    const T_* kp = zoned ? keep.template data_ptr<T_>() : nullptr;
     T_* dep = E > 0 ? de_rows.template data_ptr<T_>() : nullptr;
-    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : w, B, H, G, S, heads);
+    Recurrence<Cell::REC, T_> rec(SPLIT ? at::empty({0}, opts) : wrec, B, H, G, S, heads);
     std::optional<SplitProducts<T_>> split;
     if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
+    std::optional<Lin<T_>> lin_r;
+    if (L.proj) lin_r.emplace(wr, false, B);  // (B, P) dL/dh -> (B, H) dL/dm = dh W_r
+    const int64_t c0 = L.proj ? 1 : 0;
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
-      const T_* sp = states.template data_ptr<T_>() + t * B * S * H;
+      const T_* sp = states.template data_ptr<T_>() + t * B * SW;
       // the cell's own new state: before zoneout's blend when there is one
-      const T_* sn = zoned ? fr_all.template data_ptr<T_>() + t * B * S * H : sp + B * S * H;
-      const T_* kt = zoned ? keep.template data_ptr<T_>() + t * Z * B * H : nullptr;
+      const T_* sn = zoned ? fr_all.template data_ptr<T_>() + t * B * SW : sp + B * SW;
       const T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
-      const T_* dot = dout.template data_ptr<T_>() + t * B * H;
+      const T_* dot = dout.template data_ptr<T_>() + t * B * HW;
       T_* d1 = ds1.template data_ptr<T_>();
       T_* d0 = ds0.template data_ptr<T_>();
       T_* dxt = dxp.template data_ptr<T_>() + t * B * X * H;
       T_* dht = same ? nullptr : G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
+      if (L.proj) {  // dL/dh (out and the next step), zoneout's (1 - keep) on h, then dL/dm over all rows
+        T_* dpt = dp_all.template data_ptr<T_>() + t * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          if (t >= len[b]) continue;
+          T_* dh = d1 + b * SW + HO;
+          const T_* k = zoned ? L.keep_at(kp, t, 0, b, B, H) : nullptr;
+          for (int64_t j = 0; j < P; ++j) {
+            dh[j] += dot[b * P + j];
+            dpt[b * P + j] = k ? dh[j] * (T_(1) - k[j]) : dh[j];
+          }
+        }
+        lin_r->apply(dmb.template data_ptr<T_>(), H, dpt, P, B, false);
+      }
       for_rows(B, 6 * (X + S + A) * H, [&](int64_t b) {
-        T_* d1r = d1 + b * S * H;
-        T_* d0r = d0 + b * S * H;
+        T_* d1r = d1 + b * SW;
+        T_* d0r = d0 + b * SW;
         if (t < len[b]) {
-          for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
+          if (L.proj) {
+            const T_* g = dmb.template data_ptr<T_>() + b * H;
+            for (int64_t j = 0; j < H; ++j) d1r[j] += g[j];
+          } else {
+            for (int64_t j = 0; j < H; ++j) d1r[j] += dot[b * H + j];
+          }
           const T_* dcell = d1r;
           if (zoned) {  // lerp(new, old, k): d new = (1 - k) d, d old = k d (torch's formulas)
             T_* dn = dnew.template data_ptr<T_>() + b * S * H;
-            for (int64_t j = Z * H; j < S * H; ++j) dn[j] = d1r[j];
-            for (int64_t c = 0; c < Z; ++c) {
-              const T_* k = kt + (c * B + b) * H;
+            for (int64_t j = 0; j < S * H; ++j) dn[j] = d1r[j];
+            for (int64_t c = c0; c < Z; ++c) {
+              const T_* k = L.keep_at(kp, t, c, b, B, H);
               RNNLAB_SIMD
               for (int64_t j = 0; j < H; ++j) dn[c * H + j] = d1r[c * H + j] * (T_(1) - k[j]);
             }
@@ -539,23 +638,27 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           T_* dhrow = dht ? dht + b * G * H : nullptr;
           T_* derow = dep ? dep + b * E * H : nullptr;
           if constexpr (Q > 0) {
-            Cell::backward_b(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+            Cell::backward_b(H, opt, xt + b * X * H, ep, sp + b * SW, sn + b * SW, arow, dcell,
                              dxt + b * X * H, dhrow, dq_all.template data_ptr<T_>() + (t * B + b) * Q * H, derow,
                              d0r);
           } else if constexpr (DROP != 0) {
-            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * SW, sn + b * SW, arow, dcell,
                            dxt + b * X * H, dhrow, derow, d0r, mp ? mp + b * H : nullptr);
           } else {
-            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * S * H, sn + b * S * H, arow, dcell,
+            Cell::backward(H, opt, xt + b * X * H, ep, sp + b * SW, sn + b * SW, arow, dcell,
                            dxt + b * X * H, dhrow, derow, d0r);
           }
-          for (int64_t c = 0; c < Z; ++c) {
-            const T_* k = kt + (c * B + b) * H;
+          for (int64_t c = c0; c < Z; ++c) {
+            const T_* k = L.keep_at(kp, t, c, b, B, H);
             RNNLAB_SIMD
             for (int64_t j = 0; j < H; ++j) d0r[c * H + j] += k[j] * d1r[c * H + j];
           }
+          if (L.proj) {  // h_{t-1} reaches h_t only through zoneout's keep (the product adds the rest below)
+            const T_* k = zoned ? L.keep_at(kp, t, 0, b, B, H) : nullptr;
+            for (int64_t j = 0; j < P; ++j) d0r[HO + j] = k ? k[j] * d1r[HO + j] : T_(0);
+          }
         } else {  // padding: the state passed through unchanged; the zero output has no gradient path
-          for (int64_t j = 0; j < S * H; ++j) d0r[j] = d1r[j];
+          for (int64_t j = 0; j < SW; ++j) d0r[j] = d1r[j];
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
         }
       });
@@ -565,11 +668,11 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         T_* dh_ = dhd.template data_ptr<T_>();
         std::fill(dh_, dh_ + B * H, T_(0));
         const T_* hdp = sp;
-        int64_t hld = S * H;
+        int64_t hld = SW;
         if (masked) {
           T_* q = hdb.template data_ptr<T_>();
           for (int64_t i = 0; i < B; ++i)
-            for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * S * H + j] * mp[i * H + j];
+            for (int64_t j = 0; j < H; ++j) q[i * H + j] = sp[i * SW + j] * mp[i * H + j];
           hdp = q;
           hld = H;
         }
@@ -578,7 +681,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           split->second_t(dup, dq_all.template data_ptr<T_>() + t * B * Q * H);
           for_rows(B, 4 * (X + A) * H, [&](int64_t b) {
             if (t < len[b])
-              Cell::backward_a(H, opt, xt + b * X * H, ep, sp + b * S * H, hdp + b * hld, at_ + b * A * H,
+              Cell::backward_a(H, opt, xt + b * X * H, ep, sp + b * SW, hdp + b * hld, at_ + b * A * H,
                                dup + b * H, dxt + b * X * H, dht + b * G * H, dh_ + b * H);
           });
         }
@@ -588,18 +691,19 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         for (int64_t i = 0; i < B; ++i)
           for (int64_t j = 0; j < H; ++j) {
             T_ g = dh_[i * H + j];
-            if constexpr (M > 0) g += Cell::dmap(sp[i * S * H + j]) * dpp[i * H + j];
-            d0[i * S * H + j] += (mp ? mp[i * H + j] : T_(1)) * g;
+            if constexpr (M > 0) g += Cell::dmap(sp[i * SW + j]) * dpp[i * H + j];
+            d0[i * SW + j] += (mp ? mp[i * H + j] : T_(1)) * g;
           }
       } else if constexpr (Cell::REC != Rec::None) {
+        const T_* dhh_t = dhh_all.template data_ptr<T_>() + t * B * G * H;
         if (dm.defined()) {  // dh += m ⊙ R^T(dhh): the product read h ⊙ m
           T_* q = dm.template data_ptr<T_>();
-          std::fill(q, q + B * H, T_(0));
-          rec.backward(dhh_all.template data_ptr<T_>() + t * B * G * H, q, H);
+          std::fill(q, q + B * HW, T_(0));
+          rec.backward(dhh_t, q, HW);
           for (int64_t i = 0; i < B; ++i)
-            for (int64_t j = 0; j < H; ++j) d0[i * S * H + j] += mp[i * H + j] * q[i * H + j];
+            for (int64_t j = 0; j < HW; ++j) d0[i * SW + HO + j] += mp[i * HW + j] * q[i * HW + j];
         } else {
-          rec.backward(dhh_all, t, ds0);
+          rec.backward(dhh_t, d0 + HO, SW);
         }
       }
       std::swap(ds0, ds1);
@@ -631,9 +735,14 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     }
   } else if constexpr (Cell::REC != Rec::None) {
     if (T > 0) {
-      auto hp = states.narrow(0, 0, T).narrow(2, 0, H);  // every h_{t-1}, (T, B, H)
-      if (dm.defined()) hp = hp * mask;                 // what the product read: h_{t-1} ⊙ m
-      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, H}), w, G, heads);
+      auto hp = states.narrow(0, 0, T).narrow(2, HO, HW);  // every h_{t-1}, (T, B, HW)
+      if (dm.defined()) hp = hp * mask;                   // what the product read: h_{t-1} ⊙ m
+      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, HW}), wrec, G,
+                                            heads);
+      if (L.proj) {  // dW_r = Σ dL/dhᵀ m over all T*B rows (the cell's own m: zoneout never mixes it)
+        auto m_all = (zoned ? fr_all : states.narrow(0, 1, T)).narrow(2, 0, H).reshape({T * B, H});
+        dw = at::cat({dw, at::mm(m_all.t(), dp_all.view({T * B, P}))}, 0);  // [dW; dW_rᵀ]
+      }
     }
   }
   auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)

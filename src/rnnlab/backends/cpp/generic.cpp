@@ -15,7 +15,9 @@
 // <name>_forward(xp, s0, w, e, lengths, heads, opt, rec_mask, keep) -> [out, states, saved, fresh]
 // <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh)
 //   -> [dxp, ds0, dw, de]     (rec_mask / keep: empty = off; driver.h's forward says what they mean)
-// <name>_sizes(opt=0) -> (X, G, S, A, E) for that option word
+// <name>_sizes(opt=0) -> (X, G, S, A, E, PROJ) for that option word (PROJ: the option bit of the rule's output
+//   projection, 0 when it has none; driver.h's proj_bit)
+// set_gemm_backend("onednn" | "aten"), gemm_backend(): the per-step GEMM selection of gemm.h
 #define RNNLAB_CELL(m, name, Cell)                                                            \
   m.def(#name "_forward", &rnnlab_generic::forward<rnnlab_generic::Cell>);                   \
   m.def(#name "_backward", &rnnlab_generic::backward<rnnlab_generic::Cell>);                 \
@@ -23,11 +25,14 @@
       #name "_sizes",                                                                         \
       [](int64_t opt) {                                                                       \
         const auto z = rnnlab_generic::sizes_of<rnnlab_generic::Cell>(opt);                   \
-        return std::vector<int64_t>{z.X, z.G, z.S, z.A, z.E};                                 \
+        return std::vector<int64_t>{z.X, z.G, z.S, z.A, z.E,                                  \
+                                    rnnlab_generic::proj_bit<rnnlab_generic::Cell>::value};   \
       },                                                                                      \
       pybind11::arg("opt") = 0)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_gemm_backend", &rnnlab_gemm::set_gemm_backend);
+  m.def("gemm_backend", &rnnlab_gemm::gemm_backend);
   RNNLAB_CELL(m, clockwork, Clockwork);
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, gru, GRU);

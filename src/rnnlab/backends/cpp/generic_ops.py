@@ -8,10 +8,11 @@ string rebuilds an equivalent cell (:func:`cell_from_spec`, cached, parameters o
 cell's own step is needed.  Nothing here is per cell: a cell that joins the driver (``driver_kernel`` +
 ``driver_inputs``) gets all of this with no registration.
 
-The pair has, like ops.py's kernels:
+The pair has:
 
 - a CPU implementation (the extension) and a fake one: output shapes from the rule's block counts
-  (``<rule>_sizes(opt)``), so ``torch.compile(fullgraph=True)`` and ``torch.export`` with a dynamic T trace it;
+  (``<rule>_sizes(opt)``; with the rule's output projection on, h is P = w.shape[1] wide), so
+  ``torch.compile(fullgraph=True)`` and ``torch.export`` with a dynamic T trace it;
 - an autograd formula: the driver's backward gives the gradients of xp, w, e, s0 (autograd carries those of
   xp, w, e on to x and the parameters through ``driver_inputs``, which runs outside the op); when the gradient
   is itself differentiated (grad mode on in backward: ``create_graph=True``, ``torch.func.grad``) the layer is
@@ -59,9 +60,19 @@ def _ext() -> ModuleType:
 
 
 @functools.lru_cache(maxsize=None)
-def sizes(kernel: str, opt: int) -> tuple[int, int, int, int, int]:
-    """The rule's block counts (X, G, S, A, E) for this option word (driver.h)."""
+def sizes(kernel: str, opt: int) -> tuple[int, int, int, int, int, int]:
+    """The rule's block counts (X, G, S, A, E) for this option word (driver.h), then its projection bit."""
     return tuple(getattr(_ext(), f"{kernel}_sizes")(opt))  # type: ignore[return-value]
+
+
+def widths(kernel: str, opt: int, xp: Tensor, w: Tensor) -> tuple[int, int]:
+    """(state row width, output width) of a driver call: S*H and H, or with the rule's output projection on
+    (driver.h proj_bit; w = [W; W_rᵀ] with P columns) S*H + P and P."""
+    X, _, S, _, _, proj = sizes(kernel, opt)
+    H = xp.shape[2] // X
+    if opt & proj:
+        return S * H + w.shape[1], w.shape[1]
+    return S * H, H
 
 
 # --- the cell as a string ---------------------------------------------------------------------------------
@@ -145,11 +156,12 @@ def driver_forward(spec: str, heads: int, opt: int, xp: Tensor, w: Tensor, e: Te
 
 @driver_forward.register_fake
 def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params):
-    X, _, S, A, _ = sizes(_kernel_of(spec), opt)
+    X, _, _, A, _, _ = sizes(_kernel_of(spec), opt)
     T, B = xp.shape[0], xp.shape[1]
     H = xp.shape[2] // X
-    fresh = xp.new_empty(T, B, S * H) if keep.dim() == 4 else xp.new_empty(0)
-    return (xp.new_empty(T, B, H), xp.new_empty(B, S * H), xp.new_empty(T + 1, B, S * H),
+    SW, HW = widths(_kernel_of(spec), opt, xp, w)
+    fresh = xp.new_empty(T, B, SW) if keep.dim() > 1 else xp.new_empty(0)
+    return (xp.new_empty(T, B, HW), xp.new_empty(B, SW), xp.new_empty(T + 1, B, SW),
             xp.new_empty(T, B, A * H), fresh)
 
 
@@ -177,13 +189,29 @@ def _valid(lengths: Tensor, T: int, B: int) -> Tensor:
     return torch.ones(T, B, dtype=torch.bool)
 
 
+def keep_parts(cell: RecurrentCell, keep: Tensor) -> tuple[Tensor, ...] | None:
+    """The driver's zoneout keep weights as the reference loop takes them: one (T, B, S_k) tensor per zoned part.
+    (T, Z, B, H) when the zoned parts have one width, else (T, B, sum of widths), parts side by side."""
+    if keep.dim() == 4:
+        return tuple(keep.unbind(1))
+    if keep.dim() == 3:
+        parts, total = [], 0
+        for width in cell.state_sizes():
+            if total == keep.shape[-1]:
+                break
+            parts.append(width)
+            total += width
+        return tuple(keep.split(parts, dim=-1))
+    return None
+
+
 def differentiable_grads(cell: RecurrentCell, x: Tensor, s0: Tensor, params: list[Tensor], lengths: Tensor,
                          rec_mask: Tensor, keep: Tensor, dout: Tensor | None, ds_t: Tensor | None):
     """Gradients of (out, s_T) for x, s0 and the parameters through the cell's own step, recorded (so they can
     be differentiated again).  Returns (d x, d s0, d params)."""
     T, B = x.shape[0], x.shape[1]
     state = cell.from_driver_state(s0)
-    keeps = tuple(keep.unbind(1)) if keep.dim() == 4 else None  # Z parts, each (T, B, H)
+    keeps = keep_parts(cell, keep)
     with torch.enable_grad():
         out, final = differentiable_loop(cell, dict(zip(param_names(cell), params)), x, _valid(lengths, T, B),
                                          rec_mask if rec_mask.numel() else None, keeps, state)
@@ -222,7 +250,7 @@ def _grads(ctx, dout: Tensor | None, ds_t: Tensor | None, backward_op) -> tuple:
         d_x, d_s0, d_params = differentiable_grads(cell_of(), x, s0, params, lengths, rec_mask, keep, dout, ds_t)
         return None, None, None, d_s0, d_x, d_params
     T, B = xp.shape[0], xp.shape[1]
-    dout = _z(dout, (T, B, states.shape[2] // sizes(kernel, opt)[2]), xp)
+    dout = _z(dout, (T, B, widths(kernel, opt, xp, w)[1]), xp)
     ds_t = _z(ds_t, s0.shape, xp)
     dxp, ds0, dw, de = backward_op(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states,
                                    saved, fresh)

@@ -18,7 +18,7 @@ Where it runs (:func:`run`): in plain eager mode the extension directly, through
 :class:`~rnnlab.backends.cpp.generic_ops.DriverFunction` when something needs a gradient; under torch.compile /
 export, autocast and torch.func transforms the registered op ``torch.ops.rnnlab.driver_forward``
 (generic_ops.py), which carries the same autograd formula.  Jit tracing (the legacy ONNX exporter) gets
-an error (as for the fused kernels: build with backend='reference').  When a gradient must itself be
+an error (build with backend='reference').  When a gradient must itself be
 differentiated (``create_graph=True``) it is recomputed through the cell's own PyTorch step
 (:func:`rnnlab.backends.step_loop.differentiable_loop`).
 """
@@ -30,12 +30,14 @@ from torch import Tensor
 
 from rnnlab.backends.base import LayerCall
 from rnnlab.backends.cpp.generic_loader import generic_failed, load_generic
-from rnnlab.backends.cpp.ops import ONNX_ERROR
 from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, cell_spec, driver_forward,
                                              param_names)
 from rnnlab.cells.base import RecurrentCell, State
 
 _DTYPES = (torch.float32, torch.float64)
+ONNX_ERROR = ("rnnlab: the fused C++ kernels (torch.ops.rnnlab.*) cannot be exported to ONNX; build the model "
+              "with backend='reference' (or set RNNLAB_BACKEND=reference) before torch.onnx.export, or use "
+              "`rnnlab export`")
 # zoneout mixes the state parts with these names (as the reference backend does)
 _ZONEOUT_STATES = ("h", "c")
 
@@ -65,6 +67,22 @@ def zoned_parts(cell: RecurrentCell) -> int | None:
     return None if any(n in _ZONEOUT_STATES for n in names[Z:]) else Z
 
 
+def draw_keep(widths: tuple[int, ...], T: int, B: int, rate: float, training: bool, x: Tensor) -> Tensor:
+    """Zoneout's keep weights for the zoned parts of these widths, drawn in the reference's order (step, part,
+    row, unit): (T, Z, B, H) when the parts have one width, else (T, B, sum of widths), each row's parts side by
+    side (the projected LSTM's h (P) and c (H); driver.h proj_bit)."""
+    opts = dict(dtype=x.dtype, device=x.device)
+    if len(set(widths)) == 1:
+        shape = (T, len(widths), B, widths[0])
+        return torch.empty(shape, **opts).bernoulli_(rate) if training else torch.full(shape, rate, **opts)
+    total = sum(widths)
+    if not training:
+        return torch.full((T, B, total), rate, **opts)
+    flat = torch.empty(T, B * total, **opts).bernoulli_(rate)
+    parts = flat.split([B * w for w in widths], dim=1)
+    return torch.cat([p.view(T, B, w) for p, w in zip(parts, widths)], dim=-1)
+
+
 def _plain(x: Tensor) -> bool:
     """Plain eager mode: the extension is called directly (else the registered op)."""
     return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
@@ -79,7 +97,7 @@ def supports(call: LayerCall) -> bool:
     if name is None or generic_failed() or call.x.dtype not in _DTYPES:
         return False
     if torch.jit.is_tracing():
-        return True  # run() raises the clear error the fused kernels give (the legacy ONNX exporter)
+        return True  # run() raises the clear error (the legacy ONNX exporter has no rule for the op)
     if call.zoneout and zoned_parts(cell) is None:
         return False
     if call.record and not hasattr(cell, "driver_records"):
@@ -117,9 +135,7 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
     mask = off if rec_mask is None else rec_mask
     keep = off
     if zoneout:
-        shape = (T, zoned_parts(cell), B, sizes[0])  # step, part, row, unit: the reference's order of draws
-        keep = (torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(zoneout) if training
-                else torch.full(shape, zoneout, dtype=x.dtype, device=x.device))
+        keep = draw_keep(sizes[:zoned_parts(cell)], T, B, zoneout, training, x)
     params = [p[n] for n in _names(cell)]
     if _plain(x) and xp.dtype in _DTYPES:
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *params)):

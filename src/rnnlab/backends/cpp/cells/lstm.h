@@ -8,8 +8,9 @@ namespace rnnlab_generic {
 // xp / hh blocks: the present gates of i, f, g, o in that order (an absent gate has no block; CIFG has no f);
 // state (h, c); e = (w_ci, w_cf, w_co) peepholes (zero rows for absent ones) when opt has PEEP; saved: the
 // present gates' activations, in block order.  Option word: the bits below, all clear = the plain LSTM.
+// PROJ (LSTMP): state component 0 is m = o ⊙ act(c) and the driver forms h = m W_rᵀ (driver.h, proj_bit).
 struct LSTM {
-  enum : int64_t { NO_I = 1, NO_F = 2, NO_O = 4, COUPLED = 8, NO_IN_ACT = 16, NO_OUT_ACT = 32, PEEP = 64 };
+  enum : int64_t { NO_I = 1, NO_F = 2, NO_O = 4, COUPLED = 8, NO_IN_ACT = 16, NO_OUT_ACT = 32, PEEP = 64, PROJ = 128 };
   static constexpr Rec REC = Rec::Full;
   // dL/dhh equals dL/dxp block for block (xp and hh are added, nothing else): the driver keeps one of them
   static constexpr bool DHH_IS_DXP = true;
@@ -37,7 +38,7 @@ struct LSTM {
   static inline T peep(T w, T c) { return w != T(0) ? w * c : T(0); }
 
   // Per-thread scratch: zeros read for absent gates, and a sink written for them, so every loop below is one
-  // branch-free vectorisable pass whatever the options (0/1 multipliers select, as kernels.cpp measured).
+  // branch-free vectorisable pass whatever the options (0/1 multipliers select: measured faster than branches).
   template <typename T>
   static T* scratch(int64_t H) {
     thread_local std::vector<T> buf;
