@@ -20,7 +20,10 @@ CASES = [("indrnn", {}, 3), ("indrnn", {"nonlinearity": "tanh"}, 3), ("sru", {},
          ("gru_paper", {}, 3), ("gru_paper", {"bias": False}, 3), ("mut1", {}, 4), ("mut1", {}, 3),
          ("mut2", {"bias": False}, 4), ("mut3", {}, 3),
          # the output projection the driver forms itself (h = m W_hrᵀ), with peepholes and without biases
-         ("lstm", {"proj_size": 2}, 3), ("lstm", {"proj_size": 3, "peepholes": True, "bias": False}, 3)]
+         ("lstm", {"proj_size": 2}, 3), ("lstm", {"proj_size": 3, "peepholes": True, "bias": False}, 3),
+         # a product from another state part (Greff's FGR: a_{t-1} W_ggᵀ into i, f, o), with absent gates
+         ("greff_fgr", {}, 3), ("lstm", {"full_gate_recurrence": True, "input_gate": False}, 3),
+         ("lstm", {"full_gate_recurrence": True, "coupled": True, "bias": False}, 3)]
 H = 4
 
 

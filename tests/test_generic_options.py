@@ -18,8 +18,12 @@ pytestmark = [needs_driver, pytest.mark.usefixtures("single_thread")]
 F64 = torch.float64
 I, H = 3, 4
 # every registered cell the generic driver runs (new rules join automatically)
-# options that change what the driver itself does, under a name of their own: the LSTM's output projection
-VARIANTS: dict[str, tuple[str, dict]] = {"lstmp": ("lstm", {"proj_size": 2})}
+# options that change what the driver itself does, under a name of their own: the LSTM's output projection,
+# and the full gate recurrence (the driver's part product) with a coupled gate, whose block it drops
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "lstmp": ("lstm", {"proj_size": 2}),
+    "fgr_cifg": ("lstm", {"full_gate_recurrence": True, "coupled": True, "peepholes": "io"}),
+}
 DRIVER = [n for n in rnnlab.cell_names() if generic_registry.driver_for(Recurrent(n, I, H).cell) is not None]
 DRIVER += sorted(VARIANTS)
 RECORDING = [n for n in DRIVER if hasattr(Recurrent(VARIANTS.get(n, (n, {}))[0], I, H).cell, "driver_records")]

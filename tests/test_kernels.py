@@ -172,14 +172,13 @@ def test_env_switch_disables(monkeypatch) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("change", ["want_states", "fgr", "float16", "int"])
+@pytest.mark.parametrize("change", ["want_states", "log_scan", "float16", "int"])
 def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
-    cell = "greff_fgr" if change == "fgr" else "lstm"
-    mod = Recurrent(cell, I, H)
+    mod = Recurrent("mingru", I, H, scan="log") if change == "log_scan" else Recurrent("lstm", I, H)
     x = torch.randn(T, B, I)
     state = mod.cell.init_state(B, dtype=x.dtype, device=x.device)
     base = dict(cell=mod.cell, params=mod.layer_params(0, 0), x=x, state=state)
-    assert change == "fgr" or CppBackend().supports(LayerCall(**base))
+    assert change == "log_scan" or CppBackend().supports(LayerCall(**base))
     if change == "want_states":
         base["want_states"] = True
     elif change == "float16":
@@ -188,7 +187,7 @@ def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
         base["x"] = x.long()
     call = LayerCall(**base)
     assert not CppBackend().supports(call)
-    if change in ("want_states", "fgr"):
+    if change in ("want_states", "log_scan"):
         assert select_backend(call).name == "reference"
 
 

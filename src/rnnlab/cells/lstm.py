@@ -143,8 +143,8 @@ class LSTMCell(RecurrentCell):
         return ", ".join([s] + extra)
 
     def driver_supported(self) -> bool:
-        """The driver's rule covers every option but Greff's full gate recurrence."""
-        return not self.full_gate_recurrence
+        """The driver's rule covers every option; Greff's full gate recurrence only without a projection."""
+        return not (self.full_gate_recurrence and self.proj_size)
 
     def driver_state(self, state: State) -> Tensor:
         """With a projection the driver's row is [m, c, h] (driver.h proj_bit): m = o ⊙ act(c) before the
@@ -163,18 +163,23 @@ class LSTMCell(RecurrentCell):
     def driver_inputs(self, x: Tensor, p: Params):
         """Generic driver inputs: xp (T, B, G*H) with both biases folded, W_hh, the peepholes (3, H) (zero rows
         for absent ones) or ``None``, no heads, the option word of cells/lstm.h.  With a projection the weight is
-        [W_hh; W_hrᵀ] (G*H + H, P) and the option word has PROJ (the driver forms h = m W_hrᵀ)."""
+        [W_hh; W_hrᵀ] (G*H + H, P) and the option word has PROJ (the driver forms h = m W_hrᵀ); with the full gate
+        recurrence it is [W_hh; W_gg viewed (9H, H)] and the option word has FGR (driver.h PART_REC)."""
         b = p["bias_ih"] + p["bias_hh"] if self.bias else None
         xp = F.linear(x, p["weight_ih"], b)
         opt = sum(bit for bit, on in ((1, not self.input_gate), (2, not self.forget_gate), (4, not self.output_gate),
                                       (8, self.coupled), (16, not self.input_activation),
                                       (32, not self.output_activation), (64, bool(self.peepholes)),
-                                      (128, bool(self.proj_size))) if on)
+                                      (128, bool(self.proj_size)), (256, self.full_gate_recurrence)) if on)
         peep = None
         if self.peepholes:
             zero = x.new_zeros(self.hidden_size)
             peep = torch.stack([p[f"weight_c{g}"] if g in self.peepholes else zero for g in ("i", "f", "o")])
-        w = torch.cat([p["weight_hh"], p["weight_hr"].t()]) if self.proj_size else p["weight_hh"]
+        w = p["weight_hh"]
+        if self.proj_size:
+            w = torch.cat([w, p["weight_hr"].t()])
+        elif self.full_gate_recurrence:
+            w = torch.cat([w, p["weight_gg"].reshape(-1, self.hidden_size)])
         return xp, w, peep, 0, opt
 
     def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,

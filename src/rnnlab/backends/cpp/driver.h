@@ -129,6 +129,86 @@ struct proj_bit : std::integral_constant<int64_t, 0> {};
 template <class Cell>
 struct proj_bit<Cell, std::void_t<decltype(Cell::PROJ)>> : std::integral_constant<int64_t, Cell::PROJ> {};
 
+// A product from another state part (Greff's full gate recurrence: gates read the previous step's gates): a cell
+// that declares ``static constexpr int64_t PART_REC = bit`` and ``static PartRec part_rec(int64_t opt)`` has, when
+// its option word has that bit, the K*H-wide state part at component ``from`` read through W_p (K*H, K*H) per
+// step, r = part W_pᵀ, and block k of r added to hh block dst[k] (-1: dropped).  w is then [W (G*H, H); W_p
+// viewed (K*K*H, H)].  The rule sees r only inside hh (it must write ds0 of the part as 0: the part reaches the
+// next step only through this product); the driver routes dL/dhh back through W_p to the part and forms dW_p as
+// one product over all T*B rows.  Rec::Full, no split products, no output projection.
+struct PartRec {
+  int64_t from, K;
+  int64_t dst[8];
+};
+template <class Cell, class = void>
+struct part_rec_bit : std::integral_constant<int64_t, 0> {};
+template <class Cell>
+struct part_rec_bit<Cell, std::void_t<decltype(Cell::PART_REC)>>
+    : std::integral_constant<int64_t, Cell::PART_REC> {};
+
+// One call's part product: W_p and the per-step buffers, made once; off when the option bit is clear.
+template <class Cell, typename T>
+struct PartProduct {
+  bool on = false;
+  PartRec pr{};
+  int64_t B = 0, H = 0, G = 0, SW = 0;
+  Tensor wp, r;
+  std::optional<Lin<T>> fwd, bwd;
+  PartProduct(int64_t opt, const Tensor& w, int64_t B_, int64_t H_, int64_t G_, int64_t SW_)
+      : B(B_), H(H_), G(G_), SW(SW_) {
+    if constexpr (part_rec_bit<Cell>::value != 0) {
+      on = (opt & part_rec_bit<Cell>::value) != 0;
+      if (!on) return;
+      pr = Cell::part_rec(opt);
+      const int64_t KH = pr.K * H;
+      TORCH_CHECK(w.dim() == 2 && w.size(0) == G * H + pr.K * KH && w.size(1) == H,
+                  "w: expected [W (G*H, H); W_p viewed (K*K*H, H)] = (", G * H + pr.K * KH, ", ", H, "), got ",
+                  w.sizes());
+      wp = w.narrow(0, G * H, pr.K * KH).reshape({KH, KH}).contiguous();
+      r = at::empty({B, KH}, w.options());
+    }
+  }
+  // hh (B, G*H) += r scattered into the dst blocks, r = part W_pᵀ from the state rows s (B, SW)
+  void add(T* hh, const T* s) {
+    const int64_t KH = pr.K * H;
+    if (!fwd) fwd.emplace(wp, false, B);
+    T* rp = r.template data_ptr<T>();
+    fwd->apply(rp, KH, s + pr.from * H, SW, B, false);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t k = 0; k < pr.K; ++k) {
+        if (pr.dst[k] < 0) continue;
+        T* o = hh + b * G * H + pr.dst[k] * H;
+        const T* q = rp + b * KH + k * H;
+        for (int64_t j = 0; j < H; ++j) o[j] += q[j];
+      }
+  }
+  // dr (B, K*H) gathered from dhh (B rows, leading dimension ldh), then the part's rows of d (B, SW) += dr W_p
+  void back(const T* dhh, int64_t ldh, T* d) {
+    const int64_t KH = pr.K * H;
+    if (!bwd) bwd.emplace(wp, true, B);
+    T* rp = r.template data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t k = 0; k < pr.K; ++k) {
+        T* q = rp + b * KH + k * H;
+        if (pr.dst[k] < 0) {
+          std::fill(q, q + H, T(0));
+        } else {
+          const T* g = dhh + b * ldh + pr.dst[k] * H;
+          for (int64_t j = 0; j < H; ++j) q[j] = g[j];
+        }
+      }
+    bwd->apply(d + pr.from * H, SW, rp, KH, B, true);
+  }
+  // dW_p = Σ drᵀ part over all N = T*B rows, viewed (K*K*H, H) as it travels in w
+  Tensor grad(const Tensor& dhh, const Tensor& part) const {
+    const int64_t N = part.size(0), KH = pr.K * H;
+    auto dr = at::zeros({N, KH}, part.options());
+    for (int64_t k = 0; k < pr.K; ++k)
+      if (pr.dst[k] >= 0) dr.narrow(1, k * H, H).copy_(dhh.narrow(1, pr.dst[k] * H, H));
+    return at::mm(dr.t(), part).reshape({pr.K * KH, H});
+  }
+};
+
 // The widths of one call's state row: the rule's S*H, then h (P) when projected.
 struct Layout {
   bool proj;
@@ -420,6 +500,11 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   auto wrec = L.proj ? w.narrow(0, 0, G * H) : w;
   auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
   auto pb = L.proj ? at::empty({B, P}, opts) : Tensor();
+  const bool parted = (opt & part_rec_bit<Cell>::value) != 0;
+  static_assert(part_rec_bit<Cell>::value == 0 || (!SPLIT && DROP == 0 && Cell::REC == Rec::Full),
+                "a part product: Rec::Full, no split products, the driver's dropout");
+  TORCH_CHECK(!(parted && L.proj), "a part product and an output projection together are not supported");
+  if (parted) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
@@ -431,6 +516,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
     if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
     std::optional<Lin<T_>> lin_r;
     if (L.proj) lin_r.emplace(wr, true, B);  // (B, H) m -> (B, P) m W_rᵀ
+    PartProduct<Cell, T_> part(opt, w, B, H, G, SW);
     const int64_t c0 = L.proj ? 1 : 0;       // the rule's components zoneout mixes start here (m is not mixed)
     for (int64_t t = 0; t < T; ++t) {
       T_* sp = states.template data_ptr<T_>() + t * B * SW;
@@ -455,6 +541,7 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
         hhp = hh2.template data_ptr<T_>();
       } else {
         hhp = rec.forward(hdp, hld);
+        if (part.on) part.add(const_cast<T_*>(hhp), sp);  // hh is the recurrence's own buffer
       }
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
       T_* sn = sp + B * SW;
@@ -576,6 +663,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
   auto dp_all = L.proj ? at::zeros({T, B, P}, opts) : Tensor();
   auto dmb = L.proj ? at::empty({B, H}, opts) : Tensor();
+  if (opt & part_rec_bit<Cell>::value) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
@@ -588,6 +676,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     if constexpr (SPLIT) split.emplace(w, B, H, G, M, Q);
     std::optional<Lin<T_>> lin_r;
     if (L.proj) lin_r.emplace(wr, false, B);  // (B, P) dL/dh -> (B, H) dL/dm = dh W_r
+    PartProduct<Cell, T_> part(opt, w, B, H, G, SW);
     const int64_t c0 = L.proj ? 1 : 0;
     for (int64_t t = T - 1; t >= 0; --t) {
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
@@ -705,6 +794,8 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         } else {
           rec.backward(dhh_t, d0 + HO, SW);
         }
+        // the part product: a padded row's dhh is 0, so its part gradient passes through unchanged
+        if (part.on) part.back(dhh_t, G * H, d0);
       }
       std::swap(ds0, ds1);
     }
@@ -739,6 +830,13 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       if (dm.defined()) hp = hp * mask;                   // what the product read: h_{t-1} ⊙ m
       dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, HW}), wrec, G,
                                             heads);
+      if (opt & part_rec_bit<Cell>::value) {  // [dW; dW_p viewed (K*K*H, H)]
+        AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_part", [&] {
+          PartProduct<Cell, scalar_t> part(opt, w, 0, H, G, SW);
+          auto a = states.narrow(0, 0, T).narrow(2, part.pr.from * H, part.pr.K * H).reshape({T * B, part.pr.K * H});
+          dw = at::cat({dw, part.grad(dhh_all.view({T * B, G * H}), a)}, 0);
+        });
+      }
       if (L.proj) {  // dW_r = Σ dL/dhᵀ m over all T*B rows (the cell's own m: zoneout never mixes it)
         auto m_all = (zoned ? fr_all : states.narrow(0, 1, T)).narrow(2, 0, H).reshape({T * B, H});
         dw = at::cat({dw, at::mm(m_all.t(), dp_all.view({T * B, P}))}, 0);  // [dW; dW_rᵀ]

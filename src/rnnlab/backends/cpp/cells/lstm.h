@@ -9,16 +9,24 @@ namespace rnnlab_generic {
 // state (h, c); e = (w_ci, w_cf, w_co) peepholes (zero rows for absent ones) when opt has PEEP; saved: the
 // present gates' activations, in block order.  Option word: the bits below, all clear = the plain LSTM.
 // PROJ (LSTMP): state component 0 is m = o ⊙ act(c) and the driver forms h = m W_rᵀ (driver.h, proj_bit).
+// FGR (Greff's full gate recurrence): the state is (h, c, a) with a = [i, f, o] (1 for an absent gate, 1 - i
+// when coupled), and the driver adds a_{t-1} W_ggᵀ to the present i, f, o blocks of hh (driver.h, PART_REC).
 struct LSTM {
-  enum : int64_t { NO_I = 1, NO_F = 2, NO_O = 4, COUPLED = 8, NO_IN_ACT = 16, NO_OUT_ACT = 32, PEEP = 64, PROJ = 128 };
+  enum : int64_t {
+    NO_I = 1, NO_F = 2, NO_O = 4, COUPLED = 8, NO_IN_ACT = 16, NO_OUT_ACT = 32, PEEP = 64, PROJ = 128, FGR = 256
+  };
+  static constexpr int64_t PART_REC = FGR;
   static constexpr Rec REC = Rec::Full;
   // dL/dhh equals dL/dxp block for block (xp and hh are added, nothing else): the driver keeps one of them
   static constexpr bool DHH_IS_DXP = true;
 
   static Sizes sizes(int64_t opt) {
     const int64_t gates = 4 - !!(opt & NO_I) - !!(opt & (NO_F | COUPLED)) - !!(opt & NO_O);
-    return Sizes{gates, gates, 2, gates, opt & PEEP ? 3 : 0};
+    return Sizes{gates, gates, opt & FGR ? 5 : 2, gates, opt & PEEP ? 3 : 0};
   }
+
+  // FGR: the part a (state components 2..4) feeds the i, f, o blocks (a removed or coupled gate's is dropped)
+  static PartRec part_rec(int64_t opt);
 
   // Block offsets (in units of H) of i, f, g, o; -1 for an absent gate.
   struct Offsets {
@@ -37,12 +45,19 @@ struct LSTM {
   template <typename T>
   static inline T peep(T w, T c) { return w != T(0) ? w * c : T(0); }
 
-  // Per-thread scratch: zeros read for absent gates, and a sink written for them, so every loop below is one
-  // branch-free vectorisable pass whatever the options (0/1 multipliers select: measured faster than branches).
+  // Per-thread scratch: zeros read for absent gates, and a sink written for them (and for FGR's a when off), so
+  // every loop below is one branch-free vectorisable pass whatever the options (0/1 multipliers select: measured
+  // faster than branches).  Two buffers: the zeros are never written, so no call of another H can dirty them.
   template <typename T>
-  static T* scratch(int64_t H) {
+  static const T* zeros(int64_t H) {
     thread_local std::vector<T> buf;
-    if (static_cast<int64_t>(buf.size()) < 8 * H) buf.assign(8 * H, T(0));
+    if (static_cast<int64_t>(buf.size()) < 3 * H) buf.assign(3 * H, T(0));
+    return buf.data();
+  }
+  template <typename T>
+  static T* sinks(int64_t H) {
+    thread_local std::vector<T> buf;
+    if (static_cast<int64_t>(buf.size()) < 6 * H) buf.resize(6 * H);
     return buf.data();
   }
 
@@ -50,10 +65,10 @@ struct LSTM {
   static inline void forward(int64_t H, int64_t opt, const T* xp, const T* hh, const T* e, const T* s0, T* s1,
                              T* a) {
     const Offsets k(opt);
-    T* z = scratch<T>(H);  // z[0, 3H) stays zero, [3H, 8H) is the sink
-    const T* zero = z;
+    const T* zero = zeros<T>(H);
+    T* z = sinks<T>(H);  // [0, 3H): absent gates, [3H, 6H): a without FGR
     auto in = [&](int64_t off, const T* base) { return off >= 0 ? base + off * H : zero; };
-    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? a + off * H : z + (3 + n) * H; };
+    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? a + off * H : z + n * H; };
     const T *__restrict xi = in(k.i, xp), *__restrict xf = in(k.f, xp), *__restrict xg = xp + k.g * H,
               *__restrict xo = in(k.o, xp);
     const T *__restrict hi = in(k.i, hh), *__restrict hf = in(k.f, hh), *__restrict hg = hh + k.g * H,
@@ -66,6 +81,9 @@ struct LSTM {
     const T* __restrict c0 = s0 + H;
     T* __restrict h1 = s1;
     T* __restrict c1 = s1 + H;
+    const bool fg = (opt & FGR) != 0;
+    T *__restrict ani = fg ? s1 + 2 * H : z + 3 * H, *__restrict anf = fg ? s1 + 3 * H : z + 4 * H,
+      *__restrict ano = fg ? s1 + 4 * H : z + 5 * H;
     const T mi = k.i >= 0, mf = k.f >= 0, mo = k.o >= 0, cpl = (opt & COUPLED) != 0;
     const bool ia = !(opt & NO_IN_ACT), oa = !(opt & NO_OUT_ACT);
     const T one = 1, nf = one - mf - cpl;  // f = 1 when there is neither a forget gate nor coupling
@@ -86,6 +104,9 @@ struct LSTM {
       ao[j] = o;
       c1[j] = c;
       h1[j] = o * act;
+      ani[j] = i;
+      anf[j] = f;
+      ano[j] = o;
     }
   }
 
@@ -93,10 +114,10 @@ struct LSTM {
   static inline void backward(int64_t H, int64_t opt, const T*, const T* e, const T* s0, const T* s1, const T* a,
                               const T* ds1, T* dxp, T*, T* de, T* ds0) {
     const Offsets k(opt);
-    T* z = scratch<T>(H);
-    const T* zero = z;
+    const T* zero = zeros<T>(H);
+    T* z = sinks<T>(H);
     auto in = [&](int64_t off) { return off >= 0 ? a + off * H : zero; };
-    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? dxp + off * H : z + (3 + n) * H; };
+    auto sink = [&](int64_t off, int64_t n) { return off >= 0 ? dxp + off * H : z + n * H; };
     const T *__restrict gi = in(k.i), *__restrict gf = in(k.f), *__restrict gg = a + k.g * H,
               *__restrict go = in(k.o);
     T *__restrict di = sink(k.i, 0), *__restrict df = sink(k.f, 1), *__restrict dg = dxp + k.g * H,
@@ -111,6 +132,10 @@ struct LSTM {
     const T* __restrict dc1 = ds1 + H;
     T* __restrict dh0 = ds0;
     T* __restrict dc0 = ds0 + H;
+    // FGR: the gradient reaching this step's a = [i, f, o] (from the next step's product and the final state)
+    const bool fg = (opt & FGR) != 0;
+    const T *__restrict dai = fg ? ds1 + 2 * H : zero, *__restrict daf = fg ? ds1 + 3 * H : zero,
+            *__restrict dao = fg ? ds1 + 4 * H : zero;
     const T mi = k.i >= 0, mf = k.f >= 0, mo = k.o >= 0, cpl = (opt & COUPLED) != 0;
     const T ia = !(opt & NO_IN_ACT), oa = !(opt & NO_OUT_ACT);
     const T one = 1, nf = one - mf - cpl;
@@ -122,12 +147,14 @@ struct LSTM {
       const T o = mo * go[j] + (one - mo);
       const T c = c1[j], cp = c0[j];
       const T act = oa != T(0) ? std::tanh(c) : c;
-      const T dzo = mo != T(0) ? dh[j] * act * o * (one - o) : T(0);
+      const T dzo = mo != T(0) ? (dh[j] * act + dao[j]) * o * (one - o) : T(0);
       const T dc = dc1[j] + dh[j] * o * (one - oa * act * act) + peep(wco[j], dzo);
       const T dzg = dc * i * (one - ia * g * g);
       // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
-      const T dzi = mi != T(0) ? dc * (cpl != T(0) ? g - cp : g) * i * (one - i) : T(0);
-      const T dzf = mf != T(0) ? dc * cp * f * (one - f) : T(0);
+      const T dzi = mi != T(0) ? (dc * (cpl != T(0) ? g - cp : g) + dai[j] - (cpl != T(0) ? daf[j] : T(0))) *
+                                     i * (one - i)
+                               : T(0);
+      const T dzf = mf != T(0) ? (dc * cp + daf[j]) * f * (one - f) : T(0);
       dc0[j] = dc * f + peep(wci[j], dzi) + peep(wcf[j], dzf);
       dh0[j] = T(0);  // h_{t-1} enters only through the recurrent product (the driver adds it)
       di[j] = dzi;
@@ -135,6 +162,8 @@ struct LSTM {
       dg[j] = dzg;
       dob[j] = dzo;
     }
+    if (fg)  // a_{t-1} reaches this step only through the driver's product (it adds that gradient)
+      for (int64_t j = 0; j < 3 * H; ++j) ds0[2 * H + j] = T(0);
     if (pe) {
       RNNLAB_SIMD
       for (int64_t j = 0; j < H; ++j) {
@@ -145,5 +174,10 @@ struct LSTM {
     }
   }
 };
+
+inline PartRec LSTM::part_rec(int64_t opt) {
+  const Offsets k(opt);
+  return PartRec{2, 3, {k.i, k.f, k.o, -1, -1, -1, -1, -1}};
+}
 
 }  // namespace rnnlab_generic
