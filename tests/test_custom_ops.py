@@ -14,8 +14,10 @@ from rnnlab.backends.cpp import generic_ops, generic_registry, kernel_for, load_
 needs_kernels = pytest.mark.skipif(load_generic() is None, reason="the C++ driver could not be built here")
 
 I, H, B, T = 3, 4, 2, 5
-# options that change what the driver itself does, under a name of their own: the LSTM's output projection
-VARIANTS: dict[str, tuple[str, dict]] = {"lstm_proj": ("lstm", {"proj_size": 2})}
+# options that change what the driver itself does, under a name of their own: the LSTM's output projection,
+# and the depth-gated LSTM's upper layers (the layer below's c as an input, its states' gradients)
+VARIANTS: dict[str, tuple[str, dict]] = {"lstm_proj": ("lstm", {"proj_size": 2}),
+                                         "depth_gated_2layers": ("depth_gated", {"num_layers": 2})}
 FUSED = [n for n in rnnlab.cell_names() if kernel_for(Recurrent(n, I, H).cell) is not None] + sorted(VARIANTS)
 # the default suite compiles/exports a representative set; the rest run with -m slow (each compile takes seconds)
 REPRESENTATIVE = ["lstm", "gru", "peephole", "mut1", "ln_lstm", "lstm_proj"]
@@ -31,8 +33,6 @@ def _cases(representative: list[str]) -> list:
 def _module(cell: str, layout: str = "plain", dtype: torch.dtype = torch.float32) -> Recurrent:
     cell, kw = VARIANTS.get(cell, (cell, {}))
     opts = {**LAYOUTS[layout], **kw}
-    if cell == "depth_gated":  # upper layers of depth_gated are not fused (they need the layer below)
-        opts.pop("num_layers", None)
     torch.manual_seed(0)
     # backend="cpp": a call the kernels refuse raises instead of silently running on the reference
     return Recurrent(cell, I, H, backend="cpp", dtype=dtype, **opts)
@@ -220,13 +220,13 @@ def test_eager_calls_skip_the_dispatcher_but_equal_the_op() -> None:
     cell, p = mod.cell, mod.layer_params(0, 0)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     state = tuple(0.5 * torch.randn(B, s, dtype=torch.float64) for s in cell.state_sizes())
-    out, final, _ = generic_registry.run(cell, p, x, state, LENGTHS)
+    out, final, _, _ = generic_registry.run(cell, p, x, state, LENGTHS)
     xp, w, e, heads, opt = cell.driver_inputs(x, p)
     off = x.new_empty(0)
     params = [p[n] for n in generic_ops.param_names(cell)]
     spec = generic_ops.cell_spec(cell, "lstm")
     via_op = generic_ops.driver_forward(spec, heads, opt, xp, w, off if e is None else e, cell.driver_state(state),
-                                        LENGTHS, off, off, x, params)
+                                        LENGTHS, off, off, x, off, params)
     torch.testing.assert_close(out, via_op[0], atol=0, rtol=0)
     for a, b in zip(final, cell.from_driver_state(via_op[1])):
         torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -195,7 +195,7 @@ def test_full_recurrence_elman_on_the_driver_equals_the_reference():
 
     off = x.new_empty(0)
     out, h = generic_registry.DriverFunction.apply("elman", 0, 1, mod.cell, xp, w_hh, off, s0, lengths, off, off,
-                                                   x)[:2]
+                                                   x, off)[:2]
     g = torch.autograd.grad(out.sum() + h.sum(), (x, w_hh))
     torch.testing.assert_close(out, out_ref)
     torch.testing.assert_close(h, h_ref[0])

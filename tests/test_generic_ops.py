@@ -24,6 +24,10 @@ for _n in rnnlab.cell_names():
         _BY_RULE.setdefault(_rule, _n)
 # options that change what the driver itself does, under a name of their own: the LSTM's output projection
 _VARIANTS: dict[str, tuple[str, dict]] = {"lstmp": ("lstm", {"proj_size": 2})}
+# the rule a cell runs above its first layer (it reads the layer below: driver_lower_kernel), on two layers
+for _n in rnnlab.cell_names():
+    if getattr(Recurrent(_n, I, H).cell, "driver_lower_kernel", None) is not None:
+        _VARIANTS[f"{_n}_upper"] = (_n, {"num_layers": 2})
 RULES = sorted(_BY_RULE.values()) + sorted(_VARIANTS)
 # the default suite compiles / exports a representative set (each compile takes seconds); the rest with -m slow
 REPRESENTATIVE = ("indrnn", "slstm", "sru", "lstmp")
@@ -145,32 +149,44 @@ def test_gradcheck_and_gradgradcheck_float64_through_the_op(name: str) -> None:
     """First and second derivatives of the registered op as the backend calls it (driver_inputs outside, x
     and the parameters passed along), with lengths, a recurrent dropout mask and zoneout keep masks."""
     mod = _module(name, torch.float64)
-    cell = mod.cell
-    rule = generic_registry.driver_for(cell)
+    cell, rule, x, lower, inputs = _top_layer(mod)
     spec = generic_ops.cell_spec(cell, rule)
     names = generic_ops.param_names(cell)
     lengths = torch.tensor([4, 3])
     mask, keep = _masks(cell, 4)
 
-    def f(x, s0, *ps):
-        xp, w, e, heads, opt = cell.driver_inputs(x, dict(zip(names, ps)))
+    def f(x, s0, lower, *ps):
+        xp, w, e, heads, opt = inputs(x, dict(zip(names, ps)), lower)
         e = x.new_empty(0) if e is None else e
-        return generic_ops.driver_forward(spec, heads, opt, xp, w, e, s0, lengths, mask, keep, x, list(ps))[:2]
+        out, s_t, states = generic_ops.driver_forward(spec, heads, opt, xp, w, e, s0, lengths, mask, keep, x, lower,
+                                                      list(ps))[:3]
+        return (out, s_t, states) if lower.numel() else (out, s_t)  # a layer above reads every state row
 
-    x = torch.randn(4, B, I, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_()
+    lower.requires_grad_(lower.numel() > 0)
     s0 = cell.driver_state(_outputs_state(cell)).requires_grad_()
-    ps = tuple(mod.layer_params(0, 0)[n].detach().clone().requires_grad_() for n in names)
-    assert torch.autograd.gradcheck(f, (x, s0, *ps))
-    assert torch.autograd.gradgradcheck(f, (x, s0, *ps), fast_mode=True)
+    ps = tuple(mod.layer_params(mod.num_layers - 1, 0)[n].detach().clone().requires_grad_() for n in names)
+    assert torch.autograd.gradcheck(f, (x, s0, lower, *ps))
+    assert torch.autograd.gradgradcheck(f, (x, s0, lower, *ps), fast_mode=True)
+
+
+def _top_layer(mod: Recurrent):
+    """The top layer as the backend calls the op (float64): its cell, its rule, an input x (4, B, I_l), the layer
+    below's state rows (random, or empty on a first layer) and the cell's driver-inputs hook."""
+    cell, layer = mod.cell, mod.num_layers - 1
+    x = torch.randn(4, B, I if layer == 0 else H, dtype=torch.float64)
+    if layer == 0:
+        return cell, generic_registry.driver_for(cell), x, x.new_empty(0), lambda x, p, _: cell.driver_inputs(x, p)
+    lower = 0.5 * torch.randn(4, B, sum(cell.state_sizes()), dtype=torch.float64)
+    return cell, cell.driver_lower_kernel, x, lower, cell.driver_lower_inputs
 
 
 def _op_args(name: str, options: bool):
     """The forward op's arguments for a float64 layer with lengths (and, with ``options``, masks)."""
     mod = _module(name, torch.float64)
-    cell, p = mod.cell, mod.layer_params(0, 0)
-    x = torch.randn(4, B, I, dtype=torch.float64)
-    rule = generic_registry.driver_for(cell)
-    xp, w, e, heads, opt = cell.driver_inputs(x, p)
+    cell, rule, x, lower, inputs = _top_layer(mod)
+    p = mod.layer_params(mod.num_layers - 1, 0)
+    xp, w, e, heads, opt = inputs(x, p, lower)
     e = x.new_empty(0) if e is None else e
     s0 = cell.driver_state(_outputs_state(cell))
     off = x.new_empty(0)
@@ -179,7 +195,7 @@ def _op_args(name: str, options: bool):
         mask, keep = _masks(cell, 4)
     args = (generic_ops.cell_spec(cell, rule), heads, opt, xp.detach().requires_grad_(),
             w.detach().requires_grad_() if w.numel() else w.detach(), e.detach(), s0.requires_grad_(),
-            torch.tensor([4, 3]), mask, keep, x, [p[n].detach() for n in generic_ops.param_names(cell)])
+            torch.tensor([4, 3]), mask, keep, x, lower, [p[n].detach() for n in generic_ops.param_names(cell)])
     return rule, args
 
 
@@ -197,10 +213,11 @@ def test_opcheck(name: str, options: bool) -> None:
     rule, args = _op_args(name, options)
     torch.library.opcheck(generic_ops.driver_forward, args)
     plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    spec, heads, opt, xp, w, e, s0, lengths, mask, keep, _, _ = plain
+    spec, heads, opt, xp, w, e, s0, lengths, mask, keep, _, _, _ = plain
     out, s_t, states, saved, fresh = generic_ops.driver_forward(*plain)
+    dstates = torch.randn_like(states) if options else states.new_empty(0)  # a layer above read every state row
     bargs = (rule, heads, opt, torch.randn_like(out), torch.randn_like(s_t), xp, w, e, lengths, mask, keep, states,
-             saved, fresh)
+             saved, fresh, dstates)
     torch.library.opcheck(generic_ops.driver_backward, bargs)
 
 

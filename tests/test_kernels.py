@@ -13,6 +13,7 @@ from rnnlab import Recurrent
 from rnnlab.backends import LayerCall, select_backend
 from rnnlab.backends.cpp import CppBackend, load_generic
 from rnnlab.backends.cpp import generic_loader as loader
+from rnnlab.backends.reference import ReferenceBackend
 
 ATOL = RTOL = 1e-5
 I, H, B, T = 4, 6, 3, 7
@@ -44,6 +45,8 @@ CASES = {
     "ln_lstm_nobias": ("ln_lstm", {"bias": False, "eps": 1e-3}),
     "clockwork": ("clockwork", {"periods": (1, 2, 4)}),
     "clockwork_default": ("clockwork", {}),
+    "depth_gated": ("depth_gated", {}),  # two layers: the upper one reads the lower one's c
+    "depth_gated_3layers_nopeep": ("depth_gated", {"num_layers": 3, "peepholes": False}),
     "depth_gated_1layer": ("depth_gated", {"num_layers": 1}),
     "depth_gated_nopeep": ("depth_gated", {"num_layers": 1, "peepholes": False, "forget_bias": 1.0}),
     "mingru": ("mingru", {}),
@@ -172,23 +175,48 @@ def test_env_switch_disables(monkeypatch) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("change", ["want_states", "log_scan", "float16", "int"])
+@pytest.mark.parametrize("change", ["log_scan", "float16", "int"])
 def test_supports_refuses_what_it_does_not_implement(change: str) -> None:
     mod = Recurrent("mingru", I, H, scan="log") if change == "log_scan" else Recurrent("lstm", I, H)
     x = torch.randn(T, B, I)
     state = mod.cell.init_state(B, dtype=x.dtype, device=x.device)
     base = dict(cell=mod.cell, params=mod.layer_params(0, 0), x=x, state=state)
     assert change == "log_scan" or CppBackend().supports(LayerCall(**base))
-    if change == "want_states":
-        base["want_states"] = True
-    elif change == "float16":
+    if change == "float16":
         base["x"] = x.half()
     elif change == "int":
         base["x"] = x.long()
     call = LayerCall(**base)
     assert not CppBackend().supports(call)
-    if change in ("want_states", "log_scan"):
+    if change == "log_scan":
         assert select_backend(call).name == "reference"
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell,kw", [("lstm", {}), ("lstm", {"proj_size": 2}), ("gru", {}), ("clockwork", {}),
+                                     ("greff_fgr", {})])
+def test_every_step_state_from_the_driver_equals_the_reference(cell: str, kw: dict) -> None:
+    """want_states (what a layer above reads): every step's state in input order, reversed within lengths,
+    and the gradient of a loss on them (the driver's per-row state gradients) equal the reference's."""
+    torch.manual_seed(0)
+    mod = Recurrent(cell, I, H, dtype=torch.float64, **kw)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    state = tuple(0.5 * torch.randn(B, s, dtype=torch.float64) for s in mod.cell.state_sizes())
+    got = {}
+    for backend in (CppBackend(), ReferenceBackend()):
+        xi = x.clone().requires_grad_()
+        params = {k: v.detach().clone().requires_grad_() for k, v in mod.layer_params(0, 0).items()}
+        call = LayerCall(cell=mod.cell, params=params, x=xi, state=state, lengths=torch.tensor(LENGTHS), reverse=True,
+                         want_states=True)
+        assert backend.supports(call)
+        res = backend.run(call)
+        g = torch.Generator().manual_seed(1)
+        loss = sum((s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+                   for name, s in zip(mod.state_names, res.states) if name != "n")
+        got[backend.name] = (res.states, torch.autograd.grad(loss, [xi, *params.values()]))
+    (states, grads), (ref_states, ref_grads) = got["cpp"], got["reference"]
+    for a, b in zip(states + grads, ref_states + ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 @needs_kernels
@@ -319,6 +347,25 @@ def test_build_lock_serialises_builders(monkeypatch, tmp_path) -> None:
         t.join(10)
     assert events == ["first in", "first out", "second in"]
     assert (tmp_path / "k.lock").exists()
+
+
+def test_a_killed_builds_baton_does_not_block_the_next_build(monkeypatch, tmp_path) -> None:
+    """torch's build baton (``<build>/lock``) left by a build killed mid-way made every later load wait forever."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setenv("RNNLAB_CACHE", str(tmp_path))
+    build = tmp_path / f"generic-{loader.build_key()}"
+    build.mkdir(parents=True)
+    (build / "lock").touch()  # what the killed build left
+    seen: list[bool] = []
+
+    def fake_load(**kw):  # torch's load would wait on the baton; record whether it is still there
+        seen.append((tmp_path / kw["build_directory"] / "lock").exists())
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert loader._compile() == "module"
+    assert seen == [False]
 
 
 @pytest.mark.slow

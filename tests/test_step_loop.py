@@ -31,7 +31,7 @@ def test_differentiable_loop_equals_the_reference_backend(name):
     keeps = tuple(torch.full((T, B, s), rate if n in ("h", "c") else 0.0, dtype=torch.float64)
                   for n, s in zip(cell.state_names, cell.state_sizes()))
     valid = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # (T, B)
-    out, final = differentiable_loop(cell, p, x, valid, rec_mask, keeps, state)
+    out, final, _ = differentiable_loop(cell, p, x, valid, rec_mask, keeps, state)
     ref = ReferenceBackend().run(LayerCall(cell=cell, params=p, x=x, state=state, lengths=lengths,
                                            rec_mask=rec_mask, zoneout=rate, training=False))
     torch.testing.assert_close(out, ref.output)
@@ -47,8 +47,8 @@ def test_keeps_of_the_leading_parts_leave_the_other_parts_new():
     state = tuple(torch.randn(B, s, dtype=torch.float64) for s in cell.state_sizes())
     keeps = (torch.ones(T, B, 4, dtype=torch.float64), torch.ones(T, B, 4, dtype=torch.float64))
     valid = torch.ones(T, B, dtype=torch.bool)
-    _, final = differentiable_loop(cell, p, x, valid, None, keeps, state)
-    _, free = differentiable_loop(cell, p, x, valid, None, None, state)
+    _, final, _ = differentiable_loop(cell, p, x, valid, None, keeps, state)
+    _, free, _ = differentiable_loop(cell, p, x, valid, None, None, state)
     assert len(final) == 4
     assert torch.equal(final[0], state[0]) and torch.equal(final[1], state[1])  # kept at every step
     assert not torch.equal(final[2], state[2]) and not torch.equal(final[3], state[3])
@@ -80,7 +80,7 @@ def test_differentiable_loop_has_second_derivatives():
     valid = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]], dtype=torch.int8)
 
     def f(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        out, (h, c) = differentiable_loop(cell, {**p, "weight_hh": w}, x, valid, None, None, state)
+        out, (h, c), _ = differentiable_loop(cell, {**p, "weight_hh": w}, x, valid, None, None, state)
         return out.sum() + c.sum()
 
     assert torch.autograd.gradgradcheck(f, (x, p["weight_hh"].detach().requires_grad_(True)))

@@ -84,11 +84,13 @@ def step_loop(cell: RecurrentCell, p: dict[str, Tensor], xp: Tensor, state: Stat
 
 
 def differentiable_loop(cell: RecurrentCell, p: dict[str, Tensor], x: Tensor, valid: Tensor,
-                        rec_mask: Tensor | None, keeps: tuple[Tensor, ...] | None, state: tuple[Tensor, ...]):
+                        rec_mask: Tensor | None, keeps: tuple[Tensor, ...] | None, state: tuple[Tensor, ...],
+                        lower: State | None = None, want_states: bool = False):
     """:func:`step_loop` as the fused drivers call it (their second-derivative path): ``x`` (T, B, I) not yet
     projected, ``valid`` (T, B) marking each row's valid prefix, ``keeps`` the zoneout keep masks (T, B, S_k)
-    of the leading state parts.  Returns the outputs (T, B, H_out), zero at padded steps, and the final state."""
+    of the leading state parts, ``lower`` the layer below's states.  Returns the outputs (T, B, H_out), zero at
+    padded steps, the final state and, with ``want_states``, every step's state (else ``None``)."""
     mask = valid.bool().unsqueeze(-1)  # (T, B) -> (T, B, 1)
-    output, final, _, _ = step_loop(cell, p, cell.project_input(x, p), state, mask=mask, rec_mask=rec_mask,
-                                    keeps=keeps)
-    return output, final
+    output, final, states, _ = step_loop(cell, p, cell.project_input(x, p), state, mask=mask, rec_mask=rec_mask,
+                                         keeps=keeps, lower=lower, want_states=want_states)
+    return output, final, states

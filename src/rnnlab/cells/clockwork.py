@@ -108,13 +108,13 @@ class ClockworkCell(RecurrentCell):
         return F.linear(x, p["weight_ih"], b), p["weight_hh"] * mask, periods.view(1, -1), 0, 0
 
     def driver_state(self, state: State) -> Tensor:
-        """(h, n) -> (B, 2H): the counter n (B, 1) repeated in every lane of its block."""
+        """(h, n) -> (..., 2H): the counter n (..., 1) repeated in every lane of its block."""
         h, n = state
-        return torch.cat([h.contiguous(), n.expand(-1, self.hidden_size)], dim=-1)
+        return torch.cat([h.contiguous(), n.expand(*n.shape[:-1], self.hidden_size)], dim=-1)
 
     def from_driver_state(self, s: Tensor) -> State:
         H = self.hidden_size
-        return s[:, :H], s[:, H:H + 1]
+        return s[..., :H], s[..., H:H + 1]
 
     def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
                        rec_mask: Tensor | None) -> dict[str, Tensor]:

@@ -53,8 +53,9 @@ class DepthGatedLSTMCell(RecurrentCell):
     state_names: ClassVar[tuple[str, ...]] = ("h", "c")
     needs_lower: ClassVar[bool] = True
     #: on the first layer (no layer below) the cell is a peephole LSTM: the generic C++ driver's LSTM rule
-    #: (backends/cpp/cells/lstm.h); the cpp backend refuses calls that have a layer below
+    #: (backends/cpp/cells/lstm.h); above it the depth-gated rule (backends/cpp/cells/depth_gated.h)
     driver_kernel: ClassVar[str] = "lstm"
+    driver_lower_kernel: ClassVar[str] = "depth_gated"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, peepholes: bool = True,
                  forget_bias: float | None = None, device=None, dtype=None) -> None:
@@ -97,12 +98,28 @@ class DepthGatedLSTMCell(RecurrentCell):
             return xp, p["weight_hh"], None, 0, 0
         return xp, p["weight_hh"], torch.stack([p["weight_ci"], p["weight_cf"], p["weight_co"]]), 0, 64
 
+    def driver_lower_inputs(self, x: Tensor, p: Params, lower: Tensor):
+        """Generic driver inputs above the first layer (``lower``: the layer below's state rows [h, c],
+        (T, B, 2H)): xp (T, B, 6H) = the i, f, g, o blocks with both biases folded, the depth block d (its own
+        bias only) and the layer below's c as a sixth block; W_hh; e = (w_ci, w_cf, w_co, w_cd, w_ld) with zero
+        rows for absent peepholes; no heads or options (cells/depth_gated.h)."""
+        H = self.hidden_size
+        b = torch.cat([p["bias_ih"][: 4 * H] + p["bias_hh"], p["bias_ih"][4 * H:]]) if self.bias else None
+        xp = torch.cat([F.linear(x, p["weight_ih"], b), lower[..., H:]], dim=-1)  # (T, B, 5H) + c below (T, B, H)
+        zero = x.new_zeros(H)
+        peeps = [p[f"weight_c{g}"] if self.peepholes else zero for g in "ifo"]
+        return xp, p["weight_hh"], torch.stack([*peeps, p["weight_cd"], p["weight_ld"]]), 0, 0
+
     def driver_records(self, xp: Tensor, w: Tensor, e: Tensor, prev: Tensor, new: Tensor, saved: Tensor,
                        rec_mask: Tensor | None) -> dict[str, Tensor]:
-        """What :meth:`step` emits on the first layer (no depth gate): i, f, g, o (the LSTM rule's saved blocks)
-        and the new cell state c."""
-        i, f, g, o = saved.chunk(4, dim=-1)
-        return {"i": i, "f": f, "g": g, "o": o, "c": new[..., self.hidden_size:]}
+        """What :meth:`step` emits: i, f, g, o (and above the first layer d: the rules' saved blocks) and the
+        new cell state c."""
+        blocks = saved.chunk(saved.shape[-1] // self.hidden_size, dim=-1)
+        records = dict(zip("ifgo", blocks))
+        records["c"] = new[..., self.hidden_size:]
+        if len(blocks) == 5:  # the step emits d after c
+            records["d"] = blocks[4]
+        return records
 
     def step(self, xp_t: Tensor, state: State, p: Params, ctx: StepContext = NO_CONTEXT) -> State:
         h, c = state[0], state[1]

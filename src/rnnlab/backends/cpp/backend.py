@@ -1,12 +1,13 @@
-"""The ``"cpp"`` backend: fused C++ recurrences on the CPU for every cell except the Greff FGR variant.
+"""The ``"cpp"`` backend: fused C++ recurrences on the CPU for every registered cell.
 
 ``supports`` accepts exactly what the fused code implements: every cell that declares a generic driver rule
-(driver.h, generic_registry.py): the LSTM family (any option but Greff's full gate recurrence; ``proj_size``
-through the driver's output projection), GRU in both forms, Elman, MUT1-3, the layer-normalised LSTM and GRU,
-the clockwork RNN, minGRU / minLSTM (element-wise scan), IndRNN, SRU, sLSTM, the depth-gated LSTM on its first
-layer; with recording, recurrent dropout and zoneout; on float32 / float64 CPU tensors, without layer-below
-input or per-step states.  Everything else, and subclasses that change the math, goes to the next backend (the
-reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+(driver.h, generic_registry.py): the LSTM family (every option: ``proj_size`` through the driver's output
+projection, Greff's full gate recurrence through its product from another state part), GRU in both forms,
+Elman, MUT1-3, the layer-normalised LSTM and GRU, the clockwork RNN, minGRU / minLSTM (the sequential scan),
+IndRNN, SRU, sLSTM, the depth-gated LSTM (its upper layers read the layer below's c through their own rule);
+with recording, recurrent dropout, zoneout and every step's state (what a layer above reads); on float32 /
+float64 CPU tensors.  Everything else (minGRU/minLSTM's log-space scan, subclasses that change the math) goes to
+the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
 otherwise, to inline loops when tiny; the measurements behind that choice are in gemm.h.
@@ -104,8 +105,6 @@ class CppBackend:
 
     def supports(self, call: LayerCall) -> bool:
         # Called on every forward: plain loops, no generators (this is per-call overhead at small sizes).
-        if call.want_states or call.lower is not None:
-            return False
         if os.environ.get("RNNLAB_BACKEND", "").strip().lower() == "reference" or generic_failed():
             return False
         x = call.x
@@ -134,16 +133,23 @@ class CppBackend:
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()
         records: dict[str, Tensor] = {}
+        states = None
         onednn = self._onednn_layer(call)
         if onednn is not None:
             out, state = onednn(x)
         else:  # a cell of the generic driver (generic_registry.py); supports() said yes
-            out, state, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
-                                                       call.zoneout, call.training, call.record)
+            lower = call.lower
+            if lower is not None and call.reverse:
+                lower = tuple(reverse_within_lengths(s, lengths) for s in lower)
+            out, state, states, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
+                                                               call.zoneout, call.training, call.record, lower,
+                                                               call.want_states)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
             records = {k: reverse_within_lengths(v, lengths) for k, v in records.items()}
-        return LayerResult(out, state, None, records)
+            if states is not None:
+                states = tuple(reverse_within_lengths(s, lengths) for s in states)
+        return LayerResult(out, state, states, records)
 
     @staticmethod
     def _onednn_layer(call: LayerCall):
@@ -151,7 +157,7 @@ class CppBackend:
         x -> (out, (h, c)) running ``aten.mkldnn_rnn_layer``, what torch.nn.LSTM runs (its autograd formula
         gives the gradients); else ``None``."""
         cell, p, x = call.cell, call.params, call.x
-        if call.record or call.rec_mask is not None or call.zoneout != 0.0:
+        if call.record or call.rec_mask is not None or call.zoneout != 0.0 or call.want_states:
             return None  # options only the generic driver has
         if not (_HAS_ONEDNN_LSTM and _same_math(cell, LSTMCell) and x.dtype == torch.float32 and _onednn_ok(x)
                 and x.shape[0] * x.shape[1] >= _ONEDNN_MIN_TB and call.lengths is None and "bias_ih" in p

@@ -616,13 +616,14 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   return {out, states, saved, fresh};
 }
 
-// Backward.  dout (T, B, H), dsT (B, S*H) or undefined; the rest as forward returned / received.
-// Returns dxp (T, B, X*H), ds0 (B, S*H), dw (like w; empty for None), de (E, H).
+// Backward.  dout (T, B, H), dsT (B, S*H) or undefined; the rest as forward returned / received; dstates
+// (T+1, B, SW) the gradient of every state row forward returned (a layer above read them: the depth-gated LSTM)
+// or empty.  Returns dxp (T, B, X*H), ds0 (B, S*H), dw (like w; empty for None), de (E, H).
 template <class Cell>
 std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Tensor& xp_in, const Tensor& w,
                              const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t opt,
                              const Tensor& rec_mask, const Tensor& keep_in, const Tensor& states,
-                             const Tensor& saved, const Tensor& fresh) {
+                             const Tensor& saved, const Tensor& fresh, const Tensor& dstates_in) {
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   constexpr int64_t DROP = drop_state<Cell>::value;
@@ -646,6 +647,11 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, SW}, opts);
   auto ds0 = at::empty({B, SW}, opts);
+  const bool stepwise = dstates_in.defined() && dstates_in.numel() > 0;
+  TORCH_CHECK(!stepwise || (dstates_in.dim() == 3 && dstates_in.size(0) == T + 1 && dstates_in.size(1) == B &&
+                            dstates_in.size(2) == SW),
+              "dstates: expected (T+1, B, SW) = (", T + 1, ", ", B, ", ", SW, "), got ", dstates_in.sizes());
+  auto dstates = stepwise ? dstates_in.to(opts).contiguous() : Tensor();
   // zoneout: per row, the gradient of the cell's own new state, (1 - keep) ⊙ that of the blended one
   auto dnew = zoned ? at::empty({B, S * H}, opts) : Tensor();
   // recurrent dropout applied by the driver: R^T(dhh) lands here, then m ⊙ it goes to dh
@@ -689,6 +695,10 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       T_* d0 = ds0.template data_ptr<T_>();
       T_* dxt = dxp.template data_ptr<T_>() + t * B * X * H;
       T_* dht = same ? nullptr : G > 0 ? dhh_all.template data_ptr<T_>() + t * B * G * H : nullptr;
+      if (stepwise) {  // what read state row t+1 from outside (every row: a padded one passes it on below)
+        const T_* g = dstates.template data_ptr<T_>() + (t + 1) * B * SW;
+        for (int64_t i = 0; i < B * SW; ++i) d1[i] += g[i];
+      }
       if (L.proj) {  // dL/dh (out and the next step), zoneout's (1 - keep) on h, then dL/dm over all rows
         T_* dpt = dp_all.template data_ptr<T_>() + t * B * P;
         for (int64_t b = 0; b < B; ++b) {
@@ -800,6 +810,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       std::swap(ds0, ds1);
     }
   });
+  if (stepwise) ds1.add_(dstates[0]);  // row 0 is s0 itself
   Tensor dw = at::zeros_like(w);
   if constexpr (SPLIT) {
     if (T > 0) {  // one product over all T*B rows per weight block: [dW_map; dW_rest; dW_2]

@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "cells/clockwork.h"
+#include "cells/depth_gated.h"
 #include "cells/elman.h"
 #include "cells/gru.h"
 #include "cells/indrnn.h"
@@ -13,7 +14,7 @@
 #include "cells/sru.h"
 
 // <name>_forward(xp, s0, w, e, lengths, heads, opt, rec_mask, keep) -> [out, states, saved, fresh]
-// <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh)
+// <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh, dstates)
 //   -> [dxp, ds0, dw, de]     (rec_mask / keep: empty = off; driver.h's forward says what they mean)
 // <name>_sizes(opt=0) -> (X, G, S, A, E, PROJ) for that option word (PROJ: the option bit of the rule's output
 //   projection, 0 when it has none; driver.h's proj_bit)
@@ -34,6 +35,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_backend", &rnnlab_gemm::set_gemm_backend);
   m.def("gemm_backend", &rnnlab_gemm::gemm_backend);
   RNNLAB_CELL(m, clockwork, Clockwork);
+  RNNLAB_CELL(m, depth_gated, DepthGated);
   RNNLAB_CELL(m, elman, Elman);
   RNNLAB_CELL(m, gru, GRU);
   RNNLAB_CELL(m, gru_paper, GRUPaper);

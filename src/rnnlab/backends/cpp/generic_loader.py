@@ -150,6 +150,9 @@ def _compile() -> ModuleType:
     build = cache_root() / f"generic-{key}"
     with _build_lock(f"generic-{key}"):
         build.mkdir(parents=True, exist_ok=True)
+        # torch's own build baton: a build killed mid-way leaves it, and torch then waits for it forever.  Under
+        # our lock no other rnnlab process is building here, so one that exists is stale.
+        (build / "lock").unlink(missing_ok=True)
         return load(name=f"rnnlab_generic_{key}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
                     extra_include_paths=[str(HERE)], build_directory=str(build), verbose=False)
 

@@ -1,8 +1,9 @@
 """The generic C++ driver as one registered operator pair for every cell on it: ``torch.ops.rnnlab.driver_*``.
 
-``rnnlab::driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params)`` runs the driver
-(driver.h) for the cell that ``spec`` names and returns ``(out, s_T, states, saved, fresh)``;
-``rnnlab::driver_backward`` is its BPTT.  ``spec`` is a JSON string naming the driver rule, the cell's class and
+``rnnlab::driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, params)`` runs the
+driver (driver.h) for the cell that ``spec`` names and returns ``(out, s_T, states, saved, fresh)``;
+``rnnlab::driver_backward`` is its BPTT, for ``out``, ``s_T`` and every row of ``states`` (a layer above may read
+them: the depth-gated LSTM).  ``spec`` is a JSON string naming the driver rule, the cell's class and
 the arguments it was constructed with (:func:`cell_spec`): a custom op cannot take a Python object, and the
 string rebuilds an equivalent cell (:func:`cell_from_spec`, cached, parameters on the meta device) wherever the
 cell's own step is needed.  Nothing here is per cell: a cell that joins the driver (``driver_kernel`` +
@@ -21,7 +22,8 @@ The pair has:
 - a vmap rule (a loop over the vmapped dimension) and an autocast policy (reduced-precision inputs are cast to
   float32, the driver computes and returns float32).
 
-``x`` and ``params`` are inputs of the op only for that second-derivative path; the driver does not read them.
+``x``, ``lower`` (the layer below's state rows (T, B, ΣS_k) for a cell that reads them, else empty) and ``params``
+are inputs of the op only for that second-derivative path; the driver does not read them.
 In plain eager mode :class:`DriverFunction` calls the extension directly with the same formula (the dispatcher
 costs tens of µs per call); under torch.func transforms :class:`DriverFuncFunction` wraps the op in the form
 those transforms accept.
@@ -146,7 +148,7 @@ def param_names(cell: RecurrentCell) -> tuple[str, ...]:
 # --- the two ops ------------------------------------------------------------------------------------------
 @torch.library.custom_op("rnnlab::driver_forward", mutates_args=())
 def driver_forward(spec: str, heads: int, opt: int, xp: Tensor, w: Tensor, e: Tensor, s0: Tensor, lengths: Tensor,
-                   rec_mask: Tensor, keep: Tensor, x: Tensor,
+                   rec_mask: Tensor, keep: Tensor, x: Tensor, lower: Tensor,
                    params: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out (T, B, H), s_T (B, S*H), states (T+1, B, S*H), saved (T, B, A*H), fresh (T, B, S*H) or empty)."""
     out, states, saved, fresh = getattr(_ext(), f"{_kernel_of(spec)}_forward")(
@@ -155,7 +157,7 @@ def driver_forward(spec: str, heads: int, opt: int, xp: Tensor, w: Tensor, e: Te
 
 
 @driver_forward.register_fake
-def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params):
+def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, params):
     X, _, _, A, _, _ = sizes(_kernel_of(spec), opt)
     T, B = xp.shape[0], xp.shape[1]
     H = xp.shape[2] // X
@@ -168,14 +170,14 @@ def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params):
 @torch.library.custom_op("rnnlab::driver_backward", mutates_args=())
 def driver_backward(kernel: str, heads: int, opt: int, dout: Tensor, ds_t: Tensor, xp: Tensor, w: Tensor, e: Tensor,
                     lengths: Tensor, rec_mask: Tensor, keep: Tensor, states: Tensor, saved: Tensor,
-                    fresh: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dxp, ds0, dw, de) of the forward op's (out, s_T)."""
+                    fresh: Tensor, dstates: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dxp, ds0, dw, de) of the forward op's (out, s_T, states); ``dstates`` empty when no state row was read."""
     return tuple(getattr(_ext(), f"{kernel}_backward")(  # type: ignore[return-value]
-        dout, ds_t, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh))
+        dout, ds_t, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh, dstates))
 
 
 @driver_backward.register_fake
-def _(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states, saved, fresh):
+def _(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states, saved, fresh, dstates):
     E = sizes(kernel, opt)[4]
     return (xp.new_empty(xp.shape), xp.new_empty(ds_t.shape), w.new_empty(w.shape),
             xp.new_empty(E, xp.shape[2] // sizes(kernel, opt)[0]))
@@ -206,27 +208,32 @@ def keep_parts(cell: RecurrentCell, keep: Tensor) -> tuple[Tensor, ...] | None:
 
 
 def differentiable_grads(cell: RecurrentCell, x: Tensor, s0: Tensor, params: list[Tensor], lengths: Tensor,
-                         rec_mask: Tensor, keep: Tensor, dout: Tensor | None, ds_t: Tensor | None):
-    """Gradients of (out, s_T) for x, s0 and the parameters through the cell's own step, recorded (so they can
-    be differentiated again).  Returns (d x, d s0, d params)."""
+                         rec_mask: Tensor, keep: Tensor, lower: Tensor, dout: Tensor | None, ds_t: Tensor | None,
+                         dstates: Tensor | None):
+    """Gradients of (out, s_T, states) for x, s0, lower and the parameters through the cell's own step, recorded
+    (so they can be differentiated again).  ``lower``: the layer below's state rows (the same cell kind) or
+    empty.  Returns (d x, d s0, d lower, d params)."""
     T, B = x.shape[0], x.shape[1]
     state = cell.from_driver_state(s0)
     keeps = keep_parts(cell, keep)
+    below = cell.from_driver_state(lower) if lower.numel() else None
     with torch.enable_grad():
-        out, final = differentiable_loop(cell, dict(zip(param_names(cell), params)), x, _valid(lengths, T, B),
-                                         rec_mask if rec_mask.numel() else None, keeps, state)
+        out, final, seq = differentiable_loop(cell, dict(zip(param_names(cell), params)), x, _valid(lengths, T, B),
+                                              rec_mask if rec_mask.numel() else None, keeps, state, lower=below,
+                                              want_states=dstates is not None)
         outs, grads = [], []
-        for o, g in ((out, dout), (cell.driver_state(final), ds_t)):
+        rows = None if seq is None else torch.cat([s0.unsqueeze(0), cell.driver_state(seq)])  # (T+1, B, SW)
+        for o, g in ((out, dout), (cell.driver_state(final), ds_t), (rows, dstates)):
             if g is not None:
                 outs.append(o)
                 grads.append(g)
-        inputs = [x, s0, *params]
+        inputs = [x, s0, lower, *params]
         wanted = [t for t in inputs if t.requires_grad]
         got: list[Tensor | None] = [None] * len(inputs)
         if wanted and outs:
             found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
             got = [next(found) if t.requires_grad else None for t in inputs]
-    return got[0], got[1], list(got[2:])
+    return got[0], got[1], got[2], list(got[3:])
 
 
 def _z(g: Tensor | None, shape, like: Tensor) -> Tensor:
@@ -236,43 +243,49 @@ def _z(g: Tensor | None, shape, like: Tensor) -> Tensor:
 
 def _save(ctx, kernel: str, heads: int, opt: int, cell_of, inputs: tuple, states: Tensor, saved: Tensor,
           fresh: Tensor) -> None:
-    xp, w, e, s0, lengths, rec_mask, keep, x, params = inputs
+    xp, w, e, s0, lengths, rec_mask, keep, x, lower, params = inputs
     ctx.meta = (kernel, heads, opt, cell_of, len(params))
-    ctx.save_for_backward(xp, w, e, s0, lengths, rec_mask, keep, x, states, saved, fresh, *params)
+    # an output nobody read gets None, not zeros: the state rows' gradient is (T+1, B, SW) and rarely wanted
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(xp, w, e, s0, lengths, rec_mask, keep, x, lower, states, saved, fresh, *params)
 
 
-def _grads(ctx, dout: Tensor | None, ds_t: Tensor | None, backward_op) -> tuple:
-    """(d xp, d w, d e, d s0, d x, d params): either the driver's (xp, w, e, s0) or the recomputed (x, s0,
-    params) set, never both, so that every input gets its total gradient once."""
+def _grads(ctx, dout: Tensor | None, ds_t: Tensor | None, dstates: Tensor | None, backward_op) -> tuple:
+    """(d xp, d w, d e, d s0, d x, d lower, d params): either the driver's (xp, w, e, s0) or the recomputed (x,
+    s0, lower, params) set, never both, so that every input gets its total gradient once (the driver's d lower
+    reaches the layer below through xp, where its cell's ``driver_lower_inputs`` put it)."""
     kernel, heads, opt, cell_of, n = ctx.meta
-    xp, w, e, s0, lengths, rec_mask, keep, x, states, saved, fresh, *params = ctx.saved_tensors
+    xp, w, e, s0, lengths, rec_mask, keep, x, lower, states, saved, fresh, *params = ctx.saved_tensors
     if torch.is_grad_enabled():  # the gradient will be differentiated: through the cell's own step
-        d_x, d_s0, d_params = differentiable_grads(cell_of(), x, s0, params, lengths, rec_mask, keep, dout, ds_t)
-        return None, None, None, d_s0, d_x, d_params
+        d_x, d_s0, d_lower, d_params = differentiable_grads(cell_of(), x, s0, params, lengths, rec_mask, keep,
+                                                            lower, dout, ds_t, dstates)
+        return None, None, None, d_s0, d_x, d_lower, d_params
     T, B = xp.shape[0], xp.shape[1]
     dout = _z(dout, (T, B, widths(kernel, opt, xp, w)[1]), xp)
     ds_t = _z(ds_t, s0.shape, xp)
+    dstates = xp.new_empty(0) if dstates is None else dstates.contiguous()
     dxp, ds0, dw, de = backward_op(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states,
-                                   saved, fresh)
-    return dxp, (dw if w.numel() else None), (de if e.numel() else None), ds0, None, [None] * n
+                                   saved, fresh, dstates)
+    return dxp, (dw if w.numel() else None), (de if e.numel() else None), ds0, None, None, [None] * n
 
 
 def _op_setup(ctx, inputs, output) -> None:
-    spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, params = inputs
+    spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, params = inputs
     _save(ctx, _kernel_of(spec), heads, opt, functools.partial(cell_from_spec, spec),
-          (xp, w, e, s0, lengths, rec_mask, keep, x, list(params)), *output[2:])
+          (xp, w, e, s0, lengths, rec_mask, keep, x, lower, list(params)), *output[2:])
+    ctx.mark_non_differentiable(*output[3:])
 
 
-def _op_backward(ctx, dout, ds_t, *_aux):
-    dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, driver_backward)
-    return None, None, None, dxp, dw, de, ds0, None, None, None, dx, dparams
+def _op_backward(ctx, dout, ds_t, dstates, *_aux):
+    dxp, dw, de, ds0, dx, dlower, dparams = _grads(ctx, dout, ds_t, dstates, driver_backward)
+    return None, None, None, dxp, dw, de, ds0, None, None, None, dx, dlower, dparams
 
 
 driver_forward.register_autograd(_op_backward, setup_context=_op_setup)
 
 
 def _ext_backward(kernel, heads, opt, *args):
-    # args: dout, ds_t, xp, w, e, lengths | rec_mask, keep, states, saved, fresh (the extension's order)
+    # args: dout, ds_t, xp, w, e, lengths | rec_mask, keep, states, saved, fresh, dstates (the extension's order)
     return tuple(getattr(_ext(), f"{kernel}_backward")(*args[:6], heads, opt, *args[6:]))
 
 
@@ -294,8 +307,8 @@ def _vmap_loop(op, tensor_args: range):
     return rule
 
 
-torch.library.register_vmap(driver_forward, _vmap_loop(driver_forward, range(3, 12)))
-torch.library.register_vmap(driver_backward, _vmap_loop(driver_backward, range(3, 14)))
+torch.library.register_vmap(driver_forward, _vmap_loop(driver_forward, range(3, 13)))
+torch.library.register_vmap(driver_backward, _vmap_loop(driver_backward, range(3, 15)))
 for _op in (driver_forward, driver_backward):
     # reduced precision in, float32 compute and out (the recurrence accumulates over every step)
     torch.library.register_autocast(_op, "cpu", torch.float32)
@@ -304,42 +317,43 @@ for _op in (driver_forward, driver_backward):
 # --- the eager and torch.func entry points ----------------------------------------------------------------
 class DriverFunction(torch.autograd.Function):
     """The op's formula calling the extension directly (plain eager): apply(kernel, heads, opt, cell, xp, w, e,
-    s0, lengths, rec_mask, keep, x, *params) -> (out, s_T, states, saved, fresh)."""
+    s0, lengths, rec_mask, keep, x, lower, *params) -> (out, s_T, states, saved, fresh)."""
 
     @staticmethod
     def forward(ctx, kernel: str, heads: int, opt: int, cell: RecurrentCell, xp: Tensor, w: Tensor, e: Tensor,
-                s0: Tensor, lengths: Tensor, rec_mask: Tensor, keep: Tensor, x: Tensor, *params: Tensor):
+                s0: Tensor, lengths: Tensor, rec_mask: Tensor, keep: Tensor, x: Tensor, lower: Tensor,
+                *params: Tensor):
         out, states, saved, fresh = getattr(_ext(), f"{kernel}_forward")(
             xp, s0, w, e, lengths, heads, opt, rec_mask, keep)
-        _save(ctx, kernel, heads, opt, lambda: cell, (xp, w, e, s0, lengths, rec_mask, keep, x, params),
+        _save(ctx, kernel, heads, opt, lambda: cell, (xp, w, e, s0, lengths, rec_mask, keep, x, lower, params),
               states, saved, fresh)
-        ctx.mark_non_differentiable(states, saved, fresh)
+        ctx.mark_non_differentiable(saved, fresh)
         return out, states[-1].clone(), states, saved, fresh
 
     @staticmethod
-    def backward(ctx, dout, ds_t, *_aux):
-        dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, _ext_backward)
-        return (None,) * 4 + (dxp, dw, de, ds0, None, None, None, dx, *dparams)
+    def backward(ctx, dout, ds_t, dstates, *_aux):
+        dxp, dw, de, ds0, dx, dlower, dparams = _grads(ctx, dout, ds_t, dstates, _ext_backward)
+        return (None,) * 4 + (dxp, dw, de, ds0, None, None, None, dx, dlower, *dparams)
 
 
 class DriverFuncFunction(torch.autograd.Function):
     """The op under torch.func transforms (which refuse the op's own autograd wrapper): apply(spec, heads, opt,
-    xp, w, e, s0, lengths, rec_mask, keep, x, *params)."""
+    xp, w, e, s0, lengths, rec_mask, keep, x, lower, *params)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, *params):
-        return driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, list(params))
+    def forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, *params):
+        return driver_forward(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, list(params))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, *params = inputs
+        spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, *params = inputs
         _save(ctx, _kernel_of(spec), heads, opt, functools.partial(cell_from_spec, spec),
-              (xp, w, e, s0, lengths, rec_mask, keep, x, params), *output[2:])
-        ctx.mark_non_differentiable(*output[2:])
+              (xp, w, e, s0, lengths, rec_mask, keep, x, lower, params), *output[2:])
+        ctx.mark_non_differentiable(*output[3:])
 
     @staticmethod
-    def backward(ctx, dout, ds_t, *_aux):
-        dxp, dw, de, ds0, dx, dparams = _grads(ctx, dout, ds_t, driver_backward)
-        return (None,) * 3 + (dxp, dw, de, ds0, None, None, None, dx, *dparams)
+    def backward(ctx, dout, ds_t, dstates, *_aux):
+        dxp, dw, de, ds0, dx, dlower, dparams = _grads(ctx, dout, ds_t, dstates, driver_backward)
+        return (None,) * 3 + (dxp, dw, de, ds0, None, None, None, dx, dlower, *dparams)

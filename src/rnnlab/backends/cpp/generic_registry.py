@@ -4,7 +4,9 @@ A cell joins by declaring, in its own file, ``driver_kernel`` (the prefix of its
 e.g. ``"slstm"`` for ``slstm_forward`` / ``slstm_backward``) and ``driver_inputs(x, p)``, which returns the
 driver's inputs: the projected input for all steps ``xp`` (T, B, X*H) (the one input GEMM, biases folded),
 the recurrent weight in the form the cell's ``Rec`` needs, the element-wise parameter vectors (E, H) or
-``None``, the number of heads (block-diagonal recurrence) and the cell's option word.  No dispatch ladder:
+``None``, the number of heads (block-diagonal recurrence) and the cell's option word.  A cell that reads the
+layer below (``needs_lower``) declares ``driver_lower_kernel`` and ``driver_lower_inputs(x, p, lower)`` for its
+upper layers, ``lower`` being the state rows of the layer below (T, B, ΣS_k).  No dispatch ladder:
 :func:`driver_for` reads the declaration of the nearest class in the cell's MRO that has one, provided the
 cell has that class's math (a subclass that overrides ``step`` runs on the reference backend).
 
@@ -89,11 +91,19 @@ def _plain(x: Tensor) -> bool:
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
 
 
-def supports(call: LayerCall) -> bool:
-    """Whether the generic driver computes this call (the cpp backend has already checked device, dtype,
-    per-step states and the layer below)."""
-    cell = call.cell
+def kernel_name(cell: RecurrentCell, lower: bool) -> str | None:
+    """The driver rule for this cell's call: :func:`driver_for`, or with a layer below its
+    ``driver_lower_kernel`` (``None`` when it has none)."""
     name = driver_for(cell)
+    if name is None or not lower:
+        return name
+    return getattr(cell, "driver_lower_kernel", None)
+
+
+def supports(call: LayerCall) -> bool:
+    """Whether the generic driver computes this call (the cpp backend has already checked device and dtype)."""
+    cell = call.cell
+    name = kernel_name(cell, call.lower is not None)
     if name is None or generic_failed() or call.x.dtype not in _DTYPES:
         return False
     if torch.jit.is_tracing():
@@ -116,16 +126,23 @@ def _names(cell: RecurrentCell) -> tuple[str, ...]:
 
 
 def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_mask: Tensor | None = None,
-        zoneout: float = 0.0, training: bool = False,
-        record: bool = False) -> tuple[Tensor, State, dict[str, Tensor]]:
+        zoneout: float = 0.0, training: bool = False, record: bool = False, lower: State | None = None,
+        want_states: bool = False) -> tuple[Tensor, State, State | None, dict[str, Tensor]]:
     """One layer, one direction: x (T, B, I) in processing order, state as the cell's, lengths (B,) int64 or
-    empty, rec_mask (B, H) or None, zoneout the keep probability.  Returns the outputs (T, B, H), the final
-    state and, with ``record``, the recorded gates (T, B, H) each, zero at padded steps."""
+    empty, rec_mask (B, H) or None, zoneout the keep probability, lower the layer below's states (T, B, S_k)
+    each in processing order or None.  Returns the outputs (T, B, H), the final state, with ``want_states``
+    every step's state (T, B, S_k) each in processing order (differentiable: the driver takes their gradients),
+    and with ``record`` the recorded gates (T, B, H) each, zero at padded steps."""
     if torch.jit.is_tracing():
         # torch.jit.trace, what torch.onnx.export(dynamo=False) runs: the ONNX exporter has no rule for the op
         raise RuntimeError(ONNX_ERROR)
-    name = driver_for(cell)
-    xp, w, e, heads, opt = cell.driver_inputs(x, p)  # type: ignore[attr-defined]
+    name = kernel_name(cell, lower is not None)
+    if lower is None:
+        below = x.new_empty(0)
+        xp, w, e, heads, opt = cell.driver_inputs(x, p)  # type: ignore[attr-defined]
+    else:
+        below = cell.driver_state(lower)  # (T, B, ΣS_k): the layer below is of the same kind
+        xp, w, e, heads, opt = cell.driver_lower_inputs(x, p, below)  # type: ignore[attr-defined]
     if e is None:
         e = x.new_empty(0)
     sizes = cell.state_sizes()
@@ -145,15 +162,15 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
             s_t = states[-1]
         else:
             out, s_t, states, saved, fresh = DriverFunction.apply(name, heads, opt, cell, xp, w, e, s0, lengths,
-                                                                  mask, keep, x, *params)
+                                                                  mask, keep, x, below, *params)
     else:
         spec = cell_spec(cell, name)
         if torch._C._are_functorch_transforms_active():
             out, s_t, states, saved, fresh = DriverFuncFunction.apply(spec, heads, opt, xp, w, e, s0, lengths,
-                                                                      mask, keep, x, *params)
+                                                                      mask, keep, x, below, *params)
         else:
             out, s_t, states, saved, fresh = driver_forward(spec, heads, opt, xp, w, e, s0, lengths, mask, keep,
-                                                            x, params)
+                                                            x, below, params)
     records: dict[str, Tensor] = {}
     if record:
         new = fresh if fresh.dim() == 3 else states[1:]  # the cell's own new states (before zoneout)
@@ -161,4 +178,5 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
         if lengths.numel():
             valid = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
             records = {k: v.masked_fill(~valid, 0.0) for k, v in records.items()}
-    return out, cell.from_driver_state(s_t), records
+    seq = cell.from_driver_state(states[1:]) if want_states else None
+    return out, cell.from_driver_state(s_t), seq, records

@@ -455,7 +455,7 @@ def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, state0, 
     inputs = (x,) + tuple(state0) + tuple(params)
     with torch.enable_grad():
         cell = _Projected(spec.cell) if _Form(spec.rule).own_projection else spec.cell
-        output, finals = differentiable_loop(cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
+        output, finals, _ = differentiable_loop(cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
                                              tuple(state0))
         outs, grads = [], []
         for o, g in zip((output,) + finals, (d_output,) + tuple(d_finals)):
