@@ -136,6 +136,33 @@ def test_autocast_bf16_within_tolerance_of_fp32(cell: str) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", FUSED)
+def test_reduced_precision_model_runs_fused_in_float32(cell: str, dtype: torch.dtype) -> None:
+    """A model stored in bf16/fp16 runs on the driver (backend="cpp" raises otherwise), computing in float32: its
+    outputs and gradients equal the float32 model of the same (rounded) weights within the storage precision."""
+    mod = _module(cell, "bidir").to(dtype)
+    ref = _module(cell, "bidir")
+    ref.load_state_dict({k: v.float() for k, v in mod.state_dict().items()})
+    x = torch.randn(T, B, I).to(dtype)
+    xr = x.float().requires_grad_()
+    got, want = _outputs(mod, x.requires_grad_(), LENGTHS), _outputs(ref, xr, LENGTHS)
+    assert got[0].dtype == dtype and next(mod.parameters()).dtype == dtype
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, atol=tol, rtol=tol)
+    sum(o.float().sum() for o in got).backward()
+    sum(o.sum() for o in want).backward()
+    torch.testing.assert_close(x.grad.float(), xr.grad, atol=5 * tol, rtol=5 * tol)
+    for (name, p), q in zip(mod.named_parameters(), ref.parameters()):
+        if q.grad is None:  # a parameter the first layer never reads (depth_gated's layer-below block)
+            assert p.grad is None or not bool(p.grad.any()), name
+            continue
+        assert p.grad is not None and p.grad.dtype == dtype, name
+        torch.testing.assert_close(p.grad.float(), q.grad, atol=5 * tol, rtol=5 * tol, msg=name)
+
+
+@needs_kernels
 @pytest.mark.parametrize("cell", FUSED)
 def test_vmap_over_inputs_equals_a_loop(cell: str) -> None:
     mod = _module(cell, "bidir")

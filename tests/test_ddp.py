@@ -45,10 +45,10 @@ def _worker(rank, world, port, kind, out_dir):
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(1.0)
-        trainer = Trainer(model, task, TrainConfig(**CFG[kind]), hooks=[Checkpointing()],
-                          run_dir=os.path.join(out_dir, "run"), dist_info=DistInfo(rank, world))
-        trainer.fit()
-        val = trainer.evaluate("val")
+        with Trainer(model, task, TrainConfig(**CFG[kind]), hooks=[Checkpointing()],
+                     run_dir=os.path.join(out_dir, "run"), dist_info=DistInfo(rank, world)) as trainer:
+            trainer.fit()
+        val = trainer.evaluate("val")  # after close(): evaluation still works
         state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
         state["val_metric"] = torch.tensor(val[task.metric], dtype=torch.float64)
         save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
@@ -70,6 +70,7 @@ def test_shard_bounds_cover_the_batch():
             assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
 
 
+@pytest.mark.timeout(180)  # a worker that hangs (e.g. at exit) fails the test instead of blocking the suite
 @pytest.mark.parametrize("kind", ["sequences", "stream"])
 def test_two_processes_match_one(tmp_path, kind):
     torch.set_num_threads(1)

@@ -199,3 +199,16 @@ def test_resume_equals_uninterrupted(tmp_path, kind):
     # the metric log of the resumed run equals the uninterrupted one
     strip = lambda p: [ln.split('"examples_per_s"')[0] for ln in p.read_text().splitlines()]  # noqa: E731
     assert strip(tmp_path / "b" / "metrics.jsonl") == strip(tmp_path / "a" / "metrics.jsonl")
+
+
+def test_a_closed_trainer_evaluates_but_refuses_to_train():
+    """close() (or leaving a ``with`` block) releases the DDP wrapper before destroy_process_group; training after
+    it would not synchronise replicas, so it raises; evaluation still works."""
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(cell="gru", hidden_size=4), input_size=1, output_size=2, target="class")
+    with Trainer(model, SignTask(n=20), TrainConfig(epochs=1, batch_size=10)) as trainer:
+        trainer.fit()
+    assert trainer.net is model
+    assert set(trainer.evaluate("val")) >= {"accuracy"}
+    with pytest.raises(RuntimeError, match="fit: this trainer was closed"):
+        trainer.fit()

@@ -105,16 +105,16 @@ def train_run(task_name: str, task_options: dict[str, Any], model_config: ModelC
     if info.is_main and not quiet:
         hooks.append(Progress(enabled=progress))
     hooks.extend(extra_hooks)
-    trainer = Trainer(model, task, train_config, hooks=hooks, run_dir=run_path, task_spec=task_spec,
-                      dist_info=info)
-    if resume:
-        trainer.resume(run_path)
-    trainer.fit()
-    if run_path is not None:
-        dd.barrier(info)  # rank 0 has written the final checkpoint
-        best = ckpt.load_checkpoint(run_path, "best")
-        model.load_state_dict(best.model_state)
-    test = trainer.evaluate("test")
+    with Trainer(model, task, train_config, hooks=hooks, run_dir=run_path, task_spec=task_spec,
+                 dist_info=info) as trainer:  # released before the caller destroys the process group
+        if resume:
+            trainer.resume(run_path)
+        trainer.fit()
+        if run_path is not None:
+            dd.barrier(info)  # rank 0 has written the final checkpoint
+            best = ckpt.load_checkpoint(run_path, "best")
+            model.load_state_dict(best.model_state)
+        test = trainer.evaluate("test")
     result = RunResult(task=task.name, cell=model_config.cell, metric=task.metric,
                        higher_is_better=task.higher_is_better, test=test, baseline=task.baseline("test"),
                        best_val=trainer.state.best_metric, steps=trainer.state.step,

@@ -117,6 +117,7 @@ class Trainer:
         self.state = TrainState()
         self.stop_reason = ""
         self._stop = False
+        self._closed = False
         self.carry: Any = None  # recurrent state carried between truncated-BPTT chunks
         self.last_eval: dict[str, dict[str, float]] = {}
         # the device first: the optimiser's state is created where the parameters live
@@ -282,8 +283,26 @@ class Trainer:
         return metrics
 
     # --- the loop ----------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the DistributedDataParallel wrapper, whose reducer holds the process group: call it (or use
+        the trainer in a ``with`` block) before ``torch.distributed.destroy_process_group()``.  A reducer that
+        outlives its group can block the process at exit (seen with gloo: a worker hung at exit in about 1 run
+        in 4 when the trainer was still alive at destroy_process_group).  Evaluation still works afterwards;
+        training does not (it would no longer synchronise the replicas)."""
+        self.net = self.model
+        self._closed = True
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs``/``max_steps``/early stop; returns a summary (best metric, last val metrics)."""
+        if self._closed:
+            raise RuntimeError("fit: this trainer was closed (its DistributedDataParallel wrapper released); "
+                               "make a new Trainer to train again")
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -6,7 +6,9 @@ projection, Greff's full gate recurrence through its product from another state 
 Elman, MUT1-3, the layer-normalised LSTM and GRU, the clockwork RNN, minGRU / minLSTM (the sequential scan),
 IndRNN, SRU, sLSTM, the depth-gated LSTM (its upper layers read the layer below's c through their own rule);
 with recording, recurrent dropout, zoneout and every step's state (what a layer above reads); on float32 /
-float64 CPU tensors.  Everything else (minGRU/minLSTM's log-space scan, subclasses that change the math) goes to
+float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced precision): those compute in float32,
+weights, inputs and states cast up per call and the results cast back, so the recurrence accumulates in float32
+as under autocast (the driver's saved tensors are float32).  Everything else (minGRU/minLSTM's log-space scan, subclasses that change the math) goes to
 the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
@@ -33,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 
 import torch
@@ -47,6 +51,7 @@ from rnnlab.cells.lstm import LSTMCell
 from rnnlab.sequence import reverse_within_lengths
 
 _DTYPES = (torch.float32, torch.float64)
+_REDUCED = generic_registry._REDUCED  # storage dtypes computed in float32 (module docstring)
 _MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 LSTM, 3 GRU
 #: plain fp32 LSTM without lengths, T*B >= _ONEDNN_MIN_TB (training: B >= _ONEDNN_MIN_B_TRAIN too), goes to
 #: ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs; measurements in the module docstring)
@@ -65,6 +70,19 @@ def _needs_grad(*tensors: Tensor) -> bool:
         if t.requires_grad:
             return True
     return False
+
+
+def _cast_all(parts: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    return tuple(t.to(dtype) for t in parts)
+
+
+def _in_float32(call: LayerCall) -> LayerCall:
+    """The call with every floating tensor cast up to float32 (a reduced-precision model's layer)."""
+    up = functools.partial(_cast_all, dtype=torch.float32)
+    return dataclasses.replace(
+        call, x=call.x.float(), params={k: v.float() for k, v in call.params.items()}, state=up(call.state),
+        lower=None if call.lower is None else up(call.lower),
+        rec_mask=None if call.rec_mask is None else call.rec_mask.float())
 
 
 def _onednn_ok(x: Tensor) -> bool:
@@ -109,7 +127,7 @@ class CppBackend:
             return False
         x = call.x
         dtype = x.dtype
-        if x.device.type != "cpu" or dtype not in _DTYPES or x.dim() != 3:
+        if x.device.type != "cpu" or (dtype not in _DTYPES and dtype not in _REDUCED) or x.dim() != 3:
             return False
         for p in call.params.values():
             if p.dtype != dtype or p.device.type != "cpu":
@@ -129,6 +147,12 @@ class CppBackend:
         return result
 
     def _run(self, call: LayerCall) -> LayerResult:
+        store = call.x.dtype
+        if store in _REDUCED:  # computed in float32, returned in the storage dtype (autograd casts the grads)
+            res = self._run(_in_float32(call))
+            cast = functools.partial(_cast_all, dtype=store)
+            return LayerResult(res.output.to(store), cast(res.state), None if res.states is None else cast(res.states),
+                               {k: v.to(store) for k, v in res.records.items()})
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x
         lens = _NO_LENGTHS if lengths is None else lengths.to(torch.int64).contiguous()

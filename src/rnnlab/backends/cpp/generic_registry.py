@@ -37,6 +37,7 @@ from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction,
 from rnnlab.cells.base import RecurrentCell, State
 
 _DTYPES = (torch.float32, torch.float64)
+_REDUCED = (torch.bfloat16, torch.float16)  # the cpp backend casts such a call to float32 (backend.py)
 ONNX_ERROR = ("rnnlab: the fused C++ kernels (torch.ops.rnnlab.*) cannot be exported to ONNX; build the model "
               "with backend='reference' (or set RNNLAB_BACKEND=reference) before torch.onnx.export, or use "
               "`rnnlab export`")
@@ -101,10 +102,11 @@ def kernel_name(cell: RecurrentCell, lower: bool) -> str | None:
 
 
 def supports(call: LayerCall) -> bool:
-    """Whether the generic driver computes this call (the cpp backend has already checked device and dtype)."""
+    """Whether the generic driver computes this call (the cpp backend has already checked device and dtype; it
+    runs a bfloat16 / float16 call in float32)."""
     cell = call.cell
     name = kernel_name(cell, call.lower is not None)
-    if name is None or generic_failed() or call.x.dtype not in _DTYPES:
+    if name is None or generic_failed() or call.x.dtype not in _DTYPES + _REDUCED:
         return False
     if torch.jit.is_tracing():
         return True  # run() raises the clear error (the legacy ONNX exporter has no rule for the op)
