@@ -75,7 +75,10 @@ def test_guard_restores(monkeypatch: pytest.MonkeyPatch, two_threads: None) -> N
 
 def test_step_work() -> None:
     lstm = rnnlab.Recurrent("lstm", 8, 32)
-    assert step_work(lstm.layer_params(0, 0), 5) == 5 * 4 * 32 * 32
+    assert step_work(lstm.layer_params(0, 0), 5) == 5 * 4 * 32 * (8 + 32)  # input projection + recurrent product
+    # a diagonal recurrence: the input projection is most of the work, so a large call keeps its threads
+    indrnn = rnnlab.Recurrent("indrnn", 256, 256)
+    assert step_work(indrnn.layer_params(0, 0), 64) == 64 * (256 * 256 + 256) >= MIN_PARALLEL_WORK
 
 
 def _small_lstm() -> rnnlab.Recurrent:
@@ -97,7 +100,7 @@ def test_backend_caps_forward_and_backward(monkeypatch: pytest.MonkeyPatch, two_
 
 def test_backend_leaves_large_calls(monkeypatch: pytest.MonkeyPatch, two_threads: None, spy: list[int]) -> None:
     monkeypatch.delenv(threads.ENV, raising=False)
-    mod = rnnlab.Recurrent("rnn", 4, 512)  # B * H * H = 4M multiply-adds per step at B = 16
+    mod = rnnlab.Recurrent("rnn", 4, 512)  # B * H * (I + H) > 4M multiply-adds per step at B = 16
     assert step_work(mod.layer_params(0, 0), 16) >= MIN_PARALLEL_WORK
     mod(torch.randn(2, 16, 4))[0].sum().backward()
     assert spy == []
