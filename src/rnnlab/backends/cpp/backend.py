@@ -8,8 +8,8 @@ IndRNN, SRU, sLSTM, the depth-gated LSTM (its upper layers read the layer below'
 with recording, recurrent dropout, zoneout and every step's state (what a layer above reads); on float32 /
 float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced precision): those compute in float32,
 weights, inputs and states cast up per call and the results cast back, so the recurrence accumulates in float32
-as under autocast (the driver's saved tensors are float32).  Everything else (minGRU/minLSTM's log-space scan, subclasses that change the math) goes to
-the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+as under autocast (the driver's saved tensors are float32).  Everything else (minGRU/minLSTM's log-space scan,
+subclasses that change the math) goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
 otherwise, to inline loops when tiny; the measurements behind that choice are in gemm.h.
@@ -51,7 +51,7 @@ from rnnlab.cells.lstm import LSTMCell
 from rnnlab.sequence import reverse_within_lengths
 
 _DTYPES = (torch.float32, torch.float64)
-_REDUCED = generic_registry._REDUCED  # storage dtypes computed in float32 (module docstring)
+_REDUCED = generic_registry.REDUCED_DTYPES  # storage dtypes computed in float32 (module docstring)
 _MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 LSTM, 3 GRU
 #: plain fp32 LSTM without lengths, T*B >= _ONEDNN_MIN_TB (training: B >= _ONEDNN_MIN_B_TRAIN too), goes to
 #: ``torch.ops.aten.mkldnn_rnn_layer`` (what nn.LSTM runs; measurements in the module docstring)
@@ -151,7 +151,8 @@ class CppBackend:
         if store in _REDUCED:  # computed in float32, returned in the storage dtype (autograd casts the grads)
             res = self._run(_in_float32(call))
             cast = functools.partial(_cast_all, dtype=store)
-            return LayerResult(res.output.to(store), cast(res.state), None if res.states is None else cast(res.states),
+            states = None if res.states is None else cast(res.states)
+            return LayerResult(res.output.to(store), cast(res.state), states,
                                {k: v.to(store) for k, v in res.records.items()})
         cell, p, lengths = call.cell, call.params, call.lengths
         x = reverse_within_lengths(call.x, lengths) if call.reverse else call.x

@@ -37,7 +37,8 @@ from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction,
 from rnnlab.cells.base import RecurrentCell, State
 
 _DTYPES = (torch.float32, torch.float64)
-_REDUCED = (torch.bfloat16, torch.float16)  # the cpp backend casts such a call to float32 (backend.py)
+#: storage dtypes the cpp backend runs by casting the call to float32 (backend.py)
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 ONNX_ERROR = ("rnnlab: the fused C++ kernels (torch.ops.rnnlab.*) cannot be exported to ONNX; build the model "
               "with backend='reference' (or set RNNLAB_BACKEND=reference) before torch.onnx.export, or use "
               "`rnnlab export`")
@@ -106,7 +107,7 @@ def supports(call: LayerCall) -> bool:
     runs a bfloat16 / float16 call in float32)."""
     cell = call.cell
     name = kernel_name(cell, call.lower is not None)
-    if name is None or generic_failed() or call.x.dtype not in _DTYPES + _REDUCED:
+    if name is None or generic_failed() or call.x.dtype not in _DTYPES + REDUCED_DTYPES:
         return False
     if torch.jit.is_tracing():
         return True  # run() raises the clear error (the legacy ONNX exporter has no rule for the op)
