@@ -58,6 +58,13 @@ inline T log_sigm(T x) {
   return lo - std::log1p(std::exp(-std::abs(x)));
 }
 
+// Peephole term w ⊙ c: an absent peephole is a zero weight, and 0 · ±inf would turn a state that overflowed
+// (possible without the input tanh) into NaN where the cell simply has no such term.
+template <typename T>
+inline T peep(T w, T c) {
+  return w != T(0) ? w * c : T(0);
+}
+
 inline std::vector<int64_t> row_lengths(const Tensor& lengths, int64_t T, int64_t B) {
   std::vector<int64_t> len(B, T);
   if (lengths.defined() && lengths.numel() > 0) {
@@ -199,8 +206,9 @@ struct PartProduct {
       }
     bwd->apply(d + pr.from * H, SW, rp, KH, B, true);
   }
-  // dW_p = Σ drᵀ part over all N = T*B rows, viewed (K*K*H, H) as it travels in w
-  Tensor grad(const Tensor& dhh, const Tensor& part) const {
+  // dW_p = Σ drᵀ part over all N = T*B rows, viewed (K*K*H, H) as it travels in w (ATen ops only: no copy of
+  // W_p, no dtype dispatch)
+  static Tensor grad(const PartRec& pr, int64_t H, const Tensor& dhh, const Tensor& part) {
     const int64_t N = part.size(0), KH = pr.K * H;
     auto dr = at::zeros({N, KH}, part.options());
     for (int64_t k = 0; k < pr.K; ++k)
@@ -841,12 +849,12 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       if (dm.defined()) hp = hp * mask;                   // what the product read: h_{t-1} ⊙ m
       dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, HW}), wrec, G,
                                             heads);
-      if (opt & part_rec_bit<Cell>::value) {  // [dW; dW_p viewed (K*K*H, H)]
-        AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_part", [&] {
-          PartProduct<Cell, scalar_t> part(opt, w, 0, H, G, SW);
-          auto a = states.narrow(0, 0, T).narrow(2, part.pr.from * H, part.pr.K * H).reshape({T * B, part.pr.K * H});
-          dw = at::cat({dw, part.grad(dhh_all.view({T * B, G * H}), a)}, 0);
-        });
+      if constexpr (part_rec_bit<Cell>::value != 0) {
+        if (opt & part_rec_bit<Cell>::value) {  // [dW; dW_p viewed (K*K*H, H)]
+          const PartRec pr = Cell::part_rec(opt);
+          auto a = states.narrow(0, 0, T).narrow(2, pr.from * H, pr.K * H).reshape({T * B, pr.K * H});
+          dw = at::cat({dw, PartProduct<Cell, float>::grad(pr, H, dhh_all.view({T * B, G * H}), a)}, 0);
+        }
       }
       if (L.proj) {  // dW_r = Σ dL/dhᵀ m over all T*B rows (the cell's own m: zoneout never mixes it)
         auto m_all = (zoned ? fr_all : states.narrow(0, 1, T)).narrow(2, 0, H).reshape({T * B, H});

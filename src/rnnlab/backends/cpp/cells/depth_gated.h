@@ -11,13 +11,10 @@ namespace rnnlab_generic {
 // e = (w_ci, w_cf, w_co, w_cd, w_ld), zero rows for the peepholes when the cell has none; saved: i, f, g, o, d.
 //   d = σ(x_d + w_cd ⊙ c_{t-1} + w_ld ⊙ l),  c = f ⊙ c_{t-1} + i ⊙ g + d ⊙ l
 // The depth terms multiply as the cell's step does (no guard: ±inf there gives what the reference gives); the
-// peepholes use the LSTM rule's guard so that a zero row adds exactly 0.
+// peepholes use driver.h's peep, as the LSTM rule does, so that a zero row adds exactly 0.
 struct DepthGated {
   static constexpr int64_t X = 6, G = 4, S = 2, A = 5, E = 5;
   static constexpr Rec REC = Rec::Full;
-
-  template <typename T>
-  static inline T peep(T w, T c) { return w != T(0) ? w * c : T(0); }
 
   template <typename T>
   static inline void forward(int64_t H, int64_t, const T* xp, const T* hh, const T* e, const T* s0, T* s1,

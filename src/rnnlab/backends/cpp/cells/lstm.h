@@ -40,11 +40,6 @@ struct LSTM {
     }
   };
 
-  // Peephole term w ⊙ c: an absent peephole is a zero weight, and 0 · ±inf would turn a state that overflowed
-  // (possible without the input tanh) into NaN where the cell simply has no such term.
-  template <typename T>
-  static inline T peep(T w, T c) { return w != T(0) ? w * c : T(0); }
-
   // Per-thread scratch: zeros read for absent gates, and a sink written for them (and for FGR's a when off), so
   // every loop below is one branch-free vectorisable pass whatever the options (0/1 multipliers select: measured
   // faster than branches).  Two buffers: the zeros are never written, so no call of another H can dirty them.
