@@ -32,6 +32,17 @@ def test_run_bench_report_is_well_formed() -> None:
     assert "GEMM peak" in table and "per-step overhead" in table and table.count("\ngru ") == 2
 
 
+def test_gemm_flops_count_every_matrix_weight_and_no_diagonal_one() -> None:
+    """FGR's gate-to-gate W_gg (3H, 3H) is a GEMM per step like W_hh; peepholes are element-wise."""
+    import rnnlab
+
+    H, I, T, B = 4, 3, 5, 2
+    fgr = rnnlab.Recurrent("greff_fgr", I, H).layer_params(0)
+    assert "weight_gg" in fgr and "weight_ci" in fgr
+    assert bench.gemm_flops(fgr, T, B) == 2.0 * T * B * (4 * H * I + 4 * H * H + 9 * H * H)
+    assert bench.gemm_flops(rnnlab.Recurrent("indrnn", I, H).layer_params(0), T, B) == 2.0 * T * B * H * I
+
+
 def test_cli_writes_json(tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     rc = main(["bench", "--cells", "lstm", "--shapes", "3,2,8", "--repeats", "1", "--out", str(out)])

@@ -55,10 +55,13 @@ def _compare(ref, tri, x, *, lengths=None, hx=None, atol=1e-12, rtol=1e-10, equa
         w = torch.randn_like(o1)
         l1 = (o1 * w).sum() + sum(s.sum() for s in _parts(s1))
         l2 = (o2 * w).sum() + sum(s.sum() for s in _parts(s2))
-        g1 = torch.autograd.grad(l1, [xr, *ref.parameters()])
-        g2 = torch.autograd.grad(l2, [xt, *tri.parameters()])
+        # allow_unused: the depth-gated first layer leaves its depth-gate diagonals unused (None in both)
+        g1 = torch.autograd.grad(l1, [xr, *ref.parameters()], allow_unused=True)
+        g2 = torch.autograd.grad(l2, [xt, *tri.parameters()], allow_unused=True)
         for (n, _), a, b in zip([("x", None), *ref.named_parameters()], g2, g1):
-            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"grad {n}: {m}")
+            assert (a is None) == (b is None), f"grad {n}: {a} vs {b}"
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"grad {n}: {m}")
 
 
 @pytest.mark.parametrize("name", CELLS)
@@ -181,8 +184,7 @@ def test_infinite_inputs_match_the_reference(name):
     _compare(ref, tri, x, equal_nan=True, grads=False)
 
 
-@pytest.mark.parametrize("name, kw", [("greff_fgr", {}),
-                                      ("depth_gated", {}), ("mingru", {"scan": "log"})])
+@pytest.mark.parametrize("name, kw", [("mingru", {"scan": "log"})])
 def test_cells_without_a_rule_are_refused_not_silently_run(name, kw):
     rnn = rnnlab.Recurrent(name, 3, 4, **kw)
     x = torch.randn(2, 1, 3)
@@ -255,10 +257,16 @@ NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": 
        "mingru": ("mingru", {}), "minlstm": ("minlstm", {}), "mingru_seq": ("mingru", {"scan": "sequential"}),
        "ln_gru": ("ln_gru", {}), "ln_lstm": ("ln_lstm", {}), "ln_lstm_nobias": ("ln_lstm", {"bias": False}),
        "mut3": ("mut3", {}), "lstmp": ("lstm", {"proj_size": 3}),
-       "lstmp_peep": ("peephole", {"proj_size": 2, "peepholes": "ifo"})}
-#: cells with a single state part: training-mode zoneout draws the reference's masks in the same order
+       "lstmp_peep": ("peephole", {"proj_size": 2, "peepholes": "ifo"}),
+       "fgr": ("greff_fgr", {}), "fgr_proj": ("greff_fgr", {"proj_size": 2}),
+       "fgr_cifg_nog": ("lstm", {"full_gate_recurrence": True, "coupled": True, "output_gate": False}),
+       "clockwork": ("clockwork", {}), "clockwork_13": ("clockwork", {"periods": (1, 3)}),
+       "depth_gated": ("depth_gated", {"num_layers": 2}),
+       "depth_gated_3_nopeep": ("depth_gated", {"num_layers": 3, "peepholes": False})}
+#: cells with a single zoned-out state part (clockwork's counter never zones out): training-mode zoneout draws
+#: the reference's masks in the same order
 SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru",
-          "mut3"]
+          "mut3", "clockwork", "clockwork_13"]
 
 
 def _new_pair(key: str, dtype=torch.float64, **extra):
@@ -323,7 +331,8 @@ def test_new_rules_recording_equals_the_reference(key):
 
 #: gradcheck once per kernel (the interpreter re-runs the layer for every input element): variants that only
 #: drop parameters or change the reference's path are covered by the parity tests' gradients
-GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq", "lstmp_peep")]
+GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq", "lstmp_peep", "fgr_cifg_nog", "clockwork_13",
+                                         "depth_gated_3_nopeep")]
 
 
 @pytest.mark.parametrize("key", GRADCHECK)
@@ -359,7 +368,7 @@ def test_new_rules_extreme_inputs_finite_and_equal(key):
     assert torch.isfinite(out).all() or key == "indrnn"  # ReLU is unbounded
 
 
-@pytest.mark.parametrize("key", ["gru_paper", "sru", "slstm", "minlstm", "ln_lstm"])
+@pytest.mark.parametrize("key", ["gru_paper", "sru", "slstm", "minlstm", "ln_lstm", "fgr", "clockwork", "depth_gated"])
 def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
     torch.manual_seed(26)
     ref, _ = _new_pair(key, dtype=torch.float32)
@@ -372,9 +381,12 @@ def test_new_rules_bf16_storage_within_its_tolerance_of_fp32(key):
     o2, _ = low(x.bfloat16(), lengths=[4, 3, 1])
     assert o2.dtype == torch.bfloat16
     torch.testing.assert_close(o2.float(), o1, atol=3e-2, rtol=3e-2)
-    g = torch.autograd.grad(o2.float().sum(), list(low.parameters()))
-    g_ref = torch.autograd.grad(ref(x, lengths=[4, 3, 1])[0].sum(), list(ref.parameters()))
+    g = torch.autograd.grad(o2.float().sum(), list(low.parameters()), allow_unused=True)
+    g_ref = torch.autograd.grad(ref(x, lengths=[4, 3, 1])[0].sum(), list(ref.parameters()), allow_unused=True)
     for a, b in zip(g, g_ref):
+        assert (a is None) == (b is None)
+        if a is None:  # the depth-gated first layer's depth-gate diagonals
+            continue
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b, atol=0.12, rtol=0.12)
 
@@ -398,3 +410,34 @@ def test_layer_norm_rows_wider_than_the_limit_are_refused_with_one_warning(name,
     assert len(warnings) == 1 and f"{name} with hidden_size=4" in warnings[0] and "cpu" in warnings[0]
     monkeypatch.setattr(layernorm, "MAX_HIDDEN", 4)
     assert get_backend("triton").supports(call)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "fgr"])
+def test_every_step_state_equals_the_reference_with_its_gradient(name):
+    """``want_states`` (what a layer above reads as its ``lower``): each step's state, reverse within lengths,
+    zero-free at padded steps as the reference keeps them, and gradients through them."""
+    torch.manual_seed(27)
+    cell_name, kw = NEW[name] if name in NEW else (name, {})
+    rnn = rnnlab.Recurrent(cell_name, 3, 4, dtype=torch.float64, **kw)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 3, 1])
+    results = []
+    for backend in ("reference", "triton"):
+        xr = x.clone().requires_grad_(True)
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in rnn.layer_params(0).items()}
+        state = rnn.cell.init_state(3, dtype=x.dtype, device=x.device)
+        call = LayerCall(cell=rnn.cell, params=params, x=xr, state=state, lengths=lengths, reverse=True,
+                         want_states=True)
+        assert get_backend(backend).supports(call)
+        res = get_backend(backend).run(call)
+        assert len(res.states) == len(state) and all(s.shape[0] == 5 for s in res.states)
+        torch.manual_seed(28)
+        loss = sum((s * torch.randn_like(s)).sum() for s in res.states) + res.output.sum()
+        results.append((res.states, torch.autograd.grad(loss, [xr, *params.values()], allow_unused=True)))
+    (s1, g1), (s2, g2) = results
+    for a, b in zip(s2, s1):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for a, b in zip(g2, g1):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

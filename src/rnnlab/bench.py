@@ -106,6 +106,13 @@ def device_metadata(device: str) -> dict[str, object]:
     return meta
 
 
+def gemm_flops(params: dict[str, torch.Tensor], T: int, B: int) -> float:
+    """Forward FLOPs of one layer's GEMMs over (T, B): every matrix weight is one multiply-add per entry, row and
+    step (input, recurrent, projection, FGR's gate-to-gate ``weight_gg``; minGRU/minLSTM have no ``weight_hh``).
+    Diagonal weights (peepholes, IndRNN's ``weight_hh``) are element-wise work and not counted."""
+    return 2.0 * T * B * sum(v.numel() for k, v in params.items() if k.startswith("weight_") and v.dim() == 2)
+
+
 def gemm_peak(repeats: int = 5, n: int = 1024, device: str = "cpu") -> float:
     """Best fp32 GEMM GFLOP/s reachable from PyTorch here: max of torch.mm and oneDNN linear, (n x n x n),
     fastest repeat (a median would drop on a busy machine and inflate every %peak); on CUDA torch.mm
@@ -230,9 +237,7 @@ def bench_shape(cell: str, T: int, B: int, H: int, repeats: int, device: str = "
     for m in mods.values():  # an autocast row runs the peers under the same autocast
         m.bench_autocast = mods["ours"].bench_autocast  # type: ignore[attr-defined]
     backend = backend_used(mods["ours"], x)  # type: ignore[arg-type]
-    # FLOPs of the input and recurrent GEMMs from the cell's own weights (minGRU/minLSTM have no weight_hh)
-    lp = mods["ours"].layer_params(0, 0)  # type: ignore[operator]
-    flops_fwd = 2.0 * T * B * sum(lp[k].numel() for k in ("weight_ih", "weight_hh", "weight_hr") if k in lp)
+    flops_fwd = gemm_flops(mods["ours"].layer_params(0, 0), T, B)  # type: ignore[operator]
     rows = []
     for mode, make, flops in (("train", _train_fn, 3.0 * flops_fwd), ("infer", _infer_fn, flops_fwd)):
         t = _median_times({k: _synced(make(m, x), device) for k, m in mods.items()}, repeats)

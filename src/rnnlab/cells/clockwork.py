@@ -82,6 +82,10 @@ class ClockworkCell(RecurrentCell):
         """(H, H) 0/1 mask of the allowed recurrent connections (row: receiving unit, column: source)."""
         return self._constants(torch.device(device), dtype)[0]
 
+    def unit_periods(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+        """(H,) the period of every hidden unit's module."""
+        return self._constants(torch.device(device), dtype)[1]
+
     def _constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # cells hold no buffers (the wrapper moves only parameters), so these are built per device/dtype
         key = (device, dtype)

@@ -4,10 +4,11 @@
 ``TRITON_INTERPRET=1 RNNLAB_TRITON_ON_CPU=1``, Triton's interpreter, which is how the test suite runs every
 kernel without a GPU), float32/float64 (or bf16/fp16 storage: element-wise math and states in fp32; under
 autocast the input and weights are cast to the autocast dtype), and the cell has a registered rule
-(:mod:`rnnlab.backends.gpu.rules`: the LSTM family but FGR, ``proj_size`` included, the GRU in both forms,
-Elman, IndRNN, SRU, sLSTM, MUT1-3, minGRU/minLSTM where they scan element-wise, the layer-normalised GRU/LSTM
-up to a row limit) that accepts the call.  Options handled in the driver for every cell: lengths, reverse,
-recurrent dropout, zoneout, recording.  Anything else goes to the next backend, the reference.
+(:mod:`rnnlab.backends.gpu.rules`: the LSTM family with every option, the GRU in both forms, Elman, IndRNN,
+SRU, sLSTM, MUT1-3, clockwork, the depth-gated LSTM on every layer, minGRU/minLSTM where they scan
+element-wise, the layer-normalised GRU/LSTM up to a row limit) that accepts the call.  Options handled in the
+driver for every cell: lengths, reverse, recurrent dropout, zoneout, recording, the per-step states a layer
+above reads.  Anything else goes to the next backend, the reference.
 Triton is imported on first use only, so ``import rnnlab`` does not pay for it.
 """
 
@@ -56,8 +57,6 @@ class TritonBackend:
     name = "triton"
 
     def supports(self, call: LayerCall) -> bool:
-        if call.want_states or call.lower is not None:
-            return False
         x = call.x
         device = x.device
         if not (device.type == "cuda" or (device.type == "cpu" and _interpreting())):
@@ -65,12 +64,10 @@ class TritonBackend:
         if x.dtype not in _DTYPES or x.dim() != 3 or not triton_available():
             return False
         autocast = _autocast_dtype(device.type) is not None  # weights are cast to the autocast dtype in run()
-        for t in (*call.params.values(), *call.state):
+        for t in (*call.params.values(), *call.state, *(call.lower or ())):
             if t.device != device or (t.dtype != x.dtype and not autocast):
                 return False
-        from rnnlab.backends.gpu.rules import rule_for
-
-        rule = rule_for(call.cell)
+        rule = _rule(call)
         if rule is None:
             return False
         accepts = getattr(rule, "accepts", None)  # a rule may depend on the call (its device), not only the cell
@@ -78,16 +75,20 @@ class TritonBackend:
 
     def run(self, call: LayerCall) -> LayerResult:
         from rnnlab.backends.gpu.driver import LoopSpec, RecurrentLoop
-        from rnnlab.backends.gpu.rules import rule_for
 
         cell, lengths = call.cell, call.lengths
-        rule = rule_for(cell)
-        x, params = call.x, call.params
+        rule = _rule(call)
+        x, params, lower = call.x, call.params, tuple(call.lower or ())
+        transform = getattr(rule, "transform_params", None)
+        if transform is not None:  # e.g. a masked weight; autograd differentiates the transform
+            params = transform(params)
         low = _autocast_dtype(x.device.type)
         if low is not None:  # autocast: input, weights and activations in bf16/fp16, states accumulate in fp32
             x = x.to(low)
             params = {k: v.to(low) for k, v in params.items()}
-        x = reverse_within_lengths(x, lengths) if call.reverse else x
+        if call.reverse:
+            x = reverse_within_lengths(x, lengths)
+            lower = tuple(reverse_within_lengths(s, lengths) for s in lower)
         T, B = x.shape[0], x.shape[1]
         if lengths is None:
             valid = torch.ones(T, B, dtype=torch.int8, device=x.device)
@@ -102,14 +103,16 @@ class TritonBackend:
                           else torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
                           else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device)
                           for name, s in zip(cell.state_names, shapes))
-        if getattr(rule, "own_projection", False):  # the cell's own projection; autograd differentiates it
-            x = cell.project_input(x, params)
+        if getattr(rule, "own_projection", False):  # the cell's (or rule's) projection; autograd differentiates it
+            x = getattr(rule, "project_input", cell.project_input)(x, params)
         names = tuple(params)
-        spec = LoopSpec(cell, rule, names, len(call.state))
+        S = len(call.state)
+        spec = LoopSpec(cell, rule, names, S, len(lower), call.want_states)
         rec_mask = None if call.rec_mask is None else call.rec_mask.contiguous()
-        output, records, *final = RecurrentLoop.apply(spec, x.contiguous(), valid, rec_mask, keeps,
-                                                      *[s.contiguous() for s in call.state],
-                                                      *params.values())
+        output, records, *rest = RecurrentLoop.apply(spec, x.contiguous(), valid, rec_mask, keeps,
+                                                     *[s.contiguous() for s in lower],
+                                                     *[s.contiguous() for s in call.state], *params.values())
+        final, states = rest[:S], (tuple(rest[S:]) if call.want_states else None)
         gates = {}
         if call.record:
             H = cell.hidden_size
@@ -118,4 +121,17 @@ class TritonBackend:
         if call.reverse:
             output = reverse_within_lengths(output, lengths)
             gates = {k: reverse_within_lengths(v, lengths) for k, v in gates.items()}
-        return LayerResult(output, tuple(final), None, gates)
+            if states is not None:
+                states = tuple(reverse_within_lengths(s, lengths) for s in states)
+        return LayerResult(output, tuple(final), states, gates)
+
+
+def _rule(call: LayerCall):
+    """The cell's rule for this call: above the first layer of a cell that reads the layer below, the rule's
+    ``upper`` rule (None: not covered)."""
+    from rnnlab.backends.gpu.rules import rule_for
+
+    rule = rule_for(call.cell)
+    if rule is not None and call.lower is not None:
+        rule = getattr(rule, "upper", None)
+    return rule

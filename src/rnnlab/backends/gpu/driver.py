@@ -22,7 +22,14 @@ product's gates (the paper GRU's ``r ⊙ h``), so a step is two products with a 
 ``mapped_rows`` [0] with ``operand_map(h)`` / ``operand_map_grad(h, d)``, the first rows of a full ``weight_hh``
 read ``φ(h) ⊙ m`` instead of ``h ⊙ m`` (MUT3's ``tanh(h)``): the product's operand changes per block of rows;
 ``out_proj`` [None], the name of a (P, H) weight: the rule's kernel leaves ``m`` (B, H) unblended in place of
-the new state part 0 and the driver forms ``h = m W_outᵀ`` (B, P) and blends it (lengths, zoneout), the LSTMP.
+the new state part 0 and the driver forms ``h = m W_outᵀ`` (B, P) and blends it (lengths, zoneout), the LSTMP;
+``part_product`` [None], a :class:`PartProduct`: a second per-step product from another state part, added to
+some of the gate blocks of ``hh`` (Greff's FGR: the previous gates ``a`` through ``W_gg``); ``lower_part``
+[None], the index of the state part of the layer below that the rule's kernels read at each step (they take
+``lower`` (B, S) and write its gradient to ``d_lower``; the depth-gated LSTM's ``c^{l-1}_t``).
+
+With ``want_states`` the loop also returns every step's state (each part (T, B, S_k)) and takes their
+gradients: the layer above reads them as its ``lower``.
 
 Reversal is the caller's (the backend reverses within lengths), so valid steps of every row are a prefix.
 """
@@ -70,6 +77,18 @@ class CellRule(Protocol):
     def backward(self, d_news: list[Tensor], saved: Tensor, olds: list[Tensor], consts: Tensor, valid: Tensor,
                  keeps: list[Tensor] | None, d_xp: Tensor, d_hh: Tensor, d_olds: list[Tensor],
                  d_consts: Tensor, B: int, H: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class PartProduct:
+    """``pr = s_{t-1}[part] W_{weight}ᵀ`` (B, R·H) each step; its block r is added to the gate block
+    ``blocks[r]`` of ``hh`` (``None``: the block is computed and dropped, as the cell's step does for an absent
+    gate).  Backwards ``d pr`` is gathered from ``d_hh``, ``d s[part] += d pr W`` and ``dW = Σ_t d prᵀ s`` is
+    one GEMM over all T·B rows."""
+
+    part: int
+    weight: str
+    blocks: tuple[int | None, ...]
 
 
 class Matrix:
@@ -191,11 +210,14 @@ class LoopSpec:
     rule: CellRule
     names: tuple[str, ...]       # parameter names, in the order they are passed to :class:`RecurrentLoop`
     n_states: int
+    n_lower: int = 0             # state parts of the layer below passed in (0: first layer)
+    want_states: bool = False    # also return (and differentiate) every step's state
 
 
 class RecurrentLoop(torch.autograd.Function):
-    """``(x (T, B, I), valid (T, B) bool, rec_mask (B, H) | None, keeps (T, B, S_k)... | None, state0..., params...)``
-    -> ``(output (T, B, H), records (T, B, A*H), final state...)``."""
+    """``(x (T, B, I), valid (T, B) bool, rec_mask (B, H) | None, keeps (T, B, S_k)... | None, lower..., state0...,
+    params...)`` -> ``(output (T, B, H), records (T, B, A*H), final state..., [every step's state...])``;
+    ``lower``: ``spec.n_lower`` state parts of the layer below (T, B, S_k), in processing order."""
 
     @staticmethod
     def forward(ctx, spec: LoopSpec, x: Tensor, valid: Tensor, rec_mask: Tensor | None,
@@ -206,8 +228,8 @@ class RecurrentLoop(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, spec: LoopSpec, x: Tensor, valid: Tensor, rec_mask: Tensor | None,
                  keeps: tuple[Tensor, ...] | None, tensors: tuple[Tensor, ...]):
-        S = spec.n_states
-        state0, params = tensors[:S], tensors[S:]
+        L, S = spec.n_lower, spec.n_states
+        lower, state0, params = tensors[:L], tensors[L:L + S], tensors[L + S:]
         p = dict(zip(spec.names, params))
         rule, form = spec.rule, _Form(spec.rule)
         T, B = x.shape[0], x.shape[1]
@@ -231,10 +253,13 @@ class RecurrentLoop(torch.autograd.Function):
         ms = x.new_empty(T if form.out_proj else 0, B, H, dtype=acc)  # the output projection's operand
         w_out = p[form.out_proj] if form.out_proj else None
         w1, b1, w2, b2 = form.split(w_hh, prep.b_hh, W1)
+        w_part = None if form.part is None else p[form.part.weight].contiguous()
+        low = form.lower_input(lower)
         mask = None if rec_mask is None else rec_mask.to(acc)
         for t in range(T):
             olds, news = [s[t] for s in seq], [s[t + 1] for s in seq]
             keep_t = None if keeps is None else [k_[t] for k_ in keeps]
+            extra = {} if low is None else {"lower": low[t]}
             if form.rec is not None:
                 h_op = seq[form.operand][t]
                 hd = h_op if mask is None else h_op * mask
@@ -249,41 +274,47 @@ class RecurrentLoop(torch.autograd.Function):
                     hh.copy_(form.first_product(hd_s, hm_s, w1, b1))
                 else:
                     form.rec.forward(hd_s, w1, b1, out=hh)
+            if w_part is not None:  # the other state part's product, into its gate blocks
+                form.add_part(hh, torch.mm(olds[form.part.part].to(x.dtype), w_part.t()), H)
             if form.out_proj:  # the kernel leaves m in ms[t]; h = m W_outᵀ, then blended like any state
                 rule.forward(xp[t], hh, olds, [ms[t], *news[1:]], saved[t], prep.consts, valid[t], keep_t, B, H)
                 raw = torch.mm(ms[t].to(x.dtype), w_out.t()).to(acc)
                 _blend_rows(raw, olds[0], news[0], valid[t], None if keep_t is None else keep_t[0])
             else:
-                rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H)
+                rule.forward(xp[t], hh, olds, news, saved[t], prep.consts, valid[t], keep_t, B, H, **extra)
         output = (seq[0][1:] * valid.unsqueeze(-1)).to(x.dtype)  # (T, B, H): zero at padded steps
         finals = tuple(s[T].to(s0.dtype) for s, s0 in zip(seq, state0))
+        states = tuple(s[1:].to(s0.dtype) for s, s0 in zip(seq, state0)) if spec.want_states else ()
         ctx.spec = spec
         ctx.has_mask, ctx.has_keeps = rec_mask is not None, keeps is not None
-        ctx.save_for_backward(x, valid, xp, saved, us, ms, *[s for s in seq], *state0, *params,
+        ctx.save_for_backward(x, valid, xp, saved, us, ms, *seq, *state0, *params, *lower,
                               *((rec_mask,) if rec_mask is not None else ()), *(keeps or ()))
         records = saved * valid.unsqueeze(-1)
         ctx.mark_non_differentiable(records)
-        return (output, records) + finals
+        return (output, records) + finals + states
 
     @staticmethod
-    def backward(ctx, d_output: Tensor | None, _d_records, *d_finals: Tensor | None):
+    def backward(ctx, d_output: Tensor | None, _d_records, *d_rest: Tensor | None):
         spec: LoopSpec = ctx.spec
-        S = spec.n_states
+        L, S = spec.n_lower, spec.n_states
+        d_finals, d_states = d_rest[:S], d_rest[S:]
         x, valid, xp, saved, us, ms, *rest = ctx.saved_tensors
         seq, rest = rest[:S], rest[S:]
         state0, rest = rest[:S], rest[S:]
         params, rest = rest[:len(spec.names)], rest[len(spec.names):]
+        lower, rest = tuple(rest[:L]), rest[L:]
         rec_mask = rest[0] if ctx.has_mask else None
         keeps = tuple(rest[1 if ctx.has_mask else 0:]) if ctx.has_keeps else None
         if torch.is_grad_enabled():  # create_graph=True: gradients must themselves be differentiable
-            return _differentiable_backward(spec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals)
+            return _differentiable_backward(spec, x, valid, rec_mask, keeps, lower, state0, params, d_output,
+                                            d_finals, d_states)
         with torch.autocast(x.device.type, enabled=False):
-            return RecurrentLoop._backward(spec, x, valid, xp, saved, us, ms, seq, state0, params, rec_mask,
-                                           keeps, d_output, d_finals)
+            return RecurrentLoop._backward(spec, x, valid, xp, saved, us, ms, seq, state0, params, lower, rec_mask,
+                                           keeps, d_output, d_finals, d_states)
 
     @staticmethod
-    def _backward(spec: LoopSpec, x, valid, xp, saved, us, ms, seq, state0, params, rec_mask, keeps, d_output,
-                  d_finals):
+    def _backward(spec: LoopSpec, x, valid, xp, saved, us, ms, seq, state0, params, lower, rec_mask, keeps,
+                  d_output, d_finals, d_states):
         p = dict(zip(spec.names, params))
         rule, form = spec.rule, _Form(spec.rule)
         T, B = x.shape[0], x.shape[1]
@@ -303,18 +334,29 @@ class RecurrentLoop(torch.autograd.Function):
         op = form.operand
         w_out = p[form.out_proj] if form.out_proj else None
         d_raw = x.new_empty(T if form.out_proj else 0, B, w_out.shape[0] if form.out_proj else 0, dtype=acc)
+        w_part = None if form.part is None else p[form.part.weight].contiguous()
+        d_part = x.new_zeros(T, B, w_part.shape[0], dtype=acc) if w_part is not None else None
+        low = form.lower_input(lower)
+        d_low = None if low is None else torch.empty_like(low, dtype=acc)
         for t in range(T - 1, -1, -1):
             if d_output is not None:
                 d_state[0] = d_state[0] + d_output[t].to(acc) * valid[t].unsqueeze(-1)
+            for k, d in enumerate(d_states):  # the layer above read this step's state
+                if d is not None:
+                    d_state[k] = d_state[k] + d[t].to(acc)
             d_olds = [torch.empty_like(s) for s in d_state]
             olds = [s[t] for s in seq]
             keep_t = None if keeps is None else [k[t] for k in keeps]
             d_news = [d.contiguous() for d in d_state]
+            extra = {} if low is None else {"lower": low[t], "d_lower": d_low[t]}
             if form.out_proj:  # back through the blend (h_{t-1}'s share) and the projection, to m
                 _blend_rows_grad(d_news[0], valid[t], None if keep_t is None else keep_t[0], d_raw[t], d_olds[0])
                 d_news[0] = Matrix.back(d_raw[t], w_out).to(acc).contiguous()
             rule.backward(d_news, saved[t], olds, prep.consts, valid[t], keep_t, d_xp[t], d_hh[t], d_olds,
-                          d_consts[t] if C else d_consts, B, H)
+                          d_consts[t] if C else d_consts, B, H, **extra)
+            if w_part is not None:
+                form.gather_part(d_part[t], d_hh[t], H)
+                d_olds[form.part.part] += Matrix.back(d_part[t], w_part).to(acc)
             if form.rec is not None:
                 if form.second_rows:  # through the second product into its operand u, then into the first stage
                     d_u = Matrix.back(d_hh[t][:, W1:], w2).to(acc).contiguous()
@@ -337,6 +379,9 @@ class RecurrentLoop(torch.autograd.Function):
                                                 Matrix.weight_grad(flat[:, W1:], us.reshape(T * B, -1), w2)])
             else:
                 grads["weight_hh"] = form.first_weight_grad(flat, hd_all, hm_all, w1)
+        if w_part is not None:  # (R*H, S) over all T·B rows: one GEMM
+            a_all = seq[form.part.part][:-1].reshape(T * B, -1)
+            grads[form.part.weight] = Matrix.weight_grad(d_part.reshape(T * B, -1), a_all, w_part)
         if form.out_proj:
             grads[form.out_proj] = d_raw.reshape(T * B, -1).t().mm(ms.reshape(T * B, -1))  # one GEMM, (P, H)
         if form.own_projection:
@@ -349,7 +394,8 @@ class RecurrentLoop(torch.autograd.Function):
         grads.update(rule.param_grads(p, d_b_x, d_b_hh, d_consts.sum((0, 1)).view(C, H) if C else None))
         d_params = tuple(None if grads.get(n) is None else grads[n].to(v.dtype) for n, v in zip(spec.names, params))
         d_state0 = tuple(d.to(s.dtype) for d, s in zip(d_state, state0))
-        return (None, d_x, None, None, None) + d_state0 + d_params
+        d_lower = tuple(d_low.to(s.dtype) if k == form.lower_part else None for k, s in enumerate(lower))
+        return (None, d_x, None, None, None) + d_lower + d_state0 + d_params
 
 
 class _Form:
@@ -362,8 +408,30 @@ class _Form:
         self.second_rows: int = getattr(rule, "second_rows", 0)
         self.mapped_rows: int = getattr(rule, "mapped_rows", 0)
         self.out_proj: str | None = getattr(rule, "out_proj", None)
+        self.part: PartProduct | None = getattr(rule, "part_product", None)
+        self.lower_part: int | None = getattr(rule, "lower_part", None)
         if self.mapped_rows and self.rec is not Matrix:
             raise TypeError("mapped_rows: rows of a full recurrent matrix only (recurrence = Matrix)")
+
+    def lower_input(self, lower: tuple[Tensor, ...]) -> Tensor | None:
+        """The layer below's state part the rule reads (T, B, S), or None (first layer, or a rule without one)."""
+        if not lower:
+            return None
+        if self.lower_part is None:
+            raise TypeError("a layer below was passed to a rule without lower_part")
+        return lower[self.lower_part].contiguous()
+
+    def add_part(self, hh: Tensor, pr: Tensor, H: int) -> None:
+        """``hh``'s gate blocks += the part product's blocks (``self.part.blocks``)."""
+        for r, k in enumerate(self.part.blocks):
+            if k is not None:
+                hh[:, k * H:(k + 1) * H] += pr[:, r * H:(r + 1) * H]
+
+    def gather_part(self, d_pr: Tensor, d_hh: Tensor, H: int) -> None:
+        """The part product's gradient (B, R*H) from ``d_hh``'s gate blocks (zero where a block is dropped)."""
+        for r, k in enumerate(self.part.blocks):
+            if k is not None:
+                d_pr[:, r * H:(r + 1) * H] = d_hh[:, k * H:(k + 1) * H]
 
     def widths(self, w_hh: Tensor | None, H: int) -> tuple[int, int]:
         """(all product rows W, rows of the first product W1)."""
@@ -450,20 +518,21 @@ class _Projected:
         return self.cell.step(*args)
 
 
-def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, state0, params, d_output, d_finals):
+def _differentiable_backward(spec: LoopSpec, x, valid, rec_mask, keeps, lower, state0, params, d_output, d_finals,
+                             d_states):
     """The gradient through the cell's PyTorch step (same masks), so that it can be differentiated again."""
-    inputs = (x,) + tuple(state0) + tuple(params)
+    inputs = (x,) + tuple(lower) + tuple(state0) + tuple(params)
     with torch.enable_grad():
         cell = _Projected(spec.cell) if _Form(spec.rule).own_projection else spec.cell
-        output, finals, _ = differentiable_loop(cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
-                                             tuple(state0))
+        output, finals, states = differentiable_loop(cell, dict(zip(spec.names, params)), x, valid, rec_mask, keeps,
+                                                     tuple(state0), lower=tuple(lower) or None,
+                                                     want_states=spec.want_states)
         outs, grads = [], []
-        for o, g in zip((output,) + finals, (d_output,) + tuple(d_finals)):
-            if g is not None:
+        for o, g in zip((output,) + finals + (states or ()), (d_output,) + tuple(d_finals) + tuple(d_states)):
+            if g is not None and o.requires_grad:  # (a step counter never depends on an input)
                 outs.append(o)
                 grads.append(g)
         wanted = [t for t in inputs if t.requires_grad]
         found = iter(torch.autograd.grad(outs, wanted, grads, create_graph=True, allow_unused=True))
         got = [next(found) if t.requires_grad else None for t in inputs]
-    S = spec.n_states
-    return (None, got[0], None, None, None) + tuple(got[1:1 + S]) + tuple(got[1 + S:])
+    return (None, got[0], None, None, None) + tuple(got[1:])  # lower, state0, params

@@ -2,9 +2,10 @@
 
 The equations are :class:`rnnlab.cells.LSTMCell`'s.  Gate blocks of ``xp`` / ``hh`` are the present gates in
 the order i, f, g, o; saved per step: i, f, g, o, c (pre-blend), which are also the recorded gates.
-Covered: every option except ``full_gate_recurrence`` (that runs on the reference).  With ``proj_size`` the
-kernel leaves ``m = o ⊙ act(c)`` unblended and the driver's output projection forms ``h = W_hr m`` and blends
-it (``out_proj``).
+Covered: every option.  With ``proj_size`` the kernel leaves ``m = o ⊙ act(c)`` unblended and the driver's
+output projection forms ``h = W_hr m`` and blends it (``out_proj``).  With Greff's full gate recurrence (FGR) the
+driver adds ``a_{t-1} W_ggᵀ`` to the i, f, o blocks of ``hh`` (``part_product``) and the kernels write the new
+state part ``a = [i, f, o]`` (1 for an absent gate) and take its gradient back into the gates.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from torch import Tensor
 from rnnlab.backends.gpu.common import (
     keep_ptrs, lanes, ld, load_blend_grad, row_valid, sigmoid, step_flags, store_blend, tanh,
 )
-from rnnlab.backends.gpu.driver import BLOCK, Prepared, grid
+from rnnlab.backends.gpu.driver import BLOCK, PartProduct, Prepared, grid
 from rnnlab.backends.gpu.rules import register_rule
 from rnnlab.cells.lstm import LSTMCell
 
 
 @triton.jit
-def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
+def _lstm_fwd(XP, HH, H0, C0, A0, H1, C1, A1, SAVED, PEEP, VALID, KH, KC, KA, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
-              BLOCK: tl.constexpr):
+              PEEP_O: tl.constexpr, PROJ: tl.constexpr, FGR: tl.constexpr, HAS_KEEP: tl.constexpr,
+              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs, m, b, j = lanes(N, H, BLOCK)
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
@@ -76,14 +77,21 @@ def _lstm_fwd(XP, HH, H0, C0, H1, C1, SAVED, PEEP, VALID, KH, KC, N, H,
     else:
         store_blend(H1, KH, offs, m, h, ld(H0 + offs, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
     store_blend(C1, KC, offs, m, c, c_prev, valid, HAS_KEEP, COMPUTE)
+    if FGR:  # the state part a = [i, f, o] (B, 3H) the next step's gates read through W_gg
+        arow = b * 3 * H + j
+        store_blend(A1 + arow, KA + arow, 0, m, i, ld(A0 + arow, m, COMPUTE), valid, HAS_KEEP, COMPUTE)
+        store_blend(A1 + arow + H, KA + arow + H, 0, m, f, ld(A0 + arow + H, m, COMPUTE), valid, HAS_KEEP,
+                    COMPUTE)
+        store_blend(A1 + arow + 2 * H, KA + arow + 2 * H, 0, m, o, ld(A0 + arow + 2 * H, m, COMPUTE), valid,
+                    HAS_KEEP, COMPUTE)
 
 
 @triton.jit
-def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N, H,
+def _lstm_bwd(DH1, DC1, DA1, SAVED, C0, PEEP, VALID, KH, KC, KA, DXP, DH0, DC0, DA0, DPEEP, N, H,
               HAS_I: tl.constexpr, HAS_F: tl.constexpr, HAS_O: tl.constexpr, COUPLED: tl.constexpr,
               IN_ACT: tl.constexpr, OUT_ACT: tl.constexpr, PEEP_I: tl.constexpr, PEEP_F: tl.constexpr,
-              PEEP_O: tl.constexpr, PROJ: tl.constexpr, HAS_KEEP: tl.constexpr, COMPUTE: tl.constexpr,
-              BLOCK: tl.constexpr):
+              PEEP_O: tl.constexpr, PROJ: tl.constexpr, FGR: tl.constexpr, HAS_KEEP: tl.constexpr,
+              COMPUTE: tl.constexpr, BLOCK: tl.constexpr):
     offs, m, b, j = lanes(N, H, BLOCK)
     G: tl.constexpr = HAS_I + HAS_F + 1 + HAS_O
     row = b * G * H + j
@@ -100,6 +108,18 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     else:
         dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     dc, dc_old = load_blend_grad(DC1, KC, offs, m, valid, HAS_KEEP, COMPUTE)
+    # FGR: the gradient reaching the values of i, f, o through the state part a (zero without FGR)
+    da_i = 0.0 * c
+    da_f = da_i
+    da_o = da_i
+    if FGR:
+        arow = b * 3 * H + j
+        da_i, da_i_old = load_blend_grad(DA1 + arow, KA + arow, 0, m, valid, HAS_KEEP, COMPUTE)
+        da_f, da_f_old = load_blend_grad(DA1 + arow + H, KA + arow + H, 0, m, valid, HAS_KEEP, COMPUTE)
+        da_o, da_o_old = load_blend_grad(DA1 + arow + 2 * H, KA + arow + 2 * H, 0, m, valid, HAS_KEEP, COMPUTE)
+        tl.store(DA0 + arow, da_i_old, mask=m)
+        tl.store(DA0 + arow + H, da_f_old, mask=m)
+        tl.store(DA0 + arow + 2 * H, da_o_old, mask=m)
     a = c
     if OUT_ACT:
         a = tanh(c)
@@ -107,13 +127,13 @@ def _lstm_bwd(DH1, DC1, SAVED, C0, PEEP, VALID, KH, KC, DXP, DH0, DC0, DPEEP, N,
     else:
         dc += dh * o
     if HAS_O:
-        dzo = dh * a * o * (1.0 - o)
+        dzo = (dh * a + da_o) * o * (1.0 - o)
         if PEEP_O:
             dc += dzo * ld(PEEP + 2 * H + j, m, COMPUTE)
             tl.store(DPEEP + b * 3 * H + 2 * H + j, dzo * c, mask=m)
         tl.store(DXP + row + (HAS_I + HAS_F + 1) * H, dzo, mask=m)
-    df = dc * c_prev
-    di = dc * g
+    df = dc * c_prev + da_f
+    di = dc * g + da_i
     dg = dc * i
     dc_prev = dc * f
     if IN_ACT:
@@ -152,9 +172,12 @@ class LSTMRule:
         flags = dict(HAS_I="i" in cell.gates, HAS_F="f" in cell.gates, HAS_O="o" in cell.gates,
                      COUPLED=cell.coupled, IN_ACT=cell.input_activation, OUT_ACT=cell.output_activation,
                      PEEP_I="i" in cell.peepholes, PEEP_F="f" in cell.peepholes, PEEP_O="o" in cell.peepholes,
-                     PROJ=bool(cell.proj_size))
+                     PROJ=bool(cell.proj_size), FGR=cell.full_gate_recurrence)
         self.flags = {k: int(v) for k, v in flags.items()}  # ints: the kernels do offset arithmetic with them
         self.out_proj = "weight_hr" if cell.proj_size else None  # h = W_hr m: the driver's output projection
+        if cell.full_gate_recurrence:  # a_{t-1} W_ggᵀ: its blocks i, f, o join the present gates' blocks of hh
+            blocks = tuple(cell.gates.index(g) if g in cell.gates else None for g in ("i", "f", "o"))
+            self.part_product = PartProduct(2, "weight_gg", blocks)
 
     def record_blocks(self) -> dict[str, int]:
         return {n: "ifgoc".index(n) for n in self.record_names}
@@ -179,20 +202,19 @@ class LSTMRule:
         return grads
 
     def forward(self, xp, hh, olds, news, saved, consts, valid, keeps, B, H):
-        _lstm_fwd[grid(B, H)](xp, hh, olds[0], olds[1], news[0], news[1], saved, consts, valid,
-                              *keep_ptrs(keeps, olds, 2), B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK,
-                              **self.flags)
+        _lstm_fwd[grid(B, H)](xp, hh, *_hca(olds), *_hca(news), saved, consts, valid,
+                              *_hca(keep_ptrs(keeps, olds, len(olds))), B * H, H, **step_flags(saved, keeps),
+                              BLOCK=BLOCK, **self.flags)
 
     def backward(self, d_news, saved, olds, consts, valid, keeps, d_xp, d_hh, d_olds, d_consts, B, H):
-        _lstm_bwd[grid(B, H)](d_news[0], d_news[1], saved, olds[1], consts, valid, *keep_ptrs(keeps, olds, 2), d_xp,
-                              d_olds[0], d_olds[1], d_consts, B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK,
+        _lstm_bwd[grid(B, H)](*_hca(d_news), saved, olds[1], consts, valid, *_hca(keep_ptrs(keeps, olds, len(olds))),
+                              d_xp, *_hca(d_olds), d_consts, B * H, H, **step_flags(saved, keeps), BLOCK=BLOCK,
                               **self.flags)
 
 
-def _rule(cell: LSTMCell) -> LSTMRule | None:
-    if cell.full_gate_recurrence:
-        return None
-    return LSTMRule(cell)
+def _hca(parts: list[Tensor]) -> list[Tensor]:
+    """The kernels' h, c, a pointers of a state-shaped list; without FGR's part a, c stands in (never touched)."""
+    return [parts[0], parts[1], parts[2] if len(parts) > 2 else parts[1]]
 
 
-register_rule(LSTMCell, _rule)
+register_rule(LSTMCell, LSTMRule)

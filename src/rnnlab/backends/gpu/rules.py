@@ -33,4 +33,6 @@ def rule_for(cell: RecurrentCell) -> CellRule | None:
 
 def _load() -> None:
     # importing a rule file registers it
-    from rnnlab.backends.gpu import elman, gru, indrnn, layernorm, lstm, minimal, mut, slstm, sru  # noqa: F401
+    from rnnlab.backends.gpu import (  # noqa: F401
+        clockwork, depth_gated, elman, gru, indrnn, layernorm, lstm, minimal, mut, slstm, sru,
+    )
