@@ -101,6 +101,22 @@ def test_final_state_of_one_layer_is_not_shared_with_output():
     torch.testing.assert_close(out.detach(), before)
 
 
+def test_training_above_the_hidden_limit_keeps_the_driver_inference_takes_onednn(monkeypatch):
+    """Training at H > 512 runs the driver (measured faster there, backend.py), inference the oneDNN layer."""
+    calls = []
+    real = torch.ops.aten.mkldnn_rnn_layer
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_rnn_layer", lambda *a: calls.append(a[-1]) or real(*a))
+    H = cpp_backend._ONEDNN_MAX_H_TRAIN + 1
+    rnn = Recurrent("lstm", 3, H)
+    x = torch.randn(16, 16, 3)
+    rnn(x)[0].sum().backward()
+    assert calls == [] and rnn.weight_hh_l0.grad is not None
+    with torch.no_grad():
+        rnn(x)
+    if cpp_backend._HAS_ONEDNN_LSTM and torch._C._get_mkldnn_enabled():
+        assert calls == [False]
+
+
 @pytest.mark.parametrize("kw", [{}, {"num_layers": 2, "bidirectional": True}])
 def test_onednn_training_gradients_equal_reference(kw, monkeypatch):
     # B >= 16 and T*B >= 256: the plain LSTM trains through aten.mkldnn_rnn_layer and its autograd formula

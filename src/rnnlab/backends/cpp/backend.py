@@ -17,14 +17,18 @@ otherwise, to inline loops when tiny; the measurements behind that choice are in
 
 The plain LSTM (default options, fp32, bias, no lengths) runs ``torch.ops.aten.mkldnn_rnn_layer`` instead, the
 oneDNN layer ``torch.nn.LSTM`` runs (results equal nn.LSTM's; torch's autograd formula gives the gradients):
-for inference when T*B >= 256, for training when also B >= 16.  Measured (interleaved medians, same process,
+for inference when T*B >= 256, for training when also B >= 16 and H <= 512.  Measured (interleaved medians, same process,
 time / nn.LSTM, our kernel vs that op, both through this wrapper):
 inference, 1 thread: (T, B, H) = (1, 1, 32) 0.80 vs 1.16; (50, 1, 64) 0.93 vs 1.06; (30, 32, 256) 1.16 vs 0.99;
 (1000, 1, 64) 1.18 vs 1.06; (100, 16, 128) 1.18 vs 1.04; (200, 16, 256) 1.19 vs 1.01; (100, 32, 512) 0.91 vs
 1.00; (50, 64, 1024) 1.18 vs 1.00.
 training, 2 threads: (30, 32, 256) 1.16 vs 1.05; (100, 16, 128) 1.29 vs 1.03; (50, 64, 256) 1.12 vs 1.07;
 (200, 16, 256) 1.08 vs 1.03; (30, 32, 512) 1.10 vs 1.01; (20, 64, 1024) 1.00 vs 0.99.  At B = 1 our kernel
-trains faster (1000, 1, 64: 0.66-0.92x nn.LSTM), so it keeps those.
+trains faster (1000, 1, 64: 0.66-0.92x nn.LSTM), so it keeps those.  Since the LSTM rule's backward vectorises
+(cells/lstm.h), the driver also trains faster at large H, 2 threads, driver vs that op: (20, 32, 1024) 0.78-0.81
+vs 1.01; (30, 16, 1024) 0.76 vs 0.99; (50, 64, 1024) 0.95 vs 1.01; (20, 64, 768) 0.90 vs 1.00; (50, 128, 512)
+0.98-1.01 vs 1.00; (100, 64, 256) 1.13 vs 0.98; (50, 64, 256) 1.18 vs 1.01; so training above H = 512 keeps
+the driver.
 ``ONEDNN_LSTM_INFERENCE`` / ``ONEDNN_LSTM_TRAINING`` switch this off (benchmarks compare both in one process).
 
 Example:
@@ -58,6 +62,7 @@ _MKLDNN_LSTM_MODE = 2  # ATen's RNN mode numbering (cuDNN's): 0 relu, 1 tanh, 2 
 ONEDNN_LSTM_INFERENCE = ONEDNN_LSTM_TRAINING = True
 _HAS_ONEDNN_LSTM = hasattr(torch.ops.aten, "mkldnn_rnn_layer") and torch.backends.mkldnn.is_available()
 _ONEDNN_MIN_B_TRAIN = 16
+_ONEDNN_MAX_H_TRAIN = 512
 _ONEDNN_MIN_TB = 256  # below it the primitive's per-call setup costs more than our kernel (B=1, T=50: 1.13x)
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; read-only, shared by all calls
 
@@ -190,7 +195,8 @@ class CppBackend:
             return None
         h0, c0, w_hh = call.state[0], call.state[1], p["weight_hh"]
         train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
-        if not ((ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN) if train else ONEDNN_LSTM_INFERENCE):
+        if not ((ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN and cell.hidden_size <= _ONEDNN_MAX_H_TRAIN)
+                if train else ONEDNN_LSTM_INFERENCE):
             return None
 
         def layer(x_in: Tensor):
