@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall, LayerResult
-# _ZONEOUT_STATES is re-exported: the GPU backend imports it from here
-from rnnlab.backends.step_loop import _ZONEOUT_STATES, step_loop  # noqa: F401
+from rnnlab.backends.step_loop import step_loop
 from rnnlab.sequence import reverse_within_lengths, step_mask
 
 

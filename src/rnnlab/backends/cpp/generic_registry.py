@@ -34,6 +34,7 @@ from rnnlab.backends.base import LayerCall
 from rnnlab.backends.cpp.generic_loader import generic_failed, load_generic
 from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, cell_spec, driver_forward,
                                              param_names)
+from rnnlab.backends.step_loop import _ZONEOUT_STATES, zoneout_keep
 from rnnlab.cells.base import RecurrentCell, State
 
 _DTYPES = (torch.float32, torch.float64)
@@ -42,8 +43,6 @@ REDUCED_DTYPES = (torch.bfloat16, torch.float16)
 ONNX_ERROR = ("rnnlab: the fused C++ kernels (torch.ops.rnnlab.*) cannot be exported to ONNX; build the model "
               "with backend='reference' (or set RNNLAB_BACKEND=reference) before torch.onnx.export, or use "
               "`rnnlab export`")
-# zoneout mixes the state parts with these names (as the reference backend does)
-_ZONEOUT_STATES = ("h", "c")
 
 
 def driver_for(cell: RecurrentCell) -> str | None:
@@ -77,12 +76,11 @@ def draw_keep(widths: tuple[int, ...], T: int, B: int, rate: float, training: bo
     side (the projected LSTM's h (P) and c (H); driver.h proj_bit)."""
     opts = dict(dtype=x.dtype, device=x.device)
     if len(set(widths)) == 1:
-        shape = (T, len(widths), B, widths[0])
-        return torch.empty(shape, **opts).bernoulli_(rate) if training else torch.full(shape, rate, **opts)
+        return zoneout_keep((T, len(widths), B, widths[0]), rate, training, **opts)
     total = sum(widths)
     if not training:
         return torch.full((T, B, total), rate, **opts)
-    flat = torch.empty(T, B * total, **opts).bernoulli_(rate)
+    flat = zoneout_keep((T, B * total), rate, training, **opts)
     parts = flat.split([B * w for w in widths], dim=1)
     return torch.cat([p.view(T, B, w) for p, w in zip(parts, widths)], dim=-1)
 

@@ -20,7 +20,7 @@ import os
 import torch
 
 from rnnlab.backends.base import LayerCall, LayerResult
-from rnnlab.backends.reference import _ZONEOUT_STATES
+from rnnlab.backends.step_loop import _ZONEOUT_STATES, zoneout_keep
 from rnnlab.sequence import reverse_within_lengths
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -100,8 +100,7 @@ class TritonBackend:
             # only h and c zone out, as in the reference (a keep of 0 leaves normalisers / stabilisers alone)
             shapes = [(T,) + tuple(s.shape) for s in call.state]
             keeps = tuple(torch.zeros(s, dtype=x.dtype, device=x.device) if name not in _ZONEOUT_STATES
-                          else torch.empty(s, dtype=x.dtype, device=x.device).bernoulli_(call.zoneout) if call.training
-                          else torch.full(s, call.zoneout, dtype=x.dtype, device=x.device)
+                          else zoneout_keep(s, call.zoneout, call.training, x.dtype, x.device)
                           for name, s in zip(cell.state_names, shapes))
         if getattr(rule, "own_projection", False):  # the cell's (or rule's) projection; autograd differentiates it
             x = getattr(rule, "project_input", cell.project_input)(x, params)

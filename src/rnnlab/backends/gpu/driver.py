@@ -28,6 +28,11 @@ some of the gate blocks of ``hh`` (Greff's FGR: the previous gates ``a`` through
 [None], the index of the state part of the layer below that the rule's kernels read at each step (they take
 ``lower`` (B, S) and write its gradient to ``d_lower``; the depth-gated LSTM's ``c^{l-1}_t``).
 
+The backend reads three more, outside this loop: ``transform_params(p)``, run under autograd before the loop
+(the clockwork's masked W_hh); ``project_input(x, p)``, the projection of a rule with ``own_projection`` when
+it is not the cell's own; ``upper``, the rule for calls with a layer below (the depth-gated LSTM above its
+first layer).
+
 With ``want_states`` the loop also returns every step's state (each part (T, B, S_k)) and takes their
 gradients: the layer above reads them as its ``lower``.
 
