@@ -259,8 +259,8 @@ def test_cache_dir_respects_env(monkeypatch, tmp_path) -> None:
                          + [("lstm", 512, 16), ("lstm_proj", 512, 16)])
 @pytest.mark.parametrize("gemm", ["onednn", "aten"])
 def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm: str) -> None:
-    """Per-step products of >= 4M multiply-adds run on oneDNN (forward; backward too from H=512 for an LSTM)
-    or ATen, not the inline loops: same results as the reference."""
+    """Per-step products of >= 4M multiply-adds run on oneDNN (forward; backward too when the weight has >= 128 K
+    entries: H >= 181 for an LSTM) or ATen, not the inline loops: same results as the reference."""
     ext = load_generic()
     ext.set_gemm_backend(gemm)
     try:
@@ -277,6 +277,27 @@ def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm
             torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
     finally:
         ext.set_gemm_backend("onednn")
+
+
+@needs_kernels
+def test_onednn_backward_threshold_is_settable_and_checked() -> None:
+    """The benchmark knob for the backward product's library: every threshold gives the reference's numbers."""
+    ext = load_generic()
+    with pytest.raises(RuntimeError, match="entries >= 0, got -1"):
+        ext.set_onednn_nn_min_weight(-1)
+    torch.manual_seed(0)
+    mod = Recurrent("gru", 128, 128)
+    x = torch.randn(3, 96, 128)
+    hx = tuple(torch.randn(s) for s in mod.state_shapes(96))
+    ref_out, ref_grads = _run(mod, "reference", x, hx, None)
+    try:
+        for entries in (0, 1 << 40):  # every backward product on oneDNN, none
+            ext.set_onednn_nn_min_weight(entries)
+            out, grads = _run(mod, "cpp", x, hx, None)
+            for a, b in zip(out + grads, ref_out + ref_grads):
+                torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+    finally:
+        ext.set_onednn_nn_min_weight(128 * 1024)
 
 
 @needs_kernels

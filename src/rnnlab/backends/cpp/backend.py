@@ -17,8 +17,8 @@ otherwise, to inline loops when tiny; the measurements behind that choice are in
 
 The plain LSTM (default options, fp32, bias, no lengths) runs ``torch.ops.aten.mkldnn_rnn_layer`` instead, the
 oneDNN layer ``torch.nn.LSTM`` runs (results equal nn.LSTM's; torch's autograd formula gives the gradients):
-for inference when T*B >= 256, for training when also B >= 16 and H <= 512.  Measured (interleaved medians, same process,
-time / nn.LSTM, our kernel vs that op, both through this wrapper):
+for inference when T*B >= 256, for training when also B >= 16 and H <= 512.  Measured (interleaved medians,
+same process, time / nn.LSTM, our kernel vs that op, both through this wrapper):
 inference, 1 thread: (T, B, H) = (1, 1, 32) 0.80 vs 1.16; (50, 1, 64) 0.93 vs 1.06; (30, 32, 256) 1.16 vs 0.99;
 (1000, 1, 64) 1.18 vs 1.06; (100, 16, 128) 1.18 vs 1.04; (200, 16, 256) 1.19 vs 1.01; (100, 32, 512) 0.91 vs
 1.00; (50, 64, 1024) 1.18 vs 1.00.

@@ -8,10 +8,15 @@
 // Whole training step (fwd + bwd, T x B x H), same process, set_gemm_backend toggled, interleaved medians,
 // time(oneDNN) / time(ATen):  LSTM (50,64,256) 0.72, (30,32,512) 0.76, (20,64,1024) 0.81;
 //                              GRU  (50,64,256) 0.55, (30,32,512) 0.96, (20,64,1024) 0.80.
+// Re-measured after the LSTM rule's backward was vectorised (whole training step on the driver, 2 threads,
+// interleaved medians of 7, the nn threshold switched in one process with set_onednn_nn_min_weight),
+// time(128 K entries) / time(1 M): GRU (100,64,256) 0.93, (50,128,512) 0.94; LSTM (50,128,512) 0.96,
+// (200,16,256) 0.98, (100,64,256) 0.99; peephole 0.96-1.00; no shape above 1.012.  A lone nn product,
+// oneDNN / MKL, 2 threads: (B, H, gates) (64, 256, 4) 0.82, (128, 256, 4) 0.82, (128, 512, 3) 0.83.
 // So forward products of at least kOneDnnGemm multiply-adds, and backward ones whose weight also has at
-// least kOneDnnNNWeight entries (H >= 512 for an LSTM), go to oneDNN's inner-product primitive with the
-// weight reordered ONCE per call (mkldnn::_reorder_linear_weight, then mkldnn::_linear_pointwise per step,
-// both looked up through the c10 dispatcher); smaller ones to ATen mm, tiny ones (below kSmallGemm) to the
+// least kOneDnnNNWeight entries (H >= 181 for an LSTM, 209 for a GRU), go to oneDNN's inner-product
+// primitive with the weight reordered ONCE per call (mkldnn::_reorder_linear_weight, then
+// mkldnn::_linear_pointwise per step, both looked up through the c10 dispatcher); smaller ones to ATen mm, tiny ones (below kSmallGemm) to the
 // inline loops, where a library call's microseconds of dispatch would dominate.  float64, a torch build
 // without the mkldnn ops, or set_gemm_backend("aten") use ATen throughout.
 // Not taken: oneDNN for the big once-per-call GEMMs (input projection, dx, weight gradients): there MKL was
@@ -54,7 +59,7 @@ using at::Tensor;
 
 constexpr int64_t kSmallGemm = 48 * 1024;
 constexpr int64_t kOneDnnGemm = 4 * 1024 * 1024;
-constexpr int64_t kOneDnnNNWeight = 1024 * 1024;
+constexpr int64_t kOneDnnNNWeight = 128 * 1024;
 // Row loop over the batch: parallel (at::parallel_for) when a step has this much element-wise work.
 constexpr int64_t kParallelWork = 32 * 1024;
 
@@ -133,6 +138,15 @@ inline void set_gemm_backend(const std::string& name) {
   g_use_onednn.store(name == "onednn");
 }
 
+// The smallest weight (entries) whose backward product (nn) goes to oneDNN: kOneDnnNNWeight unless a benchmark
+// sets another (set_onednn_nn_min_weight), so both choices are timed in one process.
+inline std::atomic<int64_t> g_onednn_nn_weight{kOneDnnNNWeight};
+
+inline void set_onednn_nn_min_weight(int64_t entries) {
+  TORCH_CHECK(entries >= 0, "set_onednn_nn_min_weight: expected entries >= 0, got ", entries);
+  g_onednn_nn_weight.store(entries);
+}
+
 inline std::string gemm_backend() { return g_use_onednn.load() && onednn_ops().ok() ? "onednn" : "aten"; }
 
 inline Tensor onednn_pack(const Tensor& w, int64_t batch) {  // w (N, K) contiguous float32
@@ -161,7 +175,7 @@ struct Lin {
     out = nn ? w.size(1) : w.size(0);
     in = nn ? w.size(0) : w.size(1);
     if (std::is_same<T, float>::value && g_use_onednn.load() && onednn_ops().ok() &&
-        batch * out * in >= kOneDnnGemm && (!nn || out * in >= kOneDnnNNWeight)) {
+        batch * out * in >= kOneDnnGemm && (!nn || out * in >= g_onednn_nn_weight.load())) {
       packed = onednn_pack(nn ? w.t().contiguous() : w, batch);
     }
   }
