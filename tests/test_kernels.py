@@ -326,6 +326,24 @@ def test_gradcheck_float64_through_the_wrapper(cell: str) -> None:
     assert torch.autograd.gradcheck(f, (x, *hx), eps=1e-6, atol=1e-6)
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clockwork_counters_on_both_sides_of_the_vector_test_range(dtype) -> None:
+    """Which modules update: the vectorised multiple test (|round(n)| < 2^22 in float32, 2^51 in float64) and the
+    fmod test beyond it agree with the reference, negative and half-way counters included."""
+    torch.manual_seed(0)
+    mod = Recurrent("clockwork", 3, 12, periods=(1, 2, 3, 5, 7, 64), dtype=dtype)
+    edge = 2.0 ** (22 if dtype == torch.float32 else 51)
+    starts = [0.0, 2.5, -9.0, edge - 4, -edge + 2, edge + 8]  # two rows cross the edge within the 8 steps
+    n0 = torch.tensor(starts, dtype=dtype).unsqueeze(-1)  # (B, 1)
+    x = torch.randn(8, len(starts), 3, dtype=dtype)
+    hx = (torch.randn(len(starts), 12, dtype=dtype).unsqueeze(0), n0.unsqueeze(0))
+    ref_out, ref_grads = _run(mod, "reference", x, hx, None)
+    out, grads = _run(mod, "cpp", x, hx, None)
+    for a, b in zip(out + grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_build_key_covers_torch_install_and_compiler(monkeypatch) -> None:
     """Two environments with the same torch version (or another compiler) must not share one build."""
     base = loader.build_key()

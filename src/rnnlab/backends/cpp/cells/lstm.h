@@ -40,13 +40,19 @@ struct LSTM {
     }
   };
 
-  // Per-thread scratch: zeros read for absent gates, and a sink written for them (and for FGR's a when off), so
+  // Per-thread scratch: zeros read for absent gates (ones for a per-unit select), and a sink written for them (and for FGR's a when off), so
   // every loop below is one branch-free vectorisable pass whatever the options (0/1 multipliers select: measured
   // faster than branches).  Two buffers: the zeros are never written, so no call of another H can dirty them.
   template <typename T>
   static const T* zeros(int64_t H) {
     thread_local std::vector<T> buf;
     if (static_cast<int64_t>(buf.size()) < 3 * H) buf.assign(3 * H, T(0));
+    return buf.data();
+  }
+  template <typename T>
+  static const T* ones(int64_t H) {
+    thread_local std::vector<T> buf;
+    if (static_cast<int64_t>(buf.size()) < H) buf.assign(H, T(1));
     return buf.data();
   }
   template <typename T>
@@ -134,14 +140,19 @@ struct LSTM {
     const T mi = k.i >= 0, mf = k.f >= 0, mo = k.o >= 0, cpl = (opt & COUPLED) != 0;
     const T ia = !(opt & NO_IN_ACT), oa = !(opt & NO_OUT_ACT);
     const T one = 1, nf = one - mf - cpl;
-    // The loop twice: with every gate and both activations (the LSTM, peepholes, FGR) the option selects below are
-    // compile-time constants; otherwise they are run-time ones.  GCC does not vectorise a select on a loop-invariant
-    // condition between vector values (nor a call under one), so the general loop runs scalar (tanhf per unit):
-    // for the common case that was 4x the forward's element-wise time, 5% of a training step at (100, 64, 256).
+    // GCC vectorises no select on a loop-invariant condition between vector values (nor a call under one): with
+    // them this loop ran scalar (tanhf per unit), 4x the forward's element-wise time, 5% of an LSTM training
+    // step at (100, 64, 256).  So the options select pointers here, never values in the loop: coupling reads
+    // c_prev and the f gradient of a through cpc / dafc (zeros without it), the output activation's choice is a
+    // per-unit compare (act_on: ones or zeros).  An absent gate is exactly 1, so its σ' factor g(1 - g) is 0 and
+    // its dz only reaches the sink and a zero peephole (peep() ignores it, whatever its value).
+    const bool coupled = cpl != T(0);
+    const T* __restrict cpc = coupled ? c0 : zero;
+    const T* __restrict dafc = coupled ? daf : zero;
+    const T* __restrict act_on = oa != T(0) ? ones<T>(H) : zero;
+    // and once more with every option constant (every gate, both activations): the LSTM, peepholes, FGR
     auto loop = [&](auto all_gates) {
       constexpr bool ALL = decltype(all_gates)::value;
-      const bool has_i = ALL || mi != T(0), has_f = ALL || mf != T(0), has_o = ALL || mo != T(0);
-      const bool coupled = !ALL && cpl != T(0), out_act = ALL || oa != T(0);
       RNNLAB_SIMD
       for (int64_t j = 0; j < H; ++j) {
         const T i = ALL ? gi[j] : mi * gi[j] + (one - mi);
@@ -149,14 +160,14 @@ struct LSTM {
         const T g = gg[j];
         const T o = ALL ? go[j] : mo * go[j] + (one - mo);
         const T c = c1[j], cp = c0[j];
-        const T act = out_act ? std::tanh(c) : c;
-        const T dzo = has_o ? (dh[j] * act + dao[j]) * o * (one - o) : T(0);
+        const T th = std::tanh(c);
+        const T act = ALL || act_on[j] != T(0) ? th : c;
+        const T dzo = (dh[j] * act + dao[j]) * o * (one - o);
         const T dc = dc1[j] + dh[j] * o * (one - (ALL ? one : oa) * act * act) + peep(wco[j], dzo);
         const T dzg = dc * i * (one - (ALL ? one : ia) * g * g);
         // c = f c_prev + i g, and with coupling f = 1 - i also depends on i
-        const T dzi = has_i ? (dc * (coupled ? g - cp : g) + dai[j] - (coupled ? daf[j] : T(0))) * i * (one - i)
-                            : T(0);
-        const T dzf = has_f ? (dc * cp + daf[j]) * f * (one - f) : T(0);
+        const T dzi = (dc * (ALL ? g : g - cpc[j]) + dai[j] - (ALL ? T(0) : dafc[j])) * i * (one - i);
+        const T dzf = (dc * cp + daf[j]) * f * (one - f);
         dc0[j] = dc * f + peep(wci[j], dzi) + peep(wcf[j], dzf);
         dh0[j] = T(0);  // h_{t-1} enters only through the recurrent product (the driver adds it)
         di[j] = dzi;
