@@ -97,6 +97,12 @@ def test_option_variants_report_their_backend_and_cost_against_the_plain_cell():
     assert summary["lstm:record"]["backend"] == kernels
     assert "train_vs_plain" not in summary["lstm"]
     assert all(summary[s]["train_vs_plain"] > 0 for s in specs[1:])
+    # the plain cell is a peer of the variant's own row (same interleaved repeats), so it needs no row of its own
+    alone = run_bench(cells=["gru:weight_drop=0.5"], shapes=[(6, 2, 8)], repeats=1, overhead_steps=5)
+    rows = alone["rows"]
+    assert all(r["plain_ms"] > 0 and r["vs_plain"] == pytest.approx(r["ours_ms"] / r["plain_ms"]) for r in rows)
+    train = [r["vs_plain"] for r in rows if r["mode"] == "train"]
+    assert alone["summary"]["gru:weight_drop=0.5"]["train_vs_plain"] == pytest.approx(train[0])
 
 
 def _fake_cuda(monkeypatch) -> None:
