@@ -262,7 +262,8 @@ NEW = {"gru_paper": ("gru_paper", {}), "indrnn": ("indrnn", {}), "indrnn_tanh": 
        "fgr_cifg_nog": ("lstm", {"full_gate_recurrence": True, "coupled": True, "output_gate": False}),
        "clockwork": ("clockwork", {}), "clockwork_13": ("clockwork", {"periods": (1, 3)}),
        "depth_gated": ("depth_gated", {"num_layers": 2}),
-       "depth_gated_3_nopeep": ("depth_gated", {"num_layers": 3, "peepholes": False})}
+       "depth_gated_3_nopeep": ("depth_gated", {"num_layers": 3, "peepholes": False}),
+       "depth_gated_nobias": ("depth_gated", {"num_layers": 2, "bias": False})}
 #: cells with a single zoned-out state part (clockwork's counter never zones out): training-mode zoneout draws
 #: the reference's masks in the same order
 SINGLE = ["gru_paper", "indrnn", "indrnn_tanh", "mut1_id", "mut2", "mingru", "minlstm", "mingru_seq", "ln_gru",
@@ -332,7 +333,7 @@ def test_new_rules_recording_equals_the_reference(key):
 #: gradcheck once per kernel (the interpreter re-runs the layer for every input element): variants that only
 #: drop parameters or change the reference's path are covered by the parity tests' gradients
 GRADCHECK = [k for k in NEW if k not in ("ln_lstm_nobias", "mingru_seq", "lstmp_peep", "fgr_cifg_nog", "clockwork_13",
-                                         "depth_gated_3_nopeep")]
+                                         "depth_gated_3_nopeep", "depth_gated_nobias")]
 
 
 @pytest.mark.parametrize("key", GRADCHECK)
