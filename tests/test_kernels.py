@@ -255,7 +255,8 @@ def test_cache_dir_respects_env(monkeypatch, tmp_path) -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("cell,Hl,Bl", [(c, 256, 64) for c in ("lstm", "gru", "gru_paper", "rnn", "mut1", "mut2", "mut3",
-                                                                 "ln_gru", "ln_lstm", "clockwork", "lstm_proj")]
+                                                                 "ln_gru", "ln_lstm", "clockwork", "lstm_proj", "slstm",
+                                                                 "slstm_2heads")]
                          + [("lstm", 512, 16), ("lstm_proj", 512, 16)])
 @pytest.mark.parametrize("gemm", ["onednn", "aten"])
 def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm: str) -> None:
@@ -267,9 +268,16 @@ def test_large_products_take_the_library_paths(cell: str, Hl: int, Bl: int, gemm
         assert ext.gemm_backend() in (gemm, "aten")
         torch.manual_seed(0)
         # the projection's own per-step product (B, H) x (H, P) is large too
-        mod = Recurrent("lstm", Hl, Hl, proj_size=Hl // 2) if cell == "lstm_proj" else Recurrent(cell, Hl, Hl)
+        if cell == "lstm_proj":
+            mod = Recurrent("lstm", Hl, Hl, proj_size=Hl // 2)
+        elif cell == "slstm_2heads":  # per-head products of >= 4M multiply-adds (oneDNN); 4 heads: ATen mm
+            mod = Recurrent("slstm", Hl, Hl, num_heads=2)
+        else:
+            mod = Recurrent(cell, Hl, Hl)
         x = torch.randn(3, Bl, Hl)
         hx = tuple(torch.randn(s) for s in mod.state_shapes(Bl))
+        if cell.startswith("slstm"):  # exponential gates: unit-scale inputs at I = 256 give e^(±40) in float32
+            x, hx = x * 0.05, tuple(h.abs() * 0.05 + (1.0 if k == 2 else 0.0) for k, h in enumerate(hx))
         lengths = [3, 1, 2] * (Bl // 3) + [3] * (Bl % 3)
         ref_out, ref_grads = _run(mod, "reference", x, hx, lengths)
         out, grads = _run(mod, "cpp", x, hx, lengths)

@@ -275,7 +275,7 @@ inline const T* E_ptr(const Tensor& e) { return e.numel() > 0 ? e.data_ptr<T>() 
 template <Rec R, typename T>
 struct Recurrence {
   int64_t B, H, G, S, heads, dh;
-  Tensor w, wk, hh, q, dq, dhk;
+  Tensor w, wk, hh, q, dq;
 
   Recurrence(const Tensor& w_in, int64_t B_, int64_t H_, int64_t G_, int64_t S_, int64_t heads_)
       : B(B_), H(H_), G(G_), S(S_), heads(heads_ > 0 ? heads_ : 1), dh(H_ / (heads_ > 0 ? heads_ : 1)) {
@@ -287,13 +287,17 @@ struct Recurrence {
       wk = w.view({G, heads, dh, dh}).permute({1, 0, 2, 3}).reshape({heads, G * dh, dh}).contiguous();
       q = at::empty({heads, B, G * dh}, opts);
       dq = at::empty({heads, B, G * dh}, opts);
-      dhk = at::empty({heads, B, dh}, opts);
     }
   }
 
   // Full: the per-step products through the shared GEMM selection (gemm.h: inline / MKL / oneDNN packed
   // once per call), made on first use (a call runs forward or backward, never both).
   std::optional<Lin<T>> lin_fwd, lin_bwd;
+  // Heads: one such product per head, so they take the same selection as a full matrix (ATen's bmm over the
+  // heads always ran MKL).  sLSTM training, 2 threads, interleaved medians of 7, oneDNN-selected / all-ATen
+  // products (set_gemm_backend): 1 head (100,64,256) 0.87, (50,128,512) 0.95, (20,32,1024) 0.84, (200,16,128)
+  // 1.00; 4 heads (50,128,512) 1.03.
+  std::vector<Lin<T>> head_fwd, head_bwd;
 
   // hh for the state rows states[t] (B, S*H); nullptr for Rec::None.
   const T* forward(const Tensor& states, int64_t t) {
@@ -326,9 +330,11 @@ struct Recurrence {
           o[b * G * H + r] = acc;
         }
     } else {
-      // (B, H) rows viewed (nh, B, dh) without a copy: strides (dh, ld, 1)
-      auto hk = rnnlab_gemm::wrap<T>(hp, B, H, ld).view({B, heads, dh}).transpose(0, 1);
-      at::bmm_out(q, hk, wk.transpose(1, 2));  // (nh, B, G*dh)
+      if (head_fwd.empty())
+        for (int64_t k = 0; k < heads; ++k) head_fwd.emplace_back(wk[k], false, B);
+      T* qw = q.data_ptr<T>();
+      for (int64_t k = 0; k < heads; ++k)  // q[k] (B, G*dh) = h[:, k*dh:(k+1)*dh] W_kᵀ, h rows read in place
+        head_fwd[k].apply(qw + k * B * G * dh, G * dh, hp + k * dh, ld, B, false);
       const T* qp = q.data_ptr<T>();
       T* o = hh.data_ptr<T>();
       for (int64_t k = 0; k < heads; ++k)
@@ -374,11 +380,10 @@ struct Recurrence {
           for (int64_t g = 0; g < G; ++g)
             for (int64_t j = 0; j < dh; ++j)
               qp[(k * B + b) * G * dh + g * dh + j] = p[b * G * H + g * H + k * dh + j];
-      at::bmm_out(dhk, dq, wk);  // (nh, B, dh)
-      const T* r = dhk.data_ptr<T>();
-      for (int64_t k = 0; k < heads; ++k)
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t j = 0; j < dh; ++j) d[b * ld + k * dh + j] += r[(k * B + b) * dh + j];
+      if (head_bwd.empty())
+        for (int64_t k = 0; k < heads; ++k) head_bwd.emplace_back(wk[k], true, B);
+      for (int64_t k = 0; k < heads; ++k)  // d[:, k*dh:(k+1)*dh] += dq[k] (B, G*dh) W_k, into the rows in place
+        head_bwd[k].apply(d + k * dh, ld, qp + k * B * G * dh, G * dh, B, true);
     }
   }
 };
