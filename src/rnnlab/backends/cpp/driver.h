@@ -319,15 +319,14 @@ struct Recurrence {
         for (int64_t g = 0; g < G; ++g)
           for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * hp[b * ld + j];
     } else if (B * G * H * dh < kSmallGemm) {
+      // per gate and head, rows g*H + k*dh .. + dh of W read head k: the inline kernel's vectorised dot
+      // products (a plain running sum over l stays scalar without -ffast-math)
       const T* wp = w.data_ptr<T>();
       T* o = hh.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t r = 0; r < G * H; ++r) {  // row r = g*H + k*dh + j reads head k = (r % H) / dh
-          const T* hr = hp + b * ld + ((r % H) / dh) * dh;
-          const T* wr = wp + r * dh;
-          T acc = T(0);
-          for (int64_t l = 0; l < dh; ++l) acc += wr[l] * hr[l];
-          o[b * G * H + r] = acc;
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t k = 0; k < heads; ++k) {
+          const int64_t r0 = g * H + k * dh;
+          rnnlab_gemm::small_nt<T>(o + r0, G * H, hp + k * dh, ld, wp + r0 * dh, dh, B, dh, dh, false);
         }
     } else {
       if (head_fwd.empty())
