@@ -9,7 +9,8 @@ with recording, recurrent dropout, zoneout and every step's state (what a layer 
 float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced precision): those compute in float32,
 weights, inputs and states cast up per call and the results cast back, so the recurrence accumulates in float32
 as under autocast (the driver's saved tensors are float32).  Everything else (minGRU/minLSTM's log-space scan,
-subclasses that change the math) goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the environment switches it off.
+subclasses that change the math) goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the
+environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL
 otherwise, to inline loops when tiny; the measurements behind that choice are in gemm.h.

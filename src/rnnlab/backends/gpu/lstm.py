@@ -108,8 +108,9 @@ def _lstm_bwd(DH1, DC1, DA1, SAVED, C0, PEEP, VALID, KH, KC, KA, DXP, DH0, DC0, 
     else:
         dh, dh_old = load_blend_grad(DH1, KH, offs, m, valid, HAS_KEEP, COMPUTE)
     dc, dc_old = load_blend_grad(DC1, KC, offs, m, valid, HAS_KEEP, COMPUTE)
-    # FGR: the gradient reaching the values of i, f, o through the state part a (zero without FGR)
-    da_i = 0.0 * c
+    # FGR: the gradient reaching the values of i, f, o through the state part a (exact zeros without FGR: a
+    # product 0 * c would be NaN where c overflowed)
+    da_i = tl.full([BLOCK], 0.0, c.dtype)
     da_f = da_i
     da_o = da_i
     if FGR:
