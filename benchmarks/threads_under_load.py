@@ -7,7 +7,8 @@ rnnlab cells (default backend) and torch.nn.LSTM / GRU as peers with ``torch.set
 count and implementation alternate inside each repeat) and each sample is the mean of a block of calls, so
 the stalls that a descheduled pool thread causes count; the report gives medians over repeats and the
 2-thread / 1-thread ratio.  ``--load loaded`` starts ``python -c "while True: pass"`` pinned to CPU 0 for the
-measurement (and stops it, by its pid, afterwards).
+measurement (and stops it, by its pid, afterwards); ``--load half`` a process there that is busy half of every
+20 ms.
 
 Example:
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/threads_under_load.py --load idle loaded --repeats 5 \
@@ -120,9 +121,16 @@ def _has_rule() -> bool:
     return True
 
 
-def start_hog(cpu: int = 0) -> subprocess.Popen:
-    """A busy-loop process pinned to one CPU (the competing load)."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+#: busy fraction of the competing process per load name
+HOG_DUTY = {"loaded": 1.0, "half": 0.5}
+
+
+def start_hog(cpu: int = 0, duty: float = 1.0) -> subprocess.Popen:
+    """A busy-loop process pinned to one CPU (the competing load), busy ``duty`` of every 20 ms."""
+    code = "while True: pass" if duty >= 1.0 else (
+        "import time\nwhile True:\n t = time.perf_counter()\n while time.perf_counter() - t < %r: pass\n"
+        " time.sleep(%r)\n" % (0.02 * duty, 0.02 * (1.0 - duty)))
+    hog = subprocess.Popen([sys.executable, "-c", code])
     os.sched_setaffinity(hog.pid, {cpu})
     time.sleep(0.5)
     return hog
@@ -139,7 +147,7 @@ def run(loads: list[str], shapes: list[tuple[int, int, int]], cells: list[str], 
                                  "block_s": BLOCK_S, "rows": []}
     rows: list[dict[str, object]] = report["rows"]  # type: ignore[assignment]
     for load in loads:
-        hog = start_hog() if load == "loaded" else None
+        hog = start_hog(duty=HOG_DUTY[load]) if load in HOG_DUTY else None
         try:
             load_avg = os.getloadavg()[0]
             for T, B, H in shapes:
@@ -166,7 +174,7 @@ def _fmt(row: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--load", nargs="+", default=["idle", "loaded"], choices=["idle", "loaded"])
+    ap.add_argument("--load", nargs="+", default=["idle", "loaded"], choices=["idle", "half", "loaded"])
     ap.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], help="T,B,H")
     ap.add_argument("--cells", nargs="+", default=CELLS)
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])

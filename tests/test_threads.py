@@ -9,7 +9,8 @@ import torch
 
 import rnnlab
 from rnnlab.backends import threads
-from rnnlab.backends.threads import MIN_PARALLEL_WORK, CallThreads, call_threads, step_work
+from rnnlab.backends.spare_cpus import SpareCpus, read_ticks
+from rnnlab.backends.threads import MIN_PARALLEL_WORK, MIN_SPARE_WORK, CallThreads, call_threads, step_work
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def test_cap_below_threshold_not_above(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "spare_cpus", lambda: None)  # the load unknown: the size rule alone
     assert call_threads(MIN_PARALLEL_WORK - 1, 2) == 1
     assert call_threads(0, 4) == 1
     assert call_threads(MIN_PARALLEL_WORK, 2) == 2
@@ -100,6 +102,7 @@ def test_backend_caps_forward_and_backward(monkeypatch: pytest.MonkeyPatch, two_
 
 def test_backend_leaves_large_calls(monkeypatch: pytest.MonkeyPatch, two_threads: None, spy: list[int]) -> None:
     monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "spare_cpus", lambda: 2.0)  # an idle machine
     mod = rnnlab.Recurrent("rnn", 4, 512)  # B * H * (I + H) > 4M multiply-adds per step at B = 16
     assert step_work(mod.layer_params(0, 0), 16) >= MIN_PARALLEL_WORK
     mod(torch.randn(2, 16, 4))[0].sum().backward()
@@ -138,3 +141,72 @@ def test_results_identical_with_and_without_rule(monkeypatch: pytest.MonkeyPatch
         results.append([out.detach(), xi.grad, *(p.grad for p in mod.parameters())])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spare, n, expected", [(2.0, 2, 2), (1.5, 2, 2), (1.4, 2, 1), (1.0, 2, 1), (0.0, 2, 1),
+                                                (None, 2, 1), (None, 4, 1), (2.6, 4, 3), (8.0, 4, 4)])
+def test_mid_sized_calls_follow_spare_cpus(monkeypatch: pytest.MonkeyPatch, spare: float | None, n: int,
+                                           expected: int) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "spare_cpus", lambda: spare)
+    assert call_threads(MIN_SPARE_WORK, n) == expected
+    assert call_threads(MIN_PARALLEL_WORK - 1, n) == expected
+    assert call_threads(MIN_SPARE_WORK - 1, n) == 1  # small calls: one thread however idle the machine
+    # large calls: the same count, or all threads while the load is unknown
+    assert call_threads(MIN_PARALLEL_WORK, n) == (n if spare is None else expected)
+
+
+def test_spare_cpus_meter_windows() -> None:
+    now = [0.0]
+    ticks: list[tuple[int, int, int] | None] = [(1000, 50, 2)]
+    meter = SpareCpus(reader=lambda: ticks[0], clock=lambda: now[0], window_s=0.5)
+    hz = meter.hz
+    assert meter() is None  # first sample: no window yet
+    now[0] = 0.2
+    ticks[0] = (1000 + hz, 50, 2)  # not read: inside the window
+    assert meter() is None
+    now[0] = 1.0  # one second: the CPUs were busy 1.5 CPU-seconds, 0.5 of them this process
+    ticks[0] = (1000 + int(1.5 * hz), 50 + hz // 2, 2)
+    assert meter() == pytest.approx(1.0)
+    now[0] = 2.0  # this process alone kept both CPUs busy: nothing taken by others
+    ticks[0] = (1000 + int(3.5 * hz), 50 + hz // 2 + 2 * hz, 2)
+    assert meter() == pytest.approx(2.0)
+    now[0] = 3.0  # the reader fails (no /proc): unknown from then on, never read again
+    ticks[0] = None
+    assert meter() is None
+    ticks[0] = (0, 0, 2)
+    now[0] = 9.0
+    assert meter() is None
+
+
+@pytest.mark.skipif(read_ticks() is None, reason="no /proc/stat: not Linux")
+def test_spare_cpus_sees_a_busy_process() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+    busy, own, n_cpus = read_ticks()  # type: ignore[misc]
+    assert n_cpus == len(os.sched_getaffinity(0)) and busy >= 0 and own >= 0
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        meter = SpareCpus(window_s=0.5)
+        time.sleep(0.3)
+        assert meter() is None
+        time.sleep(1.0)
+        spare = meter()
+        # the busy loop takes most of a CPU (more when the machine is loaded, as spare then counts the rest too)
+        assert spare is not None and 0.0 <= spare <= n_cpus - 0.5
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+@pytest.mark.parametrize("spare, lowered", [(2.0, False), (1.0, True), (None, True)])
+def test_backend_reads_spare_cpus_for_mid_sized_calls(monkeypatch: pytest.MonkeyPatch, two_threads: None,
+                                                      spy: list[int], spare: float | None, lowered: bool) -> None:
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "spare_cpus", lambda: spare)
+    mod = rnnlab.Recurrent("lstm", 128, 128)
+    assert MIN_SPARE_WORK <= step_work(mod.layer_params(0, 0), 16) < MIN_PARALLEL_WORK  # (200, 16, 128)
+    mod(torch.randn(2, 16, 128))[0].sum().backward()
+    assert (1 in spy) == lowered and torch.get_num_threads() == 2

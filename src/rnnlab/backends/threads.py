@@ -1,4 +1,4 @@
-"""Per-call intra-op thread count for the CPU kernels: one thread for calls too small to pay for a second.
+"""Per-call intra-op thread count for the CPU kernels: one thread for small calls, and no more than the idle CPUs.
 
 Measured on the shared 2-core dev machine (torch 2.13 CPU wheel, OpenMP), ``benchmarks/threads_under_load.py``,
 time with 2 intra-op threads / time with 1 (rule off), interleaved medians of 3 blocks of calls, ranges over
@@ -15,23 +15,42 @@ CPU 0 on top (load average 2.7-6.5).  Per-step work = B * G * H * H multiply-add
 
 So on a quiet machine a second thread gains nothing up to (100, 8, 64) and 1.2-1.8x at (200, 16, 128); as soon as
 other work runs, it costs 2-300x up to (200, 16, 128); from (100, 64, 256) up it gains 1.4-2.5x whenever the second
-core is at least partly free (training: at (50, 128, 512); noisy at (100, 64, 256)). The threshold, 4 M multiply-
-adds per step, keeps one thread up to (200, 16, 128) (there the busy-machine loss outweighs the quiet-machine gain;
-with the rule on and the hog running, (200, 16, 128) training took 0.72-1.32x the 1-thread time against 6.3-13.5x
-with 2 threads) and leaves the count alone from (100, 64, 256) up (Elman there is exactly 4 M and keeps 2 threads:
-0.60x inference). On a dedicated machine ``RNNLAB_THREAD_RULE=off`` gets the quiet-machine gain at (200, 16, 128)
-back; under heavy load 2 threads lose at every size measured, and only the user's ``torch.set_num_threads(1)`` helps
-(the rule keeps it).
+core is at least partly free (training: at (50, 128, 512); noisy at (100, 64, 256)).
 
-Rule: a call whose products have fewer than :data:`MIN_PARALLEL_WORK` multiply-adds per step
-(``B * (weight_ih.numel() + weight_hh.numel())``: the input projection, one GEMM over all steps inside the call,
-counted per step, plus the recurrent product, B * G * H * (I + H) for G gate blocks) runs its forward, and the
-backward pass it starts, with one intra-op thread; larger calls keep ``torch.get_num_threads()``.  The input
-projection counts because it is often most of the call: with the recurrent product alone, IndRNN (a diagonal
-W_hh) and SRU (none) ran every call on one thread and trained 1.6-1.8x slower than with the rule off at
-(100, 64, 256) and (50, 128, 512) on a quiet machine (their reference loop, whose input GEMM kept 2 threads,
-was faster than the fused kernel there).  The LSTM rows of the table keep their side of the threshold
-(I = H: 2 M at (200, 16, 128), 34 M at (100, 64, 256)).  The count is only ever lowered, never raised above what
+So whether a second thread pays depends as much on the rest of the machine as on the call, and calls from
+(200, 16, 128) up look at the machine (:mod:`.spare_cpus`: CPU time other processes took over the last half
+second).  Measured 2026-11-25, ``benchmarks/threads_under_load.py --load idle half loaded`` (raw output:
+``docs/bench/threads_under_load.json``), 2 threads / 1 thread with the rule off, rnnlab lstm, gru, rnn and
+torch.nn.LSTM / GRU, beside a competing process pinned to CPU 0 that is busy half of every 20 ms ("half") or all
+the time ("full"):
+
+    (T, B, H)        idle train / infer       half train / infer       full train / infer
+    (100, 8, 64)     0.87-1.09 / 0.88-1.13    1.18-1.47 / 1.17-1.51    2.28-6.60 / 2.02-5.80
+    (200, 16, 128)   0.58-0.84 / 0.56-0.83    0.78-1.14 / 0.81-1.28    1.17-3.76 / 1.15-3.40
+    (100, 64, 256)   0.54-0.67 / 0.53-0.76    0.70-0.96 / 0.70-1.33    1.30-2.68 / 1.05-4.19
+    (50, 128, 512)   0.55-0.64 / 0.50-0.55    0.74-0.82 / 0.69-0.84    1.37-1.64 / 1.34-2.37
+
+A CPU that another process keeps fully busy makes a second thread lose at every size; one it keeps half busy
+leaves the second thread about even (better from (100, 64, 256) up); an idle one makes it win from
+(200, 16, 128) up.
+
+Rule: let ``work`` be the call's multiply-adds per step (``B * (weight_ih.numel() + weight_hh.numel())``: the
+input projection, one GEMM over all steps inside the call, counted per step, plus the recurrent product,
+B * G * H * (I + H) for G gate blocks).
+- Below :data:`MIN_SPARE_WORK` (512 K; an LSTM at (100, 8, 64) is 262 K): one intra-op thread, for the forward
+  and the backward pass it starts.
+- From there up: as many threads as CPUs that other processes leave at least half idle, ``int(spare + 0.5)``,
+  at least 1.  Rule on against 1 thread, same runs: idle 0.57-0.82 at (200, 16, 128) and 0.52-0.68 from
+  (100, 64, 256) up (within 0.97-1.11 of 2 threads; in one idle block, inference at (100, 64, 256), the rule
+  ran 1 thread: something else took a CPU then, and a rerun gave 0.56-0.67); full 0.97-1.14 at every size
+  from (200, 16, 128) up (2 threads: 1.05-4.19); half, within 0.93-1.15 of 2 threads.  At (100, 8, 64) the
+  rule runs one thread, yet half/full training took 1.27-2.37x the 1-thread time: the rest of each training
+  step (the loss, the autograd engine) still ran with 2 threads.
+- While the load is unknown (the first half second of a process, or no ``/proc``): one thread below
+  :data:`MIN_PARALLEL_WORK` (4 M; an LSTM at (200, 16, 128) is 2 M, at (100, 64, 256) 34 M), all from there up.
+The input projection counts because it is often most of the call: with the recurrent product alone, IndRNN (a
+diagonal W_hh) and SRU (none) ran every call on one thread and trained 1.6-1.8x slower than with the rule off at
+(100, 64, 256) and (50, 128, 512) on a quiet machine.  The count is only ever lowered, never raised above what
 ``torch.get_num_threads()`` says, so a user's ``torch.set_num_threads(n)`` stays the upper bound.
 ``RNNLAB_THREAD_RULE=off`` in the environment (read on every call) switches the rule off.
 
@@ -57,9 +76,15 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from .spare_cpus import spare_cpus
+
 ENV = "RNNLAB_THREAD_RULE"
-#: per-step multiply-adds below which a call runs on one thread (derived in the module docstring)
+#: per-step multiply-adds from which a call keeps every thread while the machine's load is unknown
 MIN_PARALLEL_WORK = 1 << 22
+#: per-step multiply-adds below which a call runs on one thread even on an idle machine
+MIN_SPARE_WORK = 1 << 19
+#: a CPU counts as free while other processes use at most half of it
+SPARE_SLACK = 0.5
 #: a backward pass that raised left the count lowered: the count to put back at the next guarded call
 _stale_restore: list[int] = []
 
@@ -76,12 +101,19 @@ def step_work(params: Mapping[str, Tensor], batch: int) -> int:
 
 
 def call_threads(work: int, available: int | None = None) -> int:
-    """Intra-op threads for a call with ``work`` per-step multiply-adds: 1 below :data:`MIN_PARALLEL_WORK`,
-    else ``available`` (default ``torch.get_num_threads()``); never more than ``available``."""
+    """Intra-op threads for a call with ``work`` per-step multiply-adds, at most ``available`` (default
+    ``torch.get_num_threads()``): 1 below :data:`MIN_SPARE_WORK`; above, as many as CPUs other processes leave at
+    least half idle (:mod:`.spare_cpus`), at least 1; while that is unknown, 1 below :data:`MIN_PARALLEL_WORK`
+    and ``available`` from there up."""
     n = torch.get_num_threads() if available is None else available
-    if work < MIN_PARALLEL_WORK and rule_enabled():
-        return min(n, 1)
-    return n
+    if n <= 1 or not rule_enabled():
+        return n
+    if work < MIN_SPARE_WORK:
+        return 1
+    spare = spare_cpus()
+    if spare is None:
+        return n if work >= MIN_PARALLEL_WORK else 1
+    return max(1, min(n, int(spare + SPARE_SLACK)))
 
 
 def _restore_stale() -> None:
