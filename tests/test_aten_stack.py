@@ -157,3 +157,43 @@ def test_cuda_weights_share_one_buffer_after_cuda():
         warnings.simplefilter("always")
         lstm(torch.randn(3, 2, 4, device="cuda"))
     assert not [w for w in record if "contiguous chunk" in str(w.message)]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "lengths"])
+@pytest.mark.parametrize("torch_cls, ours_cls, kw", PAIRS)
+def test_cpu_autocast_computes_what_torch_nn_computes(torch_cls, ours_cls, kw, packed):
+    """Under CPU autocast a plain stack runs torch.nn's op (no ROUTE_ON_CPU needed): the same dtypes, numbers
+    and gradients as torch.nn under the same autocast, with lengths, two layers, both directions."""
+    torch.manual_seed(0)
+    ref, ours = _pair(torch_cls, ours_cls, kw, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 4)
+    outs = []
+    for mod in (ref, ours):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if packed:
+                o, s = mod(pack_padded_sequence(x, torch.tensor([6, 4, 2]), enforce_sorted=False))
+                o = torch.nn.utils.rnn.pad_packed_sequence(o, total_length=6)[0]
+            else:
+                o, s = mod(x)
+        g = torch.autograd.grad(o.float().sum() + _flat(s)[0].float().sum(), list(mod.parameters()))
+        outs.append(((o, *_flat(s)), g))
+    (o1, g1), (o2, g2) = outs
+    assert [t.dtype for t in o2] == [t.dtype for t in o1]
+    if not packed:  # torch's own autocast policy (its packed variants return float32)
+        assert o1[0].dtype == (torch.float32 if torch_cls is nn.GRU else torch.bfloat16)
+    _same(o1, o2)
+    _same(g1, g2)
+
+
+def test_cpu_autocast_keeps_the_driver_for_options_forced_backends_and_fp16():
+    """Options torch.nn lacks keep rnnlab's driver under autocast (float32 compute and output); so do a forced
+    backend and fp16 autocast (where torch.nn.LSTM has no CPU kernel without AVX512-FP16)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 4)
+    for mod, dtype in ((rnnlab.LSTM(4, 5, zoneout=0.1), torch.bfloat16), (rnnlab.LSTM(4, 5, backend="cpp"), torch.bfloat16),
+                       (rnnlab.Recurrent("peephole", 4, 5), torch.bfloat16), (rnnlab.LSTM(4, 5), torch.float16)):
+        mod.eval()  # zoneout's expectation: the same numbers in both calls
+        with torch.autocast("cpu", dtype=dtype):
+            out = mod(x)[0]
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, mod(x)[0], atol=4e-2, rtol=4e-2)

@@ -212,11 +212,15 @@ def _ours(spec: str, H: int, backend: str, device: str = "cpu") -> nn.Module:
 def backend_used(mod: Recurrent, x: torch.Tensor) -> str:
     """Name of the backend that ``backend="auto"`` picks for layer 0 of ``mod`` on input ``x`` (T, B, I), with
     the module's options (recurrent dropout, zoneout, weight drop, recording) as its training calls have them.
-    On CUDA a plain LSTM/GRU/RNN stack runs torch.nn's own op instead of any backend: ``"cudnn"``."""
+    On CUDA a plain LSTM/GRU/RNN stack runs torch.nn's own op instead of any backend: ``"cudnn"``; so does it
+    under CPU autocast (an autocast row): ``"aten"``."""
     from rnnlab.backends import LayerCall, aten_stack, select_backend
 
-    if x.is_cuda and not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None:
+    plain = not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None
+    if plain and x.is_cuda:
         return "cudnn" if torch.backends.cudnn.is_acceptable(x) else "aten"
+    if plain and getattr(mod, "bench_autocast", None) is not None:
+        return "aten"
     B = x.shape[1]
     rec_mask = torch.ones(B, mod.cell.output_size, device=x.device) if mod.recurrent_dropout and mod.training \
         else None

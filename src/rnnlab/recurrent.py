@@ -344,8 +344,8 @@ class Recurrent(nn.Module):
             # initial state of each layer/direction k: one unbind per part, not an index op per (k, part)
             per_k = list(zip(*(s.unbind(0) for s in state0)))
         probes = self._probes
-        if B > 0 and (x.is_cuda or aten_stack.ROUTE_ON_CPU) and probes is None:
-            # a plain LSTM/GRU/RNN stack on CUDA: torch.nn's own op (cuDNN), whole stack in one call
+        if B > 0 and probes is None and aten_stack.route_applies(x):
+            # a plain LSTM/GRU/RNN stack on CUDA (cuDNN) or under CPU autocast: torch.nn's own op, whole stack
             routed = aten_stack.try_run(self, input, hx, lens)
             if routed is not None:
                 return routed

@@ -7,8 +7,14 @@ after the product, or an :class:`~rnnlab.cells.ElmanCell`; no recurrent dropout,
 recording or forced backend — :func:`try_run` hands the whole stack to that op, so results and speed are torch.nn's own.
 Lengths go in as a packed sequence (as torch.nn takes them), dropout between layers is the op's own.
 
-The route is taken on CUDA tensors.  ``ROUTE_ON_CPU`` makes it run on the CPU too (the same op ``nn.LSTM``
-runs there), which is how the test suite proves bit-equality with ``torch.nn`` without a GPU.
+The route is taken on CUDA tensors, and on the CPU under bf16 ``torch.autocast("cpu")`` in plain eager mode: there
+torch.nn's op applies autocast's own policy (LSTM and Elman compute and return the autocast dtype, in oneDNN's
+bf16 kernels for the LSTM; GRU returns float32), so a plain stack gives torch.nn's numbers, dtypes and speed
+under autocast too (rnnlab's driver would compute in float32: measured 1.60x nn.LSTM's time for an autocast LSTM
+training step, ``docs/bench/cpu_options.json``).  Under torch.compile / export, torch.func transforms and jit
+tracing the registered op keeps its float32 policy, and so does fp16 autocast (torch.nn.LSTM raises there on a
+CPU without AVX512-FP16: oneDNN has no fp16 LSTM primitive for it).  ``ROUTE_ON_CPU`` makes the route run on the CPU always (the
+same op ``nn.LSTM`` runs there), which is how the test suite proves bit-equality with ``torch.nn`` without a GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ if TYPE_CHECKING:
 
 #: tests set this to prove the route against torch.nn on the CPU
 ROUTE_ON_CPU = False
+
+
+def route_applies(x: Tensor) -> bool:
+    """The route is considered for input ``x``: CUDA, ``ROUTE_ON_CPU``, or CPU autocast in plain eager mode."""
+    if x.is_cuda or ROUTE_ON_CPU:
+        return True
+    # bf16 only: torch.nn.LSTM under fp16 CPU autocast fails without AVX512-FP16 (no oneDNN fp16 LSTM primitive)
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and type(x) is Tensor
+            and not torch._C._are_functorch_transforms_active() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
 
 
 def aten_mode(rnn: "Recurrent") -> str | None:
@@ -60,7 +77,7 @@ def flat_weights(rnn: "Recurrent") -> list[Tensor]:
 def try_run(rnn: "Recurrent", input: Tensor | PackedSequence, hx, lengths) -> tuple | None:
     """Run the whole stack through the ATen op, or return ``None`` when the route does not apply."""
     x = input.data if isinstance(input, PackedSequence) else input
-    if not (x.is_cuda or ROUTE_ON_CPU) or rnn._recording is not None or rnn.check_finite:
+    if not route_applies(x) or rnn._recording is not None or rnn.check_finite:
         return None
     mode = aten_mode(rnn)
     if mode is None:
