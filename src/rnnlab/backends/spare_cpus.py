@@ -7,15 +7,17 @@ busy process they run 2-300x slower (a descheduled pool thread stalls every per-
 The estimate is ``len(sched_getaffinity) - (busy ticks of those CPUs - this process's ticks) / elapsed``: the
 busy time of the CPUs this process may run on (``/proc/stat``: user, nice, system, irq, softirq, steal),
 less what this process itself used (``/proc/self/stat``: utime + stime of all its threads), over the wall
-time between two samples.  A sample is taken at most every :data:`WINDOW_S` seconds, from a call that asks;
-between samples the last estimate is returned, so the cost per call is one clock read (two small file reads
-per window).  ``None`` means unknown: no ``/proc`` (not Linux), or no window measured yet (the first call of a
-process); the caller then keeps its conservative choice.
+time between two samples.  The first sample is taken when the meter is made (the process-wide one: when this
+module is imported), so the first call that asks, usually much later, already gets an estimate; after that a
+sample is taken at most every :data:`WINDOW_S` seconds, from a call that asks, and between samples the last
+estimate is returned, so the cost per call is one clock read (two small file reads per window).  ``None``
+means unknown: no ``/proc`` (not Linux), or less than :data:`FIRST_WINDOW_S` since the meter was made; the
+caller then keeps its conservative choice.
 
 Example:
     >>> from rnnlab.backends.spare_cpus import SpareCpus
     >>> meter = SpareCpus()
-    >>> meter() is None  # the first call starts the first window
+    >>> meter() is None  # asked at once: no window measured yet
     True
 """
 
@@ -27,6 +29,8 @@ from typing import Callable, Optional
 
 #: seconds between two samples (long enough for /proc's 10 ms ticks to resolve a quarter of a CPU)
 WINDOW_S = 0.5
+#: the first window (from the meter's creation, at import) gives an estimate after this long already
+FIRST_WINDOW_S = 0.1
 
 _STAT = "/proc/stat"
 _SELF_STAT = "/proc/self/stat"
@@ -76,13 +80,18 @@ class SpareCpus:
         self.last: Optional[tuple[float, int, int]] = None  # (time, busy ticks, own ticks) at the last sample
         self.spare: Optional[float] = None
         self.dead = False  # the reader failed once: no /proc, never retried
+        self._sample(self.clock())
 
     def __call__(self) -> Optional[float]:
         if self.dead:
             return None
         now = self.clock()
-        if self.last is not None and now - self.last[0] < self.window_s:
+        if self.last is not None and now - self.last[0] < (self.window_s if self.spare is not None
+                                                           else min(self.window_s, FIRST_WINDOW_S)):
             return self.spare
+        return self._sample(now)
+
+    def _sample(self, now: float) -> Optional[float]:
         ticks = self.reader()
         if ticks is None:
             self.dead = True
