@@ -15,9 +15,9 @@ means unknown: no ``/proc`` (not Linux), or less than :data:`FIRST_WINDOW_S` sin
 caller then keeps its conservative choice.
 
 Example:
-    >>> from rnnlab.backends.spare_cpus import SpareCpus
-    >>> meter = SpareCpus()
-    >>> meter() is None  # asked at once: no window measured yet
+    >>> from rnnlab.backends.spare_cpus import spare_cpus
+    >>> spare = spare_cpus()  # CPUs left idle by other processes, or None
+    >>> spare is None or spare >= 0.0
     True
 """
 
