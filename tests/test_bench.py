@@ -177,3 +177,16 @@ def test_autocast_rows_run_everything_under_autocast_and_report_the_ratio(monkey
     assert torch.bfloat16 in seen and report["summary"]["lstm:autocast=bf16"]["train_vs_plain"] > 0
     with pytest.raises(ValueError, match="autocast"):
         run_bench(cells=["lstm:autocast=int4"], shapes=[(5, 2, 8)], repeats=1, overhead_steps=3)
+
+
+@pytest.mark.parametrize("spec, expected", [("lstm:autocast=bf16", "aten"), ("gru:autocast=bf16", "aten"),
+                                            ("lstm:autocast=fp16", "cpp"), ("peephole:autocast=bf16", "cpp"),
+                                            ("lstm", "cpp")])
+def test_autocast_rows_name_the_route_that_ran(spec, expected):
+    """bf16 CPU autocast sends a plain stack to torch.nn's op ("aten"); fp16 and other cells keep the driver."""
+    import torch
+
+    from rnnlab.bench import _ours, backend_used
+
+    mod = _ours(spec, 8, "auto", "cpu")
+    assert backend_used(mod, torch.randn(5, 2, 8)) == expected

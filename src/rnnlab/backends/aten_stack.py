@@ -7,14 +7,15 @@ after the product, or an :class:`~rnnlab.cells.ElmanCell`; no recurrent dropout,
 recording or forced backend — :func:`try_run` hands the whole stack to that op, so results and speed are torch.nn's own.
 Lengths go in as a packed sequence (as torch.nn takes them), dropout between layers is the op's own.
 
-The route is taken on CUDA tensors, and on the CPU under bf16 ``torch.autocast("cpu")`` in plain eager mode: there
-torch.nn's op applies autocast's own policy (LSTM and Elman compute and return the autocast dtype, in oneDNN's
-bf16 kernels for the LSTM; GRU returns float32), so a plain stack gives torch.nn's numbers, dtypes and speed
-under autocast too (rnnlab's driver would compute in float32: measured 1.60x nn.LSTM's time for an autocast LSTM
-training step, ``docs/bench/cpu_options.json``).  Under torch.compile / export, torch.func transforms and jit
-tracing the registered op keeps its float32 policy, and so does fp16 autocast (torch.nn.LSTM raises there on a
-CPU without AVX512-FP16: oneDNN has no fp16 LSTM primitive for it).  ``ROUTE_ON_CPU`` makes the route run on the CPU always (the
-same op ``nn.LSTM`` runs there), which is how the test suite proves bit-equality with ``torch.nn`` without a GPU.
+The route is taken on CUDA tensors, and on the CPU under bf16 ``torch.autocast("cpu")`` in plain eager mode:
+there torch.nn's op applies autocast's own policy (LSTM and Elman compute and return the autocast dtype, in
+oneDNN's bf16 kernels for the LSTM; GRU returns float32), so a plain stack gives torch.nn's numbers, dtypes and
+speed under autocast too (rnnlab's driver computes in float32: an autocast LSTM training step took 1.60x
+nn.LSTM's time in the options bench before this route).  Under torch.compile / export, torch.func transforms and
+jit tracing the registered op keeps its float32 policy, and so does fp16 autocast (torch.nn.LSTM raises there on
+a CPU without AVX512-FP16: oneDNN has no fp16 LSTM primitive for it).  ``ROUTE_ON_CPU`` makes the route run on
+the CPU always (the same op ``nn.LSTM`` runs there), which is how the test suite proves bit-equality with
+``torch.nn`` without a GPU.
 """
 
 from __future__ import annotations

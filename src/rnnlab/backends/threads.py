@@ -46,7 +46,7 @@ B * G * H * (I + H) for G gate blocks).
   from (200, 16, 128) up (2 threads: 1.05-4.19); half, within 0.93-1.15 of 2 threads.  At (100, 8, 64) the
   rule runs one thread, yet half/full training took 1.27-2.37x the 1-thread time: the rest of each training
   step (the loss, the autograd engine) still ran with 2 threads.
-- While the load is unknown (the first half second of a process, or no ``/proc``): one thread below
+- While the load is unknown (the first 0.1 s after import, or no ``/proc``): one thread below
   :data:`MIN_PARALLEL_WORK` (4 M; an LSTM at (200, 16, 128) is 2 M, at (100, 64, 256) 34 M), all from there up.
 The input projection counts because it is often most of the call: with the recurrent product alone, IndRNN (a
 diagonal W_hh) and SRU (none) ran every call on one thread and trained 1.6-1.8x slower than with the rule off at
