@@ -21,7 +21,9 @@ def zoneout_keep(shape: tuple[int, ...], rate: float, training: bool, dtype: tor
     LSTM training step at (100, 64, 256))."""
     if not training:
         return torch.full(shape, rate, dtype=dtype, device=device)
-    return (torch.rand(shape, device=device) < rate).to(dtype)
+    # compared in place (1.0 / 0.0): no bool tensor and no conversion pass; the same values as (u < rate).to(dtype)
+    keep = torch.rand(shape, device=device).lt_(rate)
+    return keep if dtype == torch.float32 else keep.to(dtype)
 
 
 def _zoneout(new: tuple[Tensor, ...], old: tuple[Tensor, ...], names: tuple[str, ...], rate: float,
