@@ -18,7 +18,8 @@ CASES = [("indrnn", {}, 3), ("indrnn", {"nonlinearity": "tanh"}, 3), ("sru", {},
          ("slstm", {"num_heads": 2}, 3), ("slstm", {}, 3),
          # a second product inside the step (W (r ⊙ h)); MUT3 also mapped rows (W_hz tanh(h))
          ("gru_paper", {}, 3), ("gru_paper", {"bias": False}, 3), ("mut1", {}, 4), ("mut1", {}, 3),
-         ("mut2", {"bias": False}, 4), ("mut3", {}, 3),
+         ("mut1", {"bias": False}, 4),
+         ("mut2", {"bias": False}, 4), ("mut2", {}, 4), ("mut2", {}, 3), ("mut3", {}, 3), ("mut3", {"bias": False}, 4),
          # the output projection the driver forms itself (h = m W_hrᵀ), with peepholes and without biases
          ("lstm", {"proj_size": 2}, 3), ("lstm", {"proj_size": 3, "peepholes": True, "bias": False}, 3),
          # a product from another state part (Greff's FGR: a_{t-1} W_ggᵀ into i, f, o), with absent gates
