@@ -210,3 +210,17 @@ def test_backend_reads_spare_cpus_for_mid_sized_calls(monkeypatch: pytest.Monkey
     assert MIN_SPARE_WORK <= step_work(mod.layer_params(0, 0), 16) < MIN_PARALLEL_WORK  # (200, 16, 128)
     mod(torch.randn(2, 16, 128))[0].sum().backward()
     assert (1 in spy) == lowered and torch.get_num_threads() == 2
+
+
+def test_spare_cpus_meter_restarts_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    now = [0.0]
+    meter = SpareCpus(reader=lambda: (1000, 50, 2), clock=lambda: now[0], window_s=0.5)
+    now[0] = 1.0
+    assert meter() == pytest.approx(2.0)
+    child = meter.pid + 1
+    monkeypatch.setattr(os, "getpid", lambda: child)  # as after fork: the parent's ticks do not apply
+    now[0] = 1.2
+    assert meter() is None  # a new first window
+    now[0] = 1.5
+    assert meter() == pytest.approx(2.0)

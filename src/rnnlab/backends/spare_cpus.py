@@ -1,8 +1,9 @@
 """How many of this process's CPUs other processes left idle over the last half second (Linux ``/proc``).
 
-The thread rule (``threads.py``) gives a mid-sized call a second intra-op thread only when a CPU is free for
-it: on a quiet 2-core machine 2 threads train (200, 16, 128) 1.2-1.8x faster than 1, and beside any other
-busy process they run 2-300x slower (a descheduled pool thread stalls every per-step barrier).
+The thread rule (``threads.py``) gives a call of 512 K multiply-adds per step or more only as many intra-op
+threads as there are CPUs free for them: on a quiet 2-core machine 2 threads train (200, 16, 128) 1.2-1.8x
+faster than 1, and beside a busy process they run 1.1-6x slower (a descheduled pool thread stalls every
+per-step barrier).
 
 The estimate is ``len(sched_getaffinity) - (busy ticks of those CPUs - this process's ticks) / elapsed``: the
 busy time of the CPUs this process may run on (``/proc/stat``: user, nice, system, irq, softirq, steal),
@@ -80,11 +81,14 @@ class SpareCpus:
         self.last: Optional[tuple[float, int, int]] = None  # (time, busy ticks, own ticks) at the last sample
         self.spare: Optional[float] = None
         self.dead = False  # the reader failed once: no /proc, never retried
+        self.pid = os.getpid()
         self._sample(self.clock())
 
     def __call__(self) -> Optional[float]:
         if self.dead:
             return None
+        if os.getpid() != self.pid:  # a forked child: its own ticks restart, so its first window starts now
+            self.pid, self.last, self.spare = os.getpid(), None, None
         now = self.clock()
         if self.last is not None and now - self.last[0] < (self.window_s if self.spare is not None
                                                            else min(self.window_s, FIRST_WINDOW_S)):
