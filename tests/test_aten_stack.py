@@ -190,8 +190,9 @@ def test_cpu_autocast_keeps_the_driver_for_options_forced_backends_and_fp16():
     backend and fp16 autocast (where torch.nn.LSTM has no CPU kernel without AVX512-FP16)."""
     torch.manual_seed(0)
     x = torch.randn(5, 2, 4)
-    for mod, dtype in ((rnnlab.LSTM(4, 5, zoneout=0.1), torch.bfloat16), (rnnlab.LSTM(4, 5, backend="cpp"), torch.bfloat16),
-                       (rnnlab.Recurrent("peephole", 4, 5), torch.bfloat16), (rnnlab.LSTM(4, 5), torch.float16)):
+    cases = [(rnnlab.LSTM(4, 5, zoneout=0.1), torch.bfloat16), (rnnlab.LSTM(4, 5, backend="cpp"), torch.bfloat16),
+             (rnnlab.Recurrent("peephole", 4, 5), torch.bfloat16), (rnnlab.LSTM(4, 5), torch.float16)]
+    for mod, dtype in cases:
         mod.eval()  # zoneout's expectation: the same numbers in both calls
         with torch.autocast("cpu", dtype=dtype):
             out = mod(x)[0]

@@ -176,7 +176,8 @@ def test_extreme_inputs_match_the_reference(name, scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", ["lstm", "peephole", "greff_niaf", "gru", "rnn", "greff_fgr", "clockwork", "depth_gated"])
+@pytest.mark.parametrize("name", ["lstm", "peephole", "greff_niaf", "gru", "rnn", "greff_fgr", "clockwork",
+                                  "depth_gated"])
 def test_infinite_inputs_match_the_reference(name, dtype):
     torch.manual_seed(9)
     ref, tri = _pair(name, dtype=dtype, num_layers=2 if name == "depth_gated" else 1)  # (upper layer reads c below)
