@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnnlab.backends.base import plain_eager
 from rnnlab.cells.elman import ElmanCell
 from rnnlab.cells.gru import GRUCell
 from rnnlab.cells.lstm import LSTMCell
@@ -43,9 +44,7 @@ def route_applies(x: Tensor) -> bool:
         return True
     # bf16 only: torch.nn.LSTM under fp16 CPU autocast fails without AVX512-FP16 (no oneDNN fp16 LSTM primitive)
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and type(x) is Tensor
-            and not torch._C._are_functorch_transforms_active() and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing())
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and plain_eager(x))
 
 
 def aten_mode(rnn: "Recurrent") -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from rnnlab.cells.base import RecurrentCell, State
@@ -67,3 +68,10 @@ class Backend(Protocol):
     def supports(self, call: LayerCall) -> bool: ...
 
     def run(self, call: LayerCall) -> LayerResult: ...
+
+
+def plain_eager(x: Tensor) -> bool:
+    """``x`` is a plain tensor in eager mode: not under torch.compile / export, a torch.func transform or jit
+    tracing, where only registered ops (with fake and batching rules) may run."""
+    return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())

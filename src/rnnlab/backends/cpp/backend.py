@@ -47,7 +47,7 @@ import os
 import torch
 from torch import Tensor
 
-from rnnlab.backends.base import LayerCall, LayerResult
+from rnnlab.backends.base import LayerCall, LayerResult, plain_eager
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.backends.cpp.generic_loader import generic_failed
 from rnnlab.backends.threads import CallThreads, step_work
@@ -95,9 +95,7 @@ def _onednn_ok(x: Tensor) -> bool:
     """``aten.mkldnn_rnn_layer`` only in plain eager mode.  Under torch.compile / export (no fake-tensor rule for
     its packed weights in every version), torch.func transforms (no batching rule), autocast (bf16 weights
     would change the numbers) and jit tracing the registered op (generic_ops.py) runs instead."""
-    return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing())
+    return plain_eager(x) and not torch.is_autocast_enabled("cpu")
 
 
 def _same_math(cell: RecurrentCell, base: type[RecurrentCell]) -> bool:
