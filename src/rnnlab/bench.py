@@ -216,12 +216,12 @@ def backend_used(mod: Recurrent, x: torch.Tensor) -> str:
     under CPU autocast (an autocast row): ``"aten"``."""
     from rnnlab.backends import LayerCall, aten_stack, select_backend
 
-    plain = not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None
-    if plain and x.is_cuda:
-        return "cudnn" if torch.backends.cudnn.is_acceptable(x) else "aten"
-    with _autocast(mod, x):  # the row's own autocast, if any: under bf16 CPU autocast the route applies
-        if plain and aten_stack.route_applies(x):
-            return "aten"
+    if not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None:
+        if x.is_cuda:
+            return "cudnn" if torch.backends.cudnn.is_acceptable(x) else "aten"
+        with _autocast(mod, x):  # the row's own autocast, if any: under bf16 CPU autocast the route applies
+            if aten_stack.route_applies(x):
+                return "aten"
     B = x.shape[1]
     rec_mask = torch.ones(B, mod.cell.output_size, device=x.device) if mod.recurrent_dropout and mod.training \
         else None

@@ -81,14 +81,15 @@ class SpareCpus:
         self.last: Optional[tuple[float, int, int]] = None  # (time, busy ticks, own ticks) at the last sample
         self.spare: Optional[float] = None
         self.dead = False  # the reader failed once: no /proc, never retried
-        self.pid = os.getpid()
         self._sample(self.clock())
+
+    def restart(self) -> None:
+        """Forget every sample: the next call starts a first window (a forked child, whose own ticks restart)."""
+        self.last = self.spare = None
 
     def __call__(self) -> Optional[float]:
         if self.dead:
             return None
-        if os.getpid() != self.pid:  # a forked child: its own ticks restart, so its first window starts now
-            self.pid, self.last, self.spare = os.getpid(), None, None
         now = self.clock()
         if self.last is not None and now - self.last[0] < (self.window_s if self.spare is not None
                                                            else min(self.window_s, FIRST_WINDOW_S)):
@@ -112,3 +113,5 @@ class SpareCpus:
 
 #: the process-wide meter the thread rule reads
 spare_cpus = SpareCpus()
+if hasattr(os, "register_at_fork"):  # a forked child's /proc/self ticks restart: its first window starts there
+    os.register_at_fork(after_in_child=spare_cpus.restart)

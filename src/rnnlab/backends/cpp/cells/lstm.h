@@ -42,7 +42,8 @@ struct LSTM {
 
   // Per-thread scratch: zeros read for absent gates (ones for a per-unit select), and a sink written for them
   // (and for FGR's a when off), so every loop below is one branch-free vectorisable pass whatever the options
-  // (0/1 multipliers select: measured faster than branches).  Two buffers: the zeros are never written, so no call of another H can dirty them.
+  // (0/1 multipliers select: measured faster than branches).  Two buffers: the zeros are never written, so no
+  // call of another H can dirty them.
   template <typename T>
   static const T* zeros(int64_t H) {
     thread_local std::vector<T> buf;
