@@ -26,11 +26,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "buffers.h"  // big_empty / big_zeros: large buffers on transparent huge pages
 #include "gemm.h"  // libmvec declarations, RNNLAB_SIMD, the per-step GEMMs (Lin) and for_rows
 
 namespace rnnlab_generic {
 
 using at::Tensor;
+using rnnlab_buffers::big_empty;
+using rnnlab_buffers::big_zeros;
 using rnnlab_gemm::for_rows;
 using rnnlab_gemm::kSmallGemm;
 using rnnlab_gemm::Lin;
@@ -492,11 +495,11 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
-  auto out = at::zeros({T, B, HW}, opts);
-  auto states = at::empty({T + 1, B, SW}, opts);
+  auto out = big_zeros({T, B, HW}, opts);
+  auto states = big_empty({T + 1, B, SW}, opts);
   states[0].copy_(s0);
-  auto saved = at::zeros({T, B, A > 0 ? A * H : 0}, opts);
-  auto fresh = zoned ? at::empty({T, B, SW}, opts) : at::empty({0}, opts);  // every row written below
+  auto saved = big_zeros({T, B, A > 0 ? A * H : 0}, opts);
+  auto fresh = zoned ? big_empty({T, B, SW}, opts) : at::empty({0}, opts);  // every row written below
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
   auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, HW}, opts) : Tensor();
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
@@ -652,9 +655,9 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
   auto fr_all = zoned ? fresh.contiguous() : Tensor();
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, HW}, opts);
-  auto dxp = at::empty_like(xp);
+  auto dxp = big_empty(xp.sizes(), opts);
   constexpr bool same = dhh_is_dxp<Cell>::value;
-  auto dhh_all = same ? dxp : at::zeros({T, B, G * H}, opts);  // same: padded rows' dxp is zeroed below
+  auto dhh_all = same ? dxp : big_zeros({T, B, G * H}, opts);  // same: padded rows' dxp is zeroed below
   // each row adds its element-wise parameter gradients to its own slice (rows may run in parallel)
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, SW}, opts);
@@ -671,7 +674,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
   constexpr bool SPLIT = Q > 0 || M > 0;
   // split products: every step's dq (kept for dW_2; a padded row's stays 0), du, dL/dhd, dL/d(φ(h) ⊙ m), h ⊙ m
-  auto dq_all = Q > 0 ? at::zeros({T, B, Q * H}, opts) : Tensor();
+  auto dq_all = Q > 0 ? big_zeros({T, B, Q * H}, opts) : Tensor();
   auto du = Q > 0 ? at::empty({B, H}, opts) : Tensor();
   auto dhd = SPLIT ? at::empty({B, H}, opts) : Tensor();
   auto dpm = M > 0 ? at::empty({B, H}, opts) : Tensor();
@@ -679,7 +682,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   // projection: every step's dL/d(m W_rᵀ) (kept for dW_r; a padded row's stays 0) and the step's dL/dm
   auto wrec = L.proj ? w.narrow(0, 0, G * H) : w;
   auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
-  auto dp_all = L.proj ? at::zeros({T, B, P}, opts) : Tensor();
+  auto dp_all = L.proj ? big_zeros({T, B, P}, opts) : Tensor();
   auto dmb = L.proj ? at::empty({B, H}, opts) : Tensor();
   if (opt & part_rec_bit<Cell>::value) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);

@@ -19,7 +19,7 @@
 // <name>_sizes(opt=0) -> (X, G, S, A, E, PROJ) for that option word (PROJ: the option bit of the rule's output
 //   projection, 0 when it has none; driver.h's proj_bit)
 // set_gemm_backend("onednn" | "aten"), gemm_backend(), set_onednn_nn_min_weight(entries): the per-step GEMM
-// selection of gemm.h
+// selection of gemm.h; set_huge_pages(on), huge_pages(): buffers.h's huge-page advice
 #define RNNLAB_CELL(m, name, Cell)                                                            \
   m.def(#name "_forward", &rnnlab_generic::forward<rnnlab_generic::Cell>);                   \
   m.def(#name "_backward", &rnnlab_generic::backward<rnnlab_generic::Cell>);                 \
@@ -36,6 +36,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_backend", &rnnlab_gemm::set_gemm_backend);
   m.def("gemm_backend", &rnnlab_gemm::gemm_backend);
   m.def("set_onednn_nn_min_weight", &rnnlab_gemm::set_onednn_nn_min_weight);
+  m.def("set_huge_pages", &rnnlab_buffers::set_huge_pages);
+  m.def("huge_pages", &rnnlab_buffers::huge_pages);
   RNNLAB_CELL(m, clockwork, Clockwork);
   RNNLAB_CELL(m, depth_gated, DepthGated);
   RNNLAB_CELL(m, elman, Elman);

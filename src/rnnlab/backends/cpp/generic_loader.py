@@ -1,4 +1,4 @@
-"""Build-on-first-use of the C++ driver extension (generic.cpp, driver.h, gemm.h, cells/*.h), with fallback.
+"""Build-on-first-use of the C++ driver extension (generic.cpp, its headers, cells/*.h), with fallback.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` the first time a fused cell runs (about a
 minute) into ``$RNNLAB_CACHE/generic-<hash>`` (default ``~/.cache/rnnlab``) and loaded from there afterwards.
@@ -117,8 +117,9 @@ def build_once(state: dict[str, object], lock: threading.Lock, compile_fn: Calla
 
 
 def sources() -> list[Path]:
-    """Every file the build depends on: generic.cpp, driver.h, gemm.h and each cell header (sorted: stable)."""
-    return [SOURCE, HERE / "driver.h", HERE / "gemm.h", *sorted((HERE / "cells").glob("*.h"))]
+    """Every file the build depends on: generic.cpp, its headers (driver.h, gemm.h, buffers.h) and each cell header
+    (sorted: stable)."""
+    return [SOURCE, *sorted(HERE.glob("*.h")), *sorted((HERE / "cells").glob("*.h"))]
 
 
 def build_key() -> str:
