@@ -23,8 +23,12 @@ namespace rnnlab_buffers {
 
 using at::Tensor;
 
-// below this a buffer holds at most one whole aligned huge page: not worth a system call
-constexpr size_t kHugeMin = size_t(4) << 20;
+// Smaller buffers are left alone.  glibc serves them from its heap once its mmap threshold has risen (it
+// follows freed blocks up to 32 MiB), often already faulted in; advising those cost time: with a 4 MiB bound,
+// GRU training at (T, B, H) = (200, 16, 128) (buffers of 5-6.5 MiB) took 1.03-1.10x the unadvised time, at
+// 16 MiB 0.97-0.98x, while (100, 64, 256) and (50, 128, 512) gained the same with either bound
+// (benchmarks/huge_pages.py, interleaved medians).
+constexpr size_t kHugeMin = size_t(16) << 20;
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 
 // One switch per extension (each .so has its own).
