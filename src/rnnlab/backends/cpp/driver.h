@@ -10,6 +10,7 @@
 //   forward(H, opt, xp, hh, e, s0, s1, a)                       -> writes s1 (S*H) and a (A*H)
 //   backward(H, opt, xp, e, s0, s1, a, ds1, dxp, dhh, de, ds0) -> writes dxp (X*H), dhh (G*H), ds0 (S*H)
 //                                                                   and adds to de (E*H)
+// "writes" means every entry: the driver's buffers are not zero-filled (tests/test_buffers.py NaN-fills them).
 // ds0 is only the element-wise part; the driver adds dhh through the recurrent weights to ds0's h block.
 // backward gets no hh (it is not recomputed): what the backward needs beyond xp and the states goes into a.
 //
@@ -513,10 +514,12 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
-  auto out = big_zeros({T, B, HW}, opts);
+  // out and saved: every row is written below (a padded row's with zeros), so no zero fill first (with one,
+  // training took 1.24x the time for LN-GRU and GRU at (100, 64, 256): medians of 6 alternating processes)
+  auto out = big_empty({T, B, HW}, opts);
   auto states = big_empty({T + 1, B, SW}, opts);
   states[0].copy_(s0);
-  auto saved = big_zeros({T, B, A > 0 ? A * H : 0}, opts);
+  auto saved = big_empty({T, B, A > 0 ? A * H : 0}, opts);
   auto fresh = zoned ? big_empty({T, B, SW}, opts) : at::empty({0}, opts);  // every row written below
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
   auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, HW}, opts) : Tensor();
@@ -617,8 +620,11 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
           }
           if (!L.proj)
             for (int64_t j = 0; j < H; ++j) ot[b * H + j] = s1[j];
-        } else {  // padding: state carried, output stays 0
+        } else {  // padding: state carried, output and saved blocks 0
           for (int64_t j = 0; j < SW; ++j) s1[j] = s0r[j];
+          for (int64_t j = 0; j < HW; ++j) ot[b * HW + j] = T_(0);
+          if (at_)
+            for (int64_t j = 0; j < A * H; ++j) at_[b * A * H + j] = T_(0);
           if (ft)
             for (int64_t j = 0; j < SW; ++j) ft[b * SW + j] = s0r[j];
         }
@@ -675,7 +681,8 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, HW}, opts);
   auto dxp = big_empty(xp.sizes(), opts);
   constexpr bool same = dhh_is_dxp<Cell>::value;
-  auto dhh_all = same ? dxp : big_zeros({T, B, G * H}, opts);  // same: padded rows' dxp is zeroed below
+  // dhh_all, dq_all, dp_all: every row is written below (a padded row's with zeros), so no zero fill first
+  auto dhh_all = same ? dxp : big_empty({T, B, G * H}, opts);
   // each row adds its element-wise parameter gradients to its own slice (rows may run in parallel)
   auto de_rows = at::zeros({E > 0 ? B : 0, E * H}, opts);
   auto ds1 = dsT.defined() ? dsT.clone().contiguous() : at::zeros({B, SW}, opts);
@@ -692,7 +699,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
   constexpr bool SPLIT = Q > 0 || M > 0;
   // split products: every step's dq (kept for dW_2; a padded row's stays 0), du, dL/dhd, dL/d(φ(h) ⊙ m), h ⊙ m
-  auto dq_all = Q > 0 ? big_zeros({T, B, Q * H}, opts) : Tensor();
+  auto dq_all = Q > 0 ? big_empty({T, B, Q * H}, opts) : Tensor();
   auto du = Q > 0 ? at::empty({B, H}, opts) : Tensor();
   auto dhd = SPLIT ? at::empty({B, H}, opts) : Tensor();
   auto dpm = M > 0 ? at::empty({B, H}, opts) : Tensor();
@@ -700,7 +707,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   // projection: every step's dL/d(m W_rᵀ) (kept for dW_r; a padded row's stays 0) and the step's dL/dm
   auto wrec = L.proj ? w.narrow(0, 0, G * H) : w;
   auto wr = L.proj ? w.narrow(0, G * H, H).contiguous() : Tensor();
-  auto dp_all = L.proj ? big_zeros({T, B, P}, opts) : Tensor();
+  auto dp_all = L.proj ? big_empty({T, B, P}, opts) : Tensor();
   auto dmb = L.proj ? at::empty({B, H}, opts) : Tensor();
   if (opt & part_rec_bit<Cell>::value) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);
@@ -735,7 +742,10 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       if (L.proj) {  // dL/dh (out and the next step), zoneout's (1 - keep) on h, then dL/dm over all rows
         T_* dpt = dp_all.template data_ptr<T_>() + t * B * P;
         for (int64_t b = 0; b < B; ++b) {
-          if (t >= len[b]) continue;
+          if (t >= len[b]) {
+            for (int64_t j = 0; j < P; ++j) dpt[b * P + j] = T_(0);
+            continue;
+          }
           T_* dh = d1 + b * SW + HO;
           const T_* k = zoned ? L.keep_at(kp, t, 0, b, B, H) : nullptr;
           for (int64_t j = 0; j < P; ++j) {
@@ -792,6 +802,12 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
         } else {  // padding: the state passed through unchanged; the zero output has no gradient path
           for (int64_t j = 0; j < SW; ++j) d0r[j] = d1r[j];
           for (int64_t j = 0; j < X * H; ++j) dxt[b * X * H + j] = T_(0);
+          if (dht)
+            for (int64_t j = 0; j < G * H; ++j) dht[b * G * H + j] = T_(0);
+          if constexpr (Q > 0) {
+            T_* dqr = dq_all.template data_ptr<T_>() + (t * B + b) * Q * H;
+            for (int64_t j = 0; j < Q * H; ++j) dqr[j] = T_(0);
+          }
         }
       });
       if constexpr (SPLIT) {

@@ -35,7 +35,8 @@ inline void ln_back_row(T* __restrict d, const T* __restrict ah, T rstd, int64_t
 }
 
 // LN-GRU (reset after).  xp blocks r, z, n = LN(W_ih x) (the cell's projection); hh = W_hh h (3H);
-// e rows: α (3), β (3, zero without bias), ε (1, every entry ε); saved: r, z, n, â (3H), rstd (first entry).
+// e rows: α (3), β (3, zero without bias), ε (1, every entry ε); saved: r, z, n, â (3H), rstd (every entry: the
+// driver does not zero its buffers, so a rule writes every saved entry).
 struct LayerNormGRU {
   static constexpr int64_t X = 3, G = 3, S = 1, A = 7, E = 7;
   static constexpr Rec REC = Rec::Full;
@@ -46,7 +47,8 @@ struct LayerNormGRU {
     const T* __restrict al = e;
     const T* __restrict be = e + 3 * H;
     T* __restrict ah = a + 3 * H;
-    a[6 * H] = ln_row(hh, ah, 3 * H, e[6 * H]);
+    const T rstd = ln_row(hh, ah, 3 * H, e[6 * H]);
+    for (int64_t j = 0; j < H; ++j) a[6 * H + j] = rstd;
     RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) {
       const T r = sigm(xp[j] + al[j] * ah[j] + be[j]);
@@ -93,7 +95,8 @@ struct LayerNormGRU {
 
 // LN-LSTM.  xp blocks i, f, g, o = LN(W_ih x); hh = W_hh h (4H); state (h, c);
 // e rows: α2 (4), β2 (4), α3 (1), β3 (1) (β zero without bias), ε (1);
-// saved: i, f, g, o, â (4H), ĉ (H), rstd of â (first entry of block 9), rstd of ĉ (first entry of block 10).
+// saved: i, f, g, o, â (4H), ĉ (H), rstd of â (block 9), rstd of ĉ (block 10), each in every entry of its block
+// (the driver does not zero its buffers, so a rule writes every saved entry).
 struct LayerNormLSTM {
   static constexpr int64_t X = 4, G = 4, S = 2, A = 11, E = 11;
   static constexpr Rec REC = Rec::Full;
@@ -108,7 +111,8 @@ struct LayerNormLSTM {
     const T eps = e[10 * H];
     T* __restrict ah = a + 4 * H;
     T* __restrict ch = a + 8 * H;
-    a[9 * H] = ln_row(hh, ah, 4 * H, eps);
+    const T rstd_a = ln_row(hh, ah, 4 * H, eps);
+    for (int64_t j = 0; j < H; ++j) a[9 * H + j] = rstd_a;
     const T* __restrict c0 = s0 + H;
     T* __restrict c1 = s1 + H;
     RNNLAB_SIMD
@@ -123,7 +127,8 @@ struct LayerNormLSTM {
       a[3 * H + j] = o;
       c1[j] = f * c0[j] + i * g;
     }
-    a[10 * H] = ln_row(c1, ch, H, eps);
+    const T rstd_c = ln_row(c1, ch, H, eps);
+    for (int64_t j = 0; j < H; ++j) a[10 * H + j] = rstd_c;
     RNNLAB_SIMD
     for (int64_t j = 0; j < H; ++j) s1[j] = a[3 * H + j] * std::tanh(al_c[j] * ch[j] + be_c[j]);
   }
