@@ -181,3 +181,41 @@ def _outputs_and_grads(mod: Recurrent, backend: str, x: torch.Tensor, lengths: t
     loss = loss + sum((h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum() for h in hn)
     loss.backward()
     return [out, *hn, x.grad, *(h.grad for h in hx), *(p.grad for p in mod.parameters())]
+
+
+@needs_kernels
+@pytest.mark.usefixtures("nan_filled_empty", "single_thread")
+@pytest.mark.parametrize("zoneout", [0.0, 0.3], ids=["plain", "zoneout"])
+@pytest.mark.parametrize("name,kw", WRITE_CASES, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in WRITE_CASES])
+def test_inference_keeps_two_state_rows_and_matches(name: str, kw: dict, zoneout: float, random_state,
+                                                    monkeypatch) -> None:
+    """Without autograd the driver runs its inference entry (``<rule>_infer``: two state rows and one step's
+    saved and fresh rows, reused): the reference's outputs and final states, NaN-filled allocations included,
+    with lengths, two bidirectional layers and eval-mode zoneout (which blends every step)."""
+    from rnnlab.backends.cpp import generic_ops
+
+    called: list[str] = []
+    real_ext = generic_ops._ext
+
+    class Counting:  # the extension, noting which entry each call ran
+        def __getattr__(self, attr: str):
+            fn = getattr(real_ext(), attr)
+            if not (attr.endswith("_infer") or attr.endswith("_forward")):
+                return fn
+            return lambda *args: called.append(attr) or fn(*args)
+
+    monkeypatch.setattr(generic_ops, "_ext", Counting)
+    monkeypatch.setattr("rnnlab.backends.cpp.generic_registry.load_generic", lambda: Counting())
+    mod = Recurrent(name, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, zoneout=zoneout, **kw).eval()
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    with torch.no_grad():
+        mod.backend = "cpp"
+        got_out, got_h = mod(x, lengths=lengths)
+        mod.backend = "reference"
+        want_out, want_h = mod(x, lengths=lengths)
+    assert called and all(c.endswith("_infer") for c in called) or name == "depth_gated", called
+    got_h = got_h if isinstance(got_h, tuple) else (got_h,)
+    want_h = want_h if isinstance(want_h, tuple) else (want_h,)
+    for a, b in zip((got_out, *got_h), (want_out, *want_h)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

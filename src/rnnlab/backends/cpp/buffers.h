@@ -7,7 +7,7 @@
 // before its first write (madvise(MADV_HUGEPAGE), honoured where the kernel's THP mode is "madvise" or "always")
 // gives the driver those faults without changing how the rest of the process allocates.  Nothing else changes:
 // where the advice is refused or THP is off, the buffer is the same at::empty memory with 4 KiB pages.
-// set_huge_pages(false) turns the advice off (benchmarks/huge_pages.py times both in one process).
+// set_huge_pages(false) turns the advice off (benchmarks/driver_memory.py times both in one process).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,7 +27,7 @@ using at::Tensor;
 // follows freed blocks up to 32 MiB), often already faulted in; advising those cost time: with a 4 MiB bound,
 // GRU training at (T, B, H) = (200, 16, 128) (buffers of 5-6.5 MiB) took 1.03-1.10x the unadvised time, at
 // 16 MiB 0.97-0.98x, while (100, 64, 256) and (50, 128, 512) gained the same with either bound
-// (benchmarks/huge_pages.py, interleaved medians).
+// (benchmarks/driver_memory.py --compare huge_pages, interleaved medians).
 constexpr size_t kHugeMin = size_t(16) << 20;
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 

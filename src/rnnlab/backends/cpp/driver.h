@@ -489,10 +489,12 @@ struct SplitProducts {
 // saved (T, B, A*H), fresh (T, B, S*H): the cell's own new states before zoneout (what its backward reads and
 // recording shows), empty without keep (then they are states[1:] at valid steps).
 // With an output projection (proj_bit) the state rows, out, rec_mask and keep are as proj_bit says.
+// keep_all false (infer below): only the last two state rows and one step's saved / fresh rows are kept, in
+// place of all of them; states then holds s_T at row T % 2 and saved / fresh are scratch.
 template <class Cell>
-std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
-                            const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
-                            const Tensor& keep_in) {
+std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
+                                const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
+                                const Tensor& keep_in, bool keep_all) {
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A;
   constexpr int64_t DROP = drop_state<Cell>::value;
@@ -517,10 +519,10 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
   // out and saved: every row is written below (a padded row's with zeros), so no zero fill first (with one,
   // training took 1.24x the time for LN-GRU and GRU at (100, 64, 256): medians of 6 alternating processes)
   auto out = big_empty({T, B, HW}, opts);
-  auto states = big_empty({T + 1, B, SW}, opts);
+  auto states = big_empty({keep_all ? T + 1 : 2, B, SW}, opts);
   states[0].copy_(s0);
-  auto saved = big_empty({T, B, A > 0 ? A * H : 0}, opts);
-  auto fresh = zoned ? big_empty({T, B, SW}, opts) : at::empty({0}, opts);  // every row written below
+  auto saved = big_empty({keep_all ? T : 1, B, A > 0 ? A * H : 0}, opts);
+  auto fresh = zoned ? big_empty({keep_all ? T : 1, B, SW}, opts) : at::empty({0}, opts);  // all rows written
   // h ⊙ m, the rows the recurrent product reads when the driver applies the mask (DROP == 0)
   auto hm = masked && DROP == 0 && Cell::REC != Rec::None ? at::empty({B, HW}, opts) : Tensor();
   constexpr int64_t Q = second_blocks<Cell>::value, M = mapped_blocks<Cell>::value;
@@ -555,7 +557,10 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
     PartProduct<Cell, T_> part(opt, w, B, H, G, SW);
     const int64_t c0 = L.proj ? 1 : 0;       // the rule's components zoneout mixes start here (m is not mixed)
     for (int64_t t = 0; t < T; ++t) {
-      T_* sp = states.template data_ptr<T_>() + t * B * SW;
+      // rows of step t: the state before it (sp) and after it (sn), its saved blocks (at_), fresh state (ft)
+      const int64_t ts = keep_all ? t : 0;
+      T_* sp = states.template data_ptr<T_>() + (keep_all ? t : t % 2) * B * SW;
+      T_* sn = states.template data_ptr<T_>() + (keep_all ? t + 1 : (t + 1) % 2) * B * SW;
       const T_* hhp;
       // hd: h as the products read it (h ⊙ m under the driver's recurrent dropout)
       const T_* hdp = sp + HO;
@@ -580,10 +585,9 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
         if (part.on) part.add(const_cast<T_*>(hhp), sp);  // hh is the recurrence's own buffer
       }
       const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
-      T_* sn = sp + B * SW;
-      T_* at_ = A > 0 ? saved.template data_ptr<T_>() + t * B * A * H : nullptr;
+      T_* at_ = A > 0 ? saved.template data_ptr<T_>() + ts * B * A * H : nullptr;
       T_* ot = out.template data_ptr<T_>() + t * B * HW;
-      T_* ft = zoned ? fresh.template data_ptr<T_>() + t * B * SW : nullptr;
+      T_* ft = zoned ? fresh.template data_ptr<T_>() + ts * B * SW : nullptr;
       if constexpr (Q > 0) {  // first half of the rule, then q = u W_2ᵀ over all rows (u: the last saved block)
         for_rows(B, 4 * (X + A) * H, [&](int64_t b) {
           T_* arow = at_ + b * A * H;
@@ -653,6 +657,23 @@ std::vector<Tensor> forward(const Tensor& xp_in, const Tensor& s0, const Tensor&
     }
   });
   return {out, states, saved, fresh};
+}
+
+template <class Cell>
+std::vector<Tensor> forward(const Tensor& xp, const Tensor& s0, const Tensor& w, const Tensor& e,
+                            const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
+                            const Tensor& keep) {
+  return run_forward<Cell>(xp, s0, w, e, lengths, heads, opt, rec_mask, keep, true);
+}
+
+// Inference: forward without keeping what only backward and recording read.  Returns out (T, B, H) and the
+// final state s_T (B, S*H).
+template <class Cell>
+std::vector<Tensor> infer(const Tensor& xp, const Tensor& s0, const Tensor& w, const Tensor& e,
+                          const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
+                          const Tensor& keep) {
+  auto r = run_forward<Cell>(xp, s0, w, e, lengths, heads, opt, rec_mask, keep, false);
+  return {r[0], r[1][xp.size(0) % 2]};
 }
 
 // Backward.  dout (T, B, H), dsT (B, S*H) or undefined; the rest as forward returned / received; dstates

@@ -14,6 +14,7 @@
 #include "cells/sru.h"
 
 // <name>_forward(xp, s0, w, e, lengths, heads, opt, rec_mask, keep) -> [out, states, saved, fresh]
+// <name>_infer(the same) -> [out, s_T]: without the states, saved and fresh rows only backward and recording read
 // <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh, dstates)
 //   -> [dxp, ds0, dw, de]     (rec_mask / keep: empty = off; driver.h's forward says what they mean)
 // <name>_sizes(opt=0) -> (X, G, S, A, E, PROJ) for that option word (PROJ: the option bit of the rule's output
@@ -22,6 +23,7 @@
 // selection of gemm.h; set_huge_pages(on), huge_pages(): buffers.h's huge-page advice
 #define RNNLAB_CELL(m, name, Cell)                                                            \
   m.def(#name "_forward", &rnnlab_generic::forward<rnnlab_generic::Cell>);                   \
+  m.def(#name "_infer", &rnnlab_generic::infer<rnnlab_generic::Cell>);                       \
   m.def(#name "_backward", &rnnlab_generic::backward<rnnlab_generic::Cell>);                 \
   m.def(                                                                                      \
       #name "_sizes",                                                                         \

@@ -158,9 +158,12 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
     if _plain(x) and xp.dtype in _DTYPES:
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *params)):
             # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
-            out, states, saved, fresh = getattr(load_generic(), f"{name}_forward")(
-                xp, s0, w, e, lengths, heads, opt, mask, keep)
-            s_t = states[-1]
+            if not (record or want_states):  # nor anything else reads the steps' states and saved blocks
+                out, s_t = getattr(load_generic(), f"{name}_infer")(xp, s0, w, e, lengths, heads, opt, mask, keep)
+            else:
+                out, states, saved, fresh = getattr(load_generic(), f"{name}_forward")(
+                    xp, s0, w, e, lengths, heads, opt, mask, keep)
+                s_t = states[-1]
         else:
             out, s_t, states, saved, fresh = DriverFunction.apply(name, heads, opt, cell, xp, w, e, s0, lengths,
                                                                   mask, keep, x, below, *params)
