@@ -9,6 +9,7 @@ import torch
 
 from rnnlab import Recurrent, cell_names
 from rnnlab.backends.cpp.generic_loader import load_generic
+from test_generic_driver import _run
 
 needs_kernels = pytest.mark.skipif(load_generic() is None, reason="the C++ driver extension did not build")
 
@@ -124,27 +125,40 @@ def nan_filled_empty():
         deterministic.fill_uninitialized_memory = before[2]
 
 
+@pytest.fixture
+def driver_calls(monkeypatch) -> list[tuple[str, list[torch.Tensor]]]:
+    """Every call of an extension entry ``<rule>_forward`` / ``<rule>_infer`` from the backend (autograd's path
+    and the direct one), as (entry, what it returned)."""
+    from rnnlab.backends.cpp import generic_ops, generic_registry
+
+    calls: list[tuple[str, list[torch.Tensor]]] = []
+    real_ext = generic_ops._ext
+
+    class Watched:  # the extension, noting each forward / inference call
+        def __getattr__(self, attr: str):
+            fn = getattr(real_ext(), attr)
+            if not attr.endswith(("_forward", "_infer")):
+                return fn
+
+            def call(*args):
+                result = fn(*args)
+                calls.append((attr, list(result)))
+                return result
+            return call
+
+    monkeypatch.setattr(generic_ops, "_ext", Watched)
+    monkeypatch.setattr(generic_registry, "load_generic", Watched)
+    return calls
+
+
 @needs_kernels
 @pytest.mark.usefixtures("nan_filled_empty", "single_thread")
 @pytest.mark.parametrize("name,kw", WRITE_CASES, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in WRITE_CASES])
-def test_every_buffer_element_is_written(name: str, kw: dict, random_state, monkeypatch) -> None:
+def test_every_buffer_element_is_written(name: str, kw: dict, random_state, driver_calls) -> None:
     """The driver allocates its outputs, saved blocks and gradient buffers without a zero fill: each row is
     written, a padded one with zeros.  With every allocation NaN-filled first, two bidirectional layers with
     lengths still give the reference's outputs, states and every gradient (float64), padded outputs are 0, and
     no saved block the driver returns (an output of the registered op) holds a NaN."""
-    from rnnlab.backends.cpp import generic_ops
-
-    returned: list[torch.Tensor] = []
-    real_ext = generic_ops._ext
-
-    class Recording:  # the extension, keeping what each forward returns
-        def __getattr__(self, attr: str):
-            fn = getattr(real_ext(), attr)
-            if not attr.endswith("_forward"):
-                return fn
-            return lambda *args: returned.extend(fn(*args)) or returned[-4:]
-
-    monkeypatch.setattr(generic_ops, "_ext", Recording)
     torch.manual_seed(0)
     mod = Recurrent(name, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
     assert torch.empty(8).isnan().all()  # the fixture took effect
@@ -154,58 +168,29 @@ def test_every_buffer_element_is_written(name: str, kw: dict, random_state, monk
     if "n" in mod.cell.state_names and name == "slstm":  # sLSTM's normaliser divides: keep it positive
         k = mod.cell.state_names.index("n")
         hx = tuple(h.abs() + 0.5 if i == k else h for i, h in enumerate(hx))
-    got = _outputs_and_grads(mod, "cpp", x, lengths, hx)
-    want = _outputs_and_grads(mod, "reference", x, lengths, hx)
-    for a, b in zip(got, want):
+    got, got_grads = _run(mod, "cpp", x, lengths, hx)
+    want, want_grads = _run(mod, "reference", x, lengths, hx)
+    for a, b in zip(got + got_grads, want + want_grads):
         if a is None or b is None:  # a parameter no path reaches (depth-gated's first-layer lower weights)
             assert a is None and b is None
             continue
         assert not a.isnan().any()
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     assert bool((got[0][2:, 1] == 0).all()), "padded steps give 0"
-    assert returned, "the driver ran"
-    for t in returned:
-        assert not t.isnan().any()
-
-
-def _outputs_and_grads(mod: Recurrent, backend: str, x: torch.Tensor, lengths: torch.Tensor,
-                       hx: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    mod.backend = backend  # "cpp" raises if the backend refuses the call: no silent fallback
-    mod.zero_grad()
-    x = x.clone().requires_grad_()
-    hx = tuple(h.clone().requires_grad_() for h in hx)
-    out, hn = mod(x, hx[0] if len(hx) == 1 else hx, lengths=lengths)
-    hn = hn if isinstance(hn, tuple) else (hn,)
-    g = torch.Generator().manual_seed(1)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
-    loss = loss + sum((h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum() for h in hn)
-    loss.backward()
-    return [out, *hn, x.grad, *(h.grad for h in hx), *(p.grad for p in mod.parameters())]
+    assert driver_calls, "the driver ran"
+    for _, returned in driver_calls:
+        for t in returned:
+            assert not t.isnan().any()
 
 
 @needs_kernels
 @pytest.mark.usefixtures("nan_filled_empty", "single_thread")
 @pytest.mark.parametrize("zoneout", [0.0, 0.3], ids=["plain", "zoneout"])
 @pytest.mark.parametrize("name,kw", WRITE_CASES, ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k in WRITE_CASES])
-def test_inference_keeps_two_state_rows_and_matches(name: str, kw: dict, zoneout: float, random_state,
-                                                    monkeypatch) -> None:
+def test_inference_keeps_two_state_rows_and_matches(name: str, kw: dict, zoneout: float, driver_calls) -> None:
     """Without autograd the driver runs its inference entry (``<rule>_infer``: two state rows and one step's
     saved and fresh rows, reused): the reference's outputs and final states, NaN-filled allocations included,
     with lengths, two bidirectional layers and eval-mode zoneout (which blends every step)."""
-    from rnnlab.backends.cpp import generic_ops
-
-    called: list[str] = []
-    real_ext = generic_ops._ext
-
-    class Counting:  # the extension, noting which entry each call ran
-        def __getattr__(self, attr: str):
-            fn = getattr(real_ext(), attr)
-            if not (attr.endswith("_infer") or attr.endswith("_forward")):
-                return fn
-            return lambda *args: called.append(attr) or fn(*args)
-
-    monkeypatch.setattr(generic_ops, "_ext", Counting)
-    monkeypatch.setattr("rnnlab.backends.cpp.generic_registry.load_generic", lambda: Counting())
     mod = Recurrent(name, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, zoneout=zoneout, **kw).eval()
     x = torch.randn(5, 3, 3, dtype=torch.float64)
     lengths = torch.tensor([5, 2, 4])
@@ -214,6 +199,7 @@ def test_inference_keeps_two_state_rows_and_matches(name: str, kw: dict, zoneout
         got_out, got_h = mod(x, lengths=lengths)
         mod.backend = "reference"
         want_out, want_h = mod(x, lengths=lengths)
+    called = [entry for entry, _ in driver_calls]
     assert called and all(c.endswith("_infer") for c in called) or name == "depth_gated", called
     got_h = got_h if isinstance(got_h, tuple) else (got_h,)
     want_h = want_h if isinstance(want_h, tuple) else (want_h,)

@@ -52,9 +52,4 @@ inline Tensor big_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return t;
 }
 
-// at::zeros on the same memory.
-inline Tensor big_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  return big_empty(sizes, opts).zero_();
-}
-
 }  // namespace rnnlab_buffers

@@ -27,14 +27,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "buffers.h"  // big_empty / big_zeros: large buffers on transparent huge pages
+#include "buffers.h"  // big_empty: large buffers on transparent huge pages
 #include "gemm.h"  // libmvec declarations, RNNLAB_SIMD, the per-step GEMMs (Lin) and for_rows
 
 namespace rnnlab_generic {
 
 using at::Tensor;
 using rnnlab_buffers::big_empty;
-using rnnlab_buffers::big_zeros;
 using rnnlab_gemm::for_rows;
 using rnnlab_gemm::kSmallGemm;
 using rnnlab_gemm::Lin;
