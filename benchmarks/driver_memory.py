@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,11 +29,11 @@ import rnnlab
 from rnnlab.backends.cpp import generic_registry
 from rnnlab.backends.cpp.generic_loader import load_generic
 
+from interleave import alternate  # benchmarks/interleave.py
+
 SHAPES: list[tuple[int, int, int]] = [(200, 16, 128), (100, 64, 256), (50, 128, 512), (20, 32, 1024)]
 CELLS = ["gru", "peephole", "slstm", "mut1", "ln_gru", "indrnn"]
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-#: a timed block lasts about this long (seconds): small calls are repeated, large ones run once
-BLOCK_S = 0.05
 
 
 def _thp_mode() -> str:
@@ -45,28 +43,6 @@ def _thp_mode() -> str:
     except OSError:
         return "unknown"
     return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
-
-
-def _alternate(on: Callable[[], None], off: Callable[[], None], before_on: Callable[[], None],
-               before_off: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Median milliseconds per call of ``on`` and ``off``, alternating (order flipped each repeat), each sample
-    the mean of a block of calls lasting about BLOCK_S."""
-    for prep, f in ((before_on, on), (before_off, off)):  # warm-up, both ways
-        prep()
-        f()
-    t0 = time.perf_counter()
-    on()
-    n = max(1, int(BLOCK_S / max(time.perf_counter() - t0, 1e-6)))
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for r in range(repeats):
-        for which in ((True, False) if r % 2 == 0 else (False, True)):
-            (before_on if which else before_off)()
-            f = on if which else off
-            t0 = time.perf_counter()
-            for _ in range(n):
-                f()
-            times[which].append((time.perf_counter() - t0) / n * 1e3)
-    return statistics.median(times[True]), statistics.median(times[False])
 
 
 def _module_call(mod: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
@@ -86,12 +62,12 @@ def huge_pages(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) 
     torch.manual_seed(0)
     f = _module_call(rnnlab.Recurrent(cell, H, H), torch.randn(T, B, H), mode)
     try:
-        on_ms, off_ms = _alternate(f, f, lambda: ext.set_huge_pages(True), lambda: ext.set_huge_pages(False),
-                                   repeats)
+        ms = alternate({"on": (lambda: ext.set_huge_pages(True), f), "off": (lambda: ext.set_huge_pages(False), f)},
+                       repeats)
     finally:
         ext.set_huge_pages(True)
-    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, "on_ms": on_ms, "off_ms": off_ms,
-            "on_vs_off": on_ms / off_ms}
+    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, "on_ms": ms["on"], "off_ms": ms["off"],
+            "on_vs_off": ms["on"] / ms["off"]}
 
 
 def _infer_arguments(mod: torch.nn.Module, x: torch.Tensor) -> tuple[str, tuple]:
@@ -126,10 +102,10 @@ def infer_entry(cell: str, shape: tuple[int, int, int], repeats: int) -> dict[st
     name, args = _infer_arguments(rnnlab.Recurrent(cell, H, H), torch.randn(T, B, H))
     infer, forward = getattr(ext, f"{name}_infer"), getattr(ext, f"{name}_forward")
     with torch.no_grad():
-        on_ms, off_ms = _alternate(lambda: infer(*args), lambda: forward(*args), lambda: None, lambda: None,
-                                   repeats)
-    return {"cell": cell, "T": T, "B": B, "H": H, "mode": "infer", "on_ms": on_ms, "off_ms": off_ms,
-            "on_vs_off": on_ms / off_ms}
+        ms = alternate({"on": (lambda: None, lambda: infer(*args)), "off": (lambda: None, lambda: forward(*args))},
+                       repeats)
+    return {"cell": cell, "T": T, "B": B, "H": H, "mode": "infer", "on_ms": ms["on"], "off_ms": ms["off"],
+            "on_vs_off": ms["on"] / ms["off"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,7 +216,7 @@ struct PartProduct {
     auto dr = at::zeros({N, KH}, part.options());
     for (int64_t k = 0; k < pr.K; ++k)
       if (pr.dst[k] >= 0) dr.narrow(1, k * H, H).copy_(dhh.narrow(1, pr.dst[k] * H, H));
-    return at::mm(dr.t(), part).reshape({pr.K * KH, H});
+    return rnnlab_gemm::mm(dr.t(), part).reshape({pr.K * KH, H});
   }
 };
 
@@ -273,6 +273,16 @@ inline Sizes sizes_of(int64_t opt) {
 template <typename T>
 inline const T* E_ptr(const Tensor& e) { return e.numel() > 0 ? e.data_ptr<T>() : nullptr; }
 
+// A call whose projected input arrives in bfloat16 (bf16 autocast) with float32 states: its products run in bf16
+// (gemm.h ReducedProducts) and xp is read as float32.  Any other dtype of xp must be the states' own.
+inline bool reduced_call(const Tensor& xp, const Tensor& states) {
+  if (xp.scalar_type() == states.scalar_type()) return false;
+  TORCH_CHECK(xp.scalar_type() == at::kBFloat16 && states.scalar_type() == at::kFloat,
+              "xp: expected the states' dtype, or bfloat16 with float32 states (bf16 products), got ",
+              xp.scalar_type(), " with ", states.scalar_type(), " states");
+  return true;
+}
+
 // The recurrent product of one call: weights rearranged and buffers allocated once, then per step
 // hh (B, G*H) = R(h_{t-1}) and, backward, dh_{t-1} += R^T(dhh).  h is block 0 of the (B, S*H) state rows.
 template <Rec R, typename T>
@@ -302,6 +312,14 @@ struct Recurrence {
   // 1.00; 4 heads (50,128,512) 1.03.
   std::vector<Lin<T>> head_fwd, head_bwd;
 
+  // Heads too small for a library call take the inline loops (bf16 products, when asked for at this size, take
+  // Lin's path instead: tests lower the bf16 thresholds to 0).
+  bool inline_heads() const {
+    const int64_t macs = B * G * H * dh;
+    return macs < kSmallGemm && !rnnlab_gemm::reduced_for(c10::CppTypeToScalarType<T>::value, macs / heads,
+                                                          rnnlab_gemm::g_reduced_step);
+  }
+
   // hh for the state rows states[t] (B, S*H); nullptr for Rec::None.
   const T* forward(const Tensor& states, int64_t t) {
     return forward(states.data_ptr<T>() + t * B * S * H, S * H);
@@ -321,7 +339,7 @@ struct Recurrence {
       for (int64_t b = 0; b < B; ++b)
         for (int64_t g = 0; g < G; ++g)
           for (int64_t j = 0; j < H; ++j) o[(b * G + g) * H + j] = u[g * H + j] * hp[b * ld + j];
-    } else if (B * G * H * dh < kSmallGemm) {
+    } else if (inline_heads()) {
       // per gate and head, rows g*H + k*dh .. + dh of W read head k: the inline kernel's vectorised dot
       // products (a plain running sum over l stays scalar without -ffast-math)
       const T* wp = w.data_ptr<T>();
@@ -368,7 +386,7 @@ struct Recurrence {
         for (int64_t g = 0; g < G; ++g)
           for (int64_t j = 0; j < H; ++j) d[b * ld + j] += p[(b * G + g) * H + j] * u[g * H + j];
     } else if constexpr (R == Rec::Heads) {
-      if (B * G * H * dh < kSmallGemm) {
+      if (inline_heads()) {
         const T* wp = w.data_ptr<T>();
         for (int64_t b = 0; b < B; ++b)
           for (int64_t r = 0; r < G * H; ++r) {
@@ -404,7 +422,7 @@ inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const T
                                     int64_t heads) {
   const int64_t N = hp.size(0), H = hp.size(1);
   if constexpr (R == Rec::Full) {
-    return at::mm(dhh.t(), hp);
+    return rnnlab_gemm::mm(dhh.t(), hp);
   } else if constexpr (R == Rec::Diagonal) {
     return (dhh.view({N, G, H}) * hp.unsqueeze(1)).sum(0).reshape({G * H});
   } else {
@@ -414,13 +432,13 @@ inline Tensor recurrent_weight_grad(const Tensor& dhh, const Tensor& hp, const T
     // sLSTM training, 2 threads, this (with the single-head steps writing hh / reading dhh directly) / that,
     // medians of 4 alternating processes on a noisy machine: (50, 128, 512) 1 head 0.93, 4 heads 0.88;
     // (100, 64, 256) 0.98.
-    if (heads == 1) return at::mm(dhh.t(), hp);
+    if (heads == 1) return rnnlab_gemm::mm(dhh.t(), hp);
     const int64_t dh = H / heads;
     Tensor dw = at::empty(w.sizes(), w.options());
     for (int64_t g = 0; g < G; ++g)
       for (int64_t k = 0; k < heads; ++k) {
         auto out = dw.narrow(0, g * H + k * dh, dh);  // (dh, dh), contiguous rows
-        at::mm_out(out, dhh.narrow(1, g * H + k * dh, dh).t(), hp.narrow(1, k * dh, dh));
+        rnnlab_gemm::mm_out(out, dhh.narrow(1, g * H + k * dh, dh).t(), hp.narrow(1, k * dh, dh));
       }
     return dw;
   }
@@ -490,6 +508,8 @@ struct SplitProducts {
 // With an output projection (proj_bit) the state rows, out, rec_mask and keep are as proj_bit says.
 // keep_all false (infer below): only the last two state rows and one step's saved / fresh rows are kept, in
 // place of all of them; states then holds s_T at row T % 2 and saved / fresh are scratch.
+// xp in bfloat16 (bf16 autocast, generic_ops.py) with everything else float32: the products run in bf16
+// (gemm.h ReducedProducts), the rules, states and returned tensors stay float32.
 template <class Cell>
 std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
                                 const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
@@ -498,6 +518,8 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A;
   constexpr int64_t DROP = drop_state<Cell>::value;
   TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
+  const bool reduced = reduced_call(xp_in, s0);
+  rnnlab_gemm::ReducedProducts products(reduced);
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
   const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
   const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
@@ -510,7 +532,7 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
   TORCH_CHECK(!zoned || (keep_in.size(0) == T && Z <= S &&
                          (L.proj ? keep_in.size(1) == B : keep_in.size(2) == B && keep_in.size(3) == H)),
               "keep: expected (T, Z <= S, B, H)");
-  auto xp = xp_in.contiguous();
+  auto xp = reduced ? xp_in.to(at::kFloat).contiguous() : xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
@@ -687,12 +709,14 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   constexpr int64_t DROP = drop_state<Cell>::value;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
+  const bool reduced = reduced_call(xp_in, states);
+  rnnlab_gemm::ReducedProducts products(reduced);
   const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
   const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
   const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
   const bool zoned = Z > 0;
   TORCH_CHECK(!zoned || (fresh.dim() == 3 && fresh.size(0) == T), "fresh: expected forward's (T, B, S*H)");
-  auto xp = xp_in.contiguous();
+  auto xp = reduced ? xp_in.to(at::kFloat).contiguous() : xp_in.contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
@@ -895,12 +919,13 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
           for (int64_t i = 0; i < T * B * H; ++i) o[i] = Cell::map(h[i]);
         });
         if (masked) pm_all.mul_(m_all);
-        parts.push_back(at::mm(dhh2.narrow(1, 0, M * H).t(), pm_all));
+        parts.push_back(rnnlab_gemm::mm(dhh2.narrow(1, 0, M * H).t(), pm_all));
       }
-      if (G > M) parts.push_back(at::mm(dhh2.narrow(1, M * H, (G - M) * H).t(), masked ? hp * m_all : hp));
+      if (G > M)
+        parts.push_back(rnnlab_gemm::mm(dhh2.narrow(1, M * H, (G - M) * H).t(), masked ? hp * m_all : hp));
       if (Q > 0) {
         auto u = saved.narrow(2, (A - 1) * H, H).reshape({T * B, H});
-        parts.push_back(at::mm(dq_all.view({T * B, Q * H}).t(), u));
+        parts.push_back(rnnlab_gemm::mm(dq_all.view({T * B, Q * H}).t(), u));
       }
       dw = at::cat(parts, 0);
     }
@@ -919,12 +944,12 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
       }
       if (L.proj) {  // dW_r = Σ dL/dhᵀ m over all T*B rows (the cell's own m: zoneout never mixes it)
         auto m_all = (zoned ? fr_all : states.narrow(0, 1, T)).narrow(2, 0, H).reshape({T * B, H});
-        dw = at::cat({dw, at::mm(m_all.t(), dp_all.view({T * B, P}))}, 0);  // [dW; dW_rᵀ]
+        dw = at::cat({dw, rnnlab_gemm::mm(m_all.t(), dp_all.view({T * B, P}))}, 0);  // [dW; dW_rᵀ]
       }
     }
   }
   auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)
-  return {dxp, ds1, dw, de};
+  return {reduced ? dxp.to(xp_in.scalar_type()) : dxp, ds1, dw, de};  // dxp in xp's dtype
 }
 
 }  // namespace rnnlab_generic

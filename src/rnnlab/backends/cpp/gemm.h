@@ -31,9 +31,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 // glibc's libmvec has vector exp/tanh/log1p that follow IEEE rules for inf/NaN (out-of-range lanes are redone
 // by the scalar function), but <math.h> only declares them under -ffast-math, which also assumes no inf/NaN
@@ -162,6 +165,97 @@ inline Tensor onednn_linear(const Tensor& a, const Tensor& packed) {  // a (M, K
   return st[0].toTensor();
 }
 
+// Reduced-precision products (bf16 autocast, generic_ops.py): while a ReducedProducts guard is alive on this
+// thread, the per-step products of at least kReducedStep multiply-adds (Lin below) and the once-per-call weight
+// gradients of at least kReducedOnce (mm below) take bf16 operands with float32 accumulation in oneDNN, results
+// converted back to float32; the element-wise rules, the states and the recurrence stay float32.  The driver
+// sets it for a call whose projected input xp arrives in bf16.  A lone product on the 2-core Zen 5 dev machine
+// (AVX-512 BF16), oneDNN bf16 / fp32, 2 threads: (B, H, gates) (128, 512, 3) 0.18-0.30, (64, 256, 4) 0.34-0.51,
+// (16, 128, 4) 0.85-1.15; weight gradients over T*B = 6400 rows 0.33-0.40 (conversions included).  The
+// thresholds, from whole autocast training steps with the per-step products in bf16 / in float32
+// (benchmarks/bf16_products.py --compare threshold, medians of 5), per-step multiply-adds in brackets:
+//   GRU       (T, B, H) (200, 16, 128) [0.8 M] 1.23, (100, 8, 256) [1.6 M] 1.14, (100, 16, 256) [3.1 M] 0.98,
+//             (100, 64, 128) [3.1 M] 1.02, (50, 32, 256) [6.3 M] 0.82, (100, 32, 256) [6.3 M] 0.86;
+//   peephole  (200, 16, 128) [1.0 M] 1.24, (100, 8, 256) [2.1 M] 1.07, (100, 16, 256) [4.2 M] 0.87,
+//             (100, 64, 128) [4.2 M] 0.96, (50, 32, 256) [8.4 M] 0.85.
+// Each bf16 step product pays a oneDNN call and two conversions (about 15 us at small sizes), so the step
+// threshold is 4 M.  Weight gradients in bf16 from 1 M against never: 0.96-1.02 from (50, 1, 64) to
+// (200, 16, 128), where they are the only bf16 products.
+constexpr int64_t kReducedStep = 4 * 1024 * 1024;
+constexpr int64_t kReducedOnce = 1024 * 1024;
+inline std::atomic<int64_t> g_reduced_step{kReducedStep}, g_reduced_once{kReducedOnce};
+inline thread_local bool t_reduced = false;
+
+// The smallest per-step product (Lin) and once-per-call product (mm), in multiply-adds, that run in bf16 under a
+// ReducedProducts guard: kReducedStep / kReducedOnce unless a test or benchmark sets others (0: all of them).
+inline void set_reduced_min_macs(int64_t step, int64_t once) {
+  TORCH_CHECK(step >= 0 && once >= 0, "set_reduced_min_macs: expected step, once >= 0, got ", step, ", ", once);
+  g_reduced_step.store(step);
+  g_reduced_once.store(once);
+}
+inline std::vector<int64_t> reduced_min_macs() { return {g_reduced_step.load(), g_reduced_once.load()}; }
+
+struct ReducedProducts {
+  bool prev;
+  explicit ReducedProducts(bool on) : prev(t_reduced) { t_reduced = on && g_use_onednn.load() && onednn_ops().ok(); }
+  ~ReducedProducts() { t_reduced = prev; }
+  ReducedProducts(const ReducedProducts&) = delete;
+  ReducedProducts& operator=(const ReducedProducts&) = delete;
+};
+
+inline bool reduced_for(at::ScalarType dtype, int64_t macs, const std::atomic<int64_t>& min_macs) {
+  return t_reduced && dtype == at::kFloat && macs >= min_macs.load();
+}
+
+// float32 -> bf16 bits, rounded to nearest even, NaN kept a (quiet) NaN: c10::BFloat16's rule as branch-free
+// integer steps, so the loop vectorises (a per-step ATen copy_ cost more than a small product itself).
+inline void to_bf16(uint16_t* __restrict dst, const float* __restrict src, int64_t n) {
+  RNNLAB_SIMD
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, src + i, sizeof(u));
+    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    dst[i] = src[i] != src[i] ? uint16_t(0x7FC0) : uint16_t(r);
+  }
+}
+
+// bf16 bits -> float32 (exact), written to or added into dst.
+inline void from_bf16(float* __restrict dst, const uint16_t* __restrict src, int64_t n, bool acc) {
+  if (acc) {
+    RNNLAB_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = uint32_t(src[i]) << 16;
+      float f;
+      std::memcpy(&f, &u, sizeof(f));
+      dst[i] += f;
+    }
+  } else {
+    RNNLAB_SIMD
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = uint32_t(src[i]) << 16;
+      float f;
+      std::memcpy(&f, &u, sizeof(f));
+      dst[i] = f;
+    }
+  }
+}
+
+// a (M, K) @ b (K, N) for the once-per-call products (weight gradients over all T*B rows): in bf16 with float32
+// accumulation under a ReducedProducts guard, else as given.
+inline Tensor mm(const Tensor& a, const Tensor& b) {
+  if (!reduced_for(a.scalar_type(), a.size(0) * a.size(1) * b.size(1), g_reduced_once)) return at::mm(a, b);
+  return at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);
+}
+
+// out (M, N) = a (M, K) @ b (K, N), the same selection as mm.
+inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (!reduced_for(a.scalar_type(), a.size(0) * a.size(1) * b.size(1), g_reduced_once)) {
+    at::mm_out(out, a, b);
+    return;
+  }
+  out.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
+}
+
 // A fixed weight block used once per step: C (M, out) (+)= A (M, in) @ op(W).  nt: op(W) = Wᵀ with W (out,
 // in) (the forward, torch weight layout); nn: op(W) = W with W (in, out) (dh = dgates W in the backward).
 template <typename T>
@@ -169,13 +263,20 @@ struct Lin {
   Tensor w;       // contiguous
   bool nn;
   int64_t out, in;
-  Tensor packed;  // oneDNN weight (out, in) reordered, or undefined
+  Tensor packed;  // oneDNN weight (out, in) reordered (bf16 when reduced), or undefined
+  bool reduced = false;
+  Tensor a16;     // reduced: the rows of A converted to bf16 (batch, in)
 
   Lin(const Tensor& w_in, bool nn_, int64_t batch) : w(w_in.contiguous()), nn(nn_) {
     out = nn ? w.size(1) : w.size(0);
     in = nn ? w.size(0) : w.size(1);
-    if (std::is_same<T, float>::value && g_use_onednn.load() && onednn_ops().ok() &&
-        batch * out * in >= kOneDnnGemm && (!nn || out * in >= g_onednn_nn_weight.load())) {
+    const int64_t macs = batch * out * in;
+    if (reduced_for(c10::CppTypeToScalarType<T>::value, macs, g_reduced_step)) {
+      reduced = true;
+      packed = onednn_pack((nn ? w.t() : w).to(at::kBFloat16).contiguous(), batch);
+      a16 = at::empty({batch, in}, w.options().dtype(at::kBFloat16));
+    } else if (std::is_same<T, float>::value && g_use_onednn.load() && onednn_ops().ok() &&
+               macs >= kOneDnnGemm && (!nn || out * in >= g_onednn_nn_weight.load())) {
       packed = onednn_pack(nn ? w.t().contiguous() : w, batch);
     }
   }
@@ -183,6 +284,16 @@ struct Lin {
   void apply(T* C, int64_t ldc, const T* A, int64_t lda, int64_t M, bool acc) const {
     const T* W = w.data_ptr<T>();
     const int64_t macs = M * out * in;
+    if constexpr (std::is_same<T, float>::value) {
+      if (reduced) {  // bf16 operands, float32 accumulation; the bf16 result added / copied into C
+        uint16_t* a = reinterpret_cast<uint16_t*>(a16.data_ptr<at::BFloat16>());
+        for (int64_t m = 0; m < M; ++m) to_bf16(a + m * in, A + m * lda, in);
+        Tensor y = onednn_linear(a16.narrow(0, 0, M), packed);
+        const uint16_t* Y = reinterpret_cast<const uint16_t*>(y.data_ptr<at::BFloat16>());
+        for (int64_t m = 0; m < M; ++m) from_bf16(C + m * ldc, Y + m * out, out, acc);
+        return;
+      }
+    }
     if (packed.defined() && macs >= kOneDnnGemm) {
       Tensor y = onednn_linear(wrap<T>(A, M, in, lda), packed);
       const T* Y = y.data_ptr<T>();

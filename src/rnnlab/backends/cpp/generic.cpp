@@ -20,7 +20,8 @@
 // <name>_sizes(opt=0) -> (X, G, S, A, E, PROJ) for that option word (PROJ: the option bit of the rule's output
 //   projection, 0 when it has none; driver.h's proj_bit)
 // set_gemm_backend("onednn" | "aten"), gemm_backend(), set_onednn_nn_min_weight(entries): the per-step GEMM
-// selection of gemm.h; set_huge_pages(on), huge_pages(): buffers.h's huge-page advice
+// selection of gemm.h; set_reduced_min_macs(macs), reduced_min_macs(): the smallest product that runs in bf16
+// when xp arrives in bf16 (gemm.h ReducedProducts); set_huge_pages(on), huge_pages(): buffers.h's huge-page advice
 #define RNNLAB_CELL(m, name, Cell)                                                            \
   m.def(#name "_forward", &rnnlab_generic::forward<rnnlab_generic::Cell>);                   \
   m.def(#name "_infer", &rnnlab_generic::infer<rnnlab_generic::Cell>);                       \
@@ -38,6 +39,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_backend", &rnnlab_gemm::set_gemm_backend);
   m.def("gemm_backend", &rnnlab_gemm::gemm_backend);
   m.def("set_onednn_nn_min_weight", &rnnlab_gemm::set_onednn_nn_min_weight);
+  m.def("set_reduced_min_macs", &rnnlab_gemm::set_reduced_min_macs);
+  m.def("reduced_min_macs", &rnnlab_gemm::reduced_min_macs);
   m.def("set_huge_pages", &rnnlab_buffers::set_huge_pages);
   m.def("huge_pages", &rnnlab_buffers::huge_pages);
   RNNLAB_CELL(m, clockwork, Clockwork);

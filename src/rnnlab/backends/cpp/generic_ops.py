@@ -19,8 +19,13 @@ The pair has:
   is itself differentiated (grad mode on in backward: ``create_graph=True``, ``torch.func.grad``) the layer is
   recomputed through the rebuilt cell's own step (step_loop.differentiable_loop) and the whole gradient goes to
   x, s0 and the parameters directly instead, so second derivatives are exact;
-- a vmap rule (a loop over the vmapped dimension) and an autocast policy (reduced-precision inputs are cast to
-  float32, the driver computes and returns float32).
+- a vmap rule (a loop over the vmapped dimension) and an autocast rule: every floating input is cast to
+  float32 but ``xp``, which under bf16 autocast on a CPU with native bf16 GEMMs (AVX-512 BF16, AMX) goes in
+  bf16 for a rule that forms products, so that the driver's products run in bf16 with float32 accumulation
+  (gemm.h ReducedProducts) while its element-wise rules, states and outputs stay float32 (the recurrence
+  accumulates over every step).  Elsewhere, under fp16 autocast, and for rules without a product (SRU,
+  IndRNN, minGRU / minLSTM), ``xp`` is cast to float32 too and the driver computes in float32.
+  :data:`BF16_PRODUCTS` switches the bf16 products off.
 
 ``x``, ``lower`` (the layer below's state rows (T, B, ΣS_k) for a cell that reads them, else empty) and ``params``
 are inputs of the op only for that second-derivative path; the driver does not read them.
@@ -162,9 +167,10 @@ def _(spec, heads, opt, xp, w, e, s0, lengths, rec_mask, keep, x, lower, params)
     T, B = xp.shape[0], xp.shape[1]
     H = xp.shape[2] // X
     SW, HW = widths(_kernel_of(spec), opt, xp, w)
-    fresh = xp.new_empty(T, B, SW) if keep.dim() > 1 else xp.new_empty(0)
-    return (xp.new_empty(T, B, HW), xp.new_empty(B, SW), xp.new_empty(T + 1, B, SW),
-            xp.new_empty(T, B, A * H), fresh)
+    # everything in the states' dtype (xp may be bf16 with float32 states: the bf16 products)
+    fresh = s0.new_empty(T, B, SW) if keep.dim() > 1 else s0.new_empty(0)
+    return (s0.new_empty(T, B, HW), s0.new_empty(B, SW), s0.new_empty(T + 1, B, SW),
+            s0.new_empty(T, B, A * H), fresh)
 
 
 @torch.library.custom_op("rnnlab::driver_backward", mutates_args=())
@@ -179,8 +185,8 @@ def driver_backward(kernel: str, heads: int, opt: int, dout: Tensor, ds_t: Tenso
 @driver_backward.register_fake
 def _(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states, saved, fresh, dstates):
     E = sizes(kernel, opt)[4]
-    return (xp.new_empty(xp.shape), xp.new_empty(ds_t.shape), w.new_empty(w.shape),
-            xp.new_empty(E, xp.shape[2] // sizes(kernel, opt)[0]))
+    return (xp.new_empty(xp.shape), ds_t.new_empty(ds_t.shape), w.new_empty(w.shape),
+            ds_t.new_empty(E, xp.shape[2] // sizes(kernel, opt)[0]))
 
 
 # --- the autograd formula, shared by the op, the eager Function and the torch.func Function ----------------
@@ -261,9 +267,9 @@ def _grads(ctx, dout: Tensor | None, ds_t: Tensor | None, dstates: Tensor | None
                                                             lower, dout, ds_t, dstates)
         return None, None, None, d_s0, d_x, d_lower, d_params
     T, B = xp.shape[0], xp.shape[1]
-    dout = _z(dout, (T, B, widths(kernel, opt, xp, w)[1]), xp)
-    ds_t = _z(ds_t, s0.shape, xp)
-    dstates = xp.new_empty(0) if dstates is None else dstates.contiguous()
+    dout = _z(dout, (T, B, widths(kernel, opt, xp, w)[1]), s0)  # the states' dtype (xp may be bf16)
+    ds_t = _z(ds_t, s0.shape, s0)
+    dstates = s0.new_empty(0) if dstates is None else dstates.contiguous()
     dxp, ds0, dw, de = backward_op(kernel, heads, opt, dout, ds_t, xp, w, e, lengths, rec_mask, keep, states,
                                    saved, fresh, dstates)
     return dxp, (dw if w.numel() else None), (de if e.numel() else None), ds0, None, None, [None] * n
@@ -309,9 +315,56 @@ def _vmap_loop(op, tensor_args: range):
 
 torch.library.register_vmap(driver_forward, _vmap_loop(driver_forward, range(3, 13)))
 torch.library.register_vmap(driver_backward, _vmap_loop(driver_backward, range(3, 15)))
-for _op in (driver_forward, driver_backward):
-    # reduced precision in, float32 compute and out (the recurrence accumulates over every step)
-    torch.library.register_autocast(_op, "cpu", torch.float32)
+
+# --- autocast ---------------------------------------------------------------------------------------------
+#: under bf16 CPU autocast, run the driver's products in bf16 where the CPU has native bf16 GEMMs (module
+#: docstring); False: float32 products (benchmarks compare both in one process)
+BF16_PRODUCTS = True
+_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+_autocast_lib = torch.library.Library("rnnlab", "IMPL")
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16() -> bool:
+    """This CPU runs oneDNN's bf16 GEMMs natively (AVX-512 BF16 or AMX), so bf16 products pay."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def products_dtype() -> torch.dtype:
+    """The dtype of the driver's products under the current CPU autocast: bf16 or float32."""
+    if BF16_PRODUCTS and torch.get_autocast_dtype("cpu") == torch.bfloat16 and native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _up(value, dtype: torch.dtype):
+    """``value`` (a tensor or a list of them) with its reduced-precision / float32 floating tensors in ``dtype``
+    (float64 stays: autocast leaves it alone)."""
+    if isinstance(value, (list, tuple)):
+        return [_up(v, dtype) for v in value]
+    if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.to(dtype)
+    return value
+
+
+def _autocast_rule(op, xp_index: int):
+    """The AutocastCPU kernel of ``op``: floating inputs to float32, ``xp`` (argument ``xp_index``) to
+    :func:`products_dtype` when the rule forms products (its recurrent weight ``w``, the next argument, is a
+    matrix; a rule without one, or with IndRNN's diagonal, keeps xp's precision), then ``op`` with autocast off."""
+
+    def kernel(_keyset, *args):
+        products = products_dtype() if args[xp_index + 1].dim() == 2 else torch.float32
+        cast = [_up(a, products if i == xp_index else torch.float32) for i, a in enumerate(args)]
+        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+            return op(*cast)
+
+    return kernel
+
+
+_autocast_lib.impl("driver_forward", _autocast_rule(torch.ops.rnnlab.driver_forward.default, 3), "AutocastCPU",
+                   with_keyset=True)
+_autocast_lib.impl("driver_backward", _autocast_rule(torch.ops.rnnlab.driver_backward.default, 5), "AutocastCPU",
+                   with_keyset=True)
 
 
 # --- the eager and torch.func entry points ----------------------------------------------------------------

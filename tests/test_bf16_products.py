@@ -1,0 +1,247 @@
+"""The driver's bf16 products under CPU autocast: every rule, in bf16 for real, within bf16 tolerance of float32.
+
+Under ``torch.autocast("cpu", torch.bfloat16)`` the autocast rule of ``torch.ops.rnnlab.driver_*`` keeps the
+projected input in bf16 where the CPU has native bf16 GEMMs, and the driver then runs its products in bf16
+(gemm.h ReducedProducts).  The thresholds are lowered to 0 here so that the tiny test shapes take that path
+for every product; a spy on the extension proves that every call got bf16 (nothing silently stays float32).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import Recurrent
+from rnnlab.backends.cpp import generic_ops, generic_registry
+from rnnlab.backends.cpp.generic_loader import load_generic
+from rnnlab.backends.reference import ReferenceBackend
+
+needs_bf16 = pytest.mark.skipif(load_generic() is None or not generic_ops.native_bf16(),
+                                reason="the generic C++ driver could not be built, or this CPU has no native bf16 "
+                                       "GEMMs (the driver keeps float32 products there: tested below)")
+pytestmark = [pytest.mark.skipif(load_generic() is None, reason="the generic C++ driver could not be built here"),
+              pytest.mark.usefixtures("single_thread")]
+
+I, H, B, T = 3, 8, 3, 6
+LENGTHS = torch.tensor([T, 4, 2])
+_BY_RULE: dict[str, str] = {}
+for _n in rnnlab.cell_names():
+    _rule = generic_registry.driver_for(Recurrent(_n, I, H).cell)
+    if _rule is not None:
+        _BY_RULE.setdefault(_rule, _n)
+_VARIANTS: dict[str, tuple[str, dict]] = {"lstmp": ("lstm", {"proj_size": 5}),
+                                          "lstm_fgr": ("greff_fgr", {}),
+                                          "depth_gated_2layers": ("depth_gated", {"num_layers": 2}),
+                                          "slstm_2heads": ("slstm", {"num_heads": 2}),
+                                          "lstm_options": ("lstm", {"recurrent_dropout": 0.3, "zoneout": 0.2})}
+RULES = sorted(set(_BY_RULE.values()) | set(_VARIANTS))
+# rules whose driver forms no product (no recurrent weight, or a diagonal one): bf16 xp changes nothing there
+NO_PRODUCT = {"indrnn", "sru", "mingru", "minlstm"}
+# ‖bf16 - fp32‖ / ‖fp32‖ per output, state and gradient (bf16 keeps 8 bits: 2^-8 = 0.4% per rounding; a
+# layer-normalised cell's gain gradients reach 2%)
+TOLERANCE = 4e-2
+
+
+def _module(name: str) -> Recurrent:
+    torch.manual_seed(0)
+    cell, opts = _VARIANTS.get(name, (name, {}))
+    # eval: zoneout's expectation (no draws), so runs are comparable; backend "cpp": the driver, never torch.nn's op
+    return Recurrent(cell, I, H, bidirectional=True, backend="cpp", **opts).eval()
+
+
+def _run(mod: Recurrent, x: torch.Tensor, autocast: bool) -> list[torch.Tensor]:
+    """Outputs, final states, and the gradients of a fixed loss for the input and every parameter."""
+    mod.zero_grad()
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        out, hn = mod(x, lengths=LENGTHS)
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    loss = (out.float() * weight).sum() + sum(s.float().sum() for n, s in zip(mod.state_names, hn) if n != "n")
+    loss.backward()
+    return [out, *hn, x.grad, *(p.grad for p in mod.parameters() if p.grad is not None)]
+
+
+@pytest.fixture
+def all_bf16():
+    """Every product, per step and once per call, in bf16 (restored afterwards)."""
+    ext = load_generic()
+    before = ext.reduced_min_macs()
+    ext.set_reduced_min_macs(0, 0)
+    yield
+    ext.set_reduced_min_macs(*before)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """The dtype of xp in every forward / backward call the op makes to the extension."""
+    seen: list[tuple[str, torch.dtype]] = []
+    real = generic_ops._ext
+
+    class Spy:
+        def __getattr__(self, attr: str):
+            fn = getattr(real(), attr)
+            kind = attr.rsplit("_", 1)[-1]
+            if kind not in ("forward", "backward"):
+                return fn
+            return lambda *a: seen.append((kind, a[0 if kind == "forward" else 2].dtype)) or fn(*a)
+
+    monkeypatch.setattr(generic_ops, "_ext", Spy)
+    return seen
+
+
+@pytest.fixture
+def no_reference(monkeypatch):
+    def refuse(self, call):
+        raise AssertionError(f"{call.cell.kind} ran on the reference backend")
+
+    monkeypatch.setattr(ReferenceBackend, "run", refuse)
+
+
+def _products(on: bool):
+    generic_ops.BF16_PRODUCTS = on
+
+
+@pytest.fixture
+def restore_products():
+    yield
+    generic_ops.BF16_PRODUCTS = True
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", RULES)
+def test_bf16_products_within_tolerance_of_float32(name: str, all_bf16, spy, no_reference,
+                                                   restore_products) -> None:
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    want = _run(mod, x, autocast=False)
+    spy.clear()
+    got = _run(mod, x, autocast=True)
+    # a rule without a product keeps xp in float32 (bf16 would only round it)
+    xp_dtype = torch.float32 if name in NO_PRODUCT else torch.bfloat16
+    assert set(spy) == {("forward", xp_dtype), ("backward", xp_dtype)}
+    assert got[0].dtype == torch.float32  # the states and outputs stay float32
+    n_states = 1 + len(mod.state_names)
+    for a, b in zip(got[:n_states], want):  # outputs and states against float32 without autocast
+        assert _relative(a, b) <= TOLERANCE
+    spy.clear()
+    _products(False)  # the same autocast (the same bf16 projection) with float32 products: xp arrives in float32
+    fp32_products = _run(mod, x, autocast=True)
+    assert set(spy) == {("forward", torch.float32), ("backward", torch.float32)}
+    for a, b in zip(got, fp32_products):  # every output, state and gradient: what the bf16 products change
+        assert _relative(a, b) <= TOLERANCE
+    same = all(torch.equal(a, b) for a, b in zip(got, fp32_products))
+    # xp holds the same bf16-rounded values either way: only a product can make the two differ
+    assert same == (name in NO_PRODUCT), "bf16 products changed nothing" if same else "no product, yet it differs"
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a - b‖ / ‖b‖ (plus a floor for an all-zero b)."""
+    return float((a.detach().float() - b.detach()).norm()) / (float(b.detach().norm()) + 1e-6)
+
+
+@needs_bf16
+@pytest.mark.parametrize("scale", ["x600", "x1e4", "inf"])
+@pytest.mark.parametrize("name", ["gru_paper", "peephole", "slstm", "mut3", "lstmp", "ln_lstm", "greff_fgr"])
+def test_bf16_products_at_extreme_inputs(name: str, scale: str, all_bf16, restore_products) -> None:
+    """Saturated and infinite inputs: finite exactly where the float32 products are, and close there."""
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    if scale == "x600":
+        x = x * 600
+    elif scale == "x1e4":
+        x = x * 1e4
+    else:
+        x[1, 0, 0], x[3, 1, 2], x[4, 2, 1] = float("inf"), -float("inf"), -float("inf")
+    got = _run(mod, x, autocast=True)
+    _products(False)
+    want = _run(mod, x, autocast=True)
+    for a, b in zip(got, want):
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+        keep = torch.isfinite(b)
+        assert _relative(a[keep], b[keep]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["gru", "slstm"])
+def test_float32_products_without_native_bf16(name: str, spy, monkeypatch) -> None:
+    """On a CPU without native bf16 GEMMs xp is cast to float32 (the driver computes in float32): the same
+    numbers as with the bf16 products switched off."""
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    monkeypatch.setattr(generic_ops, "native_bf16", lambda: False)
+    got = _run(mod, x, autocast=True)
+    assert set(spy) == {("forward", torch.float32), ("backward", torch.float32)}
+    monkeypatch.setattr(generic_ops, "BF16_PRODUCTS", False)
+    for a, b in zip(got, _run(mod, x, autocast=True)):
+        assert torch.equal(a, b)
+
+
+@needs_bf16
+def test_fp16_autocast_keeps_float32_products(spy) -> None:
+    mod = _module("gru")
+    with torch.autocast("cpu", torch.float16):
+        mod(torch.randn(T, B, I))
+    assert set(spy) == {("forward", torch.float32)}
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["gru", "peephole"])
+def test_default_thresholds_keep_small_products_in_float32(name: str, spy, restore_products) -> None:
+    """At the default thresholds (gemm.h kReducedStep / kReducedOnce) a tiny layer's products stay float32: the
+    numbers are those of float32 products although xp arrived in bf16."""
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    got = _run(mod, x, autocast=True)
+    assert ("forward", torch.bfloat16) in spy
+    _products(False)
+    for a, b in zip(got, _run(mod, x, autocast=True)):
+        assert torch.equal(a, b)
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["gru", "lstmp", "slstm_2heads"])
+def test_opcheck_with_bf16_xp(name: str, all_bf16) -> None:
+    """The op's fake implementations agree with the real ones when xp is bf16 and the rest float32: outputs and
+    states float32, the gradient of xp bf16."""
+    mod = _module(name)
+    cell = mod.cell
+    rule = generic_registry.driver_for(cell)
+    x = torch.randn(T, B, I)
+    p = mod.layer_params(0, 0)
+    xp, w, e, heads, opt = cell.driver_inputs(x, p)
+    e = x.new_empty(0) if e is None else e
+    s0 = cell.driver_state([0.5 * torch.randn(B, n) for n in cell.state_sizes()])
+    off = x.new_empty(0)
+    xp16 = xp.detach().bfloat16().requires_grad_()
+    args = (generic_ops.cell_spec(cell, rule), heads, opt, xp16, w.detach().requires_grad_(), e.detach(),
+            s0.requires_grad_(), LENGTHS, off, off, x, off, [p[n].detach() for n in generic_ops.param_names(cell)])
+    torch.library.opcheck(generic_ops.driver_forward, args)
+    plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+    out, s_t, states, saved, fresh = generic_ops.driver_forward(*plain)
+    assert out.dtype == states.dtype == saved.dtype == torch.float32
+    bargs = (rule, heads, opt, torch.randn_like(out), torch.randn_like(s_t), plain[3], plain[4], plain[5], LENGTHS,
+             off, off, states, saved, fresh, off)
+    torch.library.opcheck(generic_ops.driver_backward, bargs)
+    dxp, ds0, dw, _ = generic_ops.driver_backward(*bargs)
+    assert dxp.dtype == torch.bfloat16 and ds0.dtype == dw.dtype == torch.float32
+
+
+@needs_bf16
+def test_compile_fullgraph_under_autocast_equals_eager(all_bf16, no_reference) -> None:
+    torch._dynamo.reset()
+    mod = _module("peephole")
+    x = torch.randn(T, B, I, requires_grad=True)
+
+    def f(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            out, _ = mod(x, lengths=LENGTHS)
+        return out
+
+    want = f(x)
+    got = torch.compile(f, fullgraph=True)(x)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-2, rtol=1e-2)  # the compiled projection may round differently
+    g_got = torch.autograd.grad(got.sum(), x)[0]
+    g_want = torch.autograd.grad(want.sum(), x)[0]
+    torch.testing.assert_close(g_got, g_want, atol=2e-2, rtol=2e-2)
