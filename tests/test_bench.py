@@ -180,13 +180,19 @@ def test_autocast_rows_run_everything_under_autocast_and_report_the_ratio(monkey
 
 
 @pytest.mark.parametrize("spec, expected", [("lstm:autocast=bf16", "aten"), ("gru:autocast=bf16", "aten"),
-                                            ("lstm:autocast=fp16", "cpp"), ("peephole:autocast=bf16", "cpp"),
-                                            ("lstm", "cpp")])
-def test_autocast_rows_name_the_route_that_ran(spec, expected):
-    """bf16 CPU autocast sends a plain stack to torch.nn's op ("aten"); fp16 and other cells keep the driver."""
+                                            ("lstm:autocast=fp16", "cpp"), ("peephole:autocast=bf16", "cpp:bf16"),
+                                            ("sru:autocast=bf16", "cpp"), ("lstm", "cpp")])
+def test_autocast_rows_name_the_route_that_ran(spec, expected, monkeypatch):
+    """bf16 CPU autocast sends a plain stack to torch.nn's op ("aten"); fp16 and other cells keep the driver,
+    with its products in bf16 under bf16 autocast where the CPU has native bf16 GEMMs ("cpp:bf16"; SRU forms no
+    product)."""
     import torch
 
+    from rnnlab.backends.cpp import generic_ops
     from rnnlab.bench import _ours, backend_used
 
+    monkeypatch.setattr(generic_ops, "native_bf16", lambda: True)  # the label, whatever this CPU has
     mod = _ours(spec, 8, "auto", "cpu")
     assert backend_used(mod, torch.randn(5, 2, 8)) == expected
+    monkeypatch.setattr(generic_ops, "native_bf16", lambda: False)
+    assert backend_used(mod, torch.randn(5, 2, 8)) == expected.replace(":bf16", "")

@@ -1,9 +1,10 @@
 """The driver's bf16 products under CPU autocast: every rule, in bf16 for real, within bf16 tolerance of float32.
 
-Under ``torch.autocast("cpu", torch.bfloat16)`` the autocast rule of ``torch.ops.rnnlab.driver_*`` keeps the
-projected input in bf16 where the CPU has native bf16 GEMMs, and the driver then runs its products in bf16
-(gemm.h ReducedProducts).  The thresholds are lowered to 0 here so that the tiny test shapes take that path
-for every product; a spy on the extension proves that every call got bf16 (nothing silently stays float32).
+Under ``torch.autocast("cpu", torch.bfloat16)`` the autocast rule of ``torch.ops.rnnlab.driver_*`` asks for bf16
+products (a bit of the option word) where the CPU has native bf16 GEMMs, and the driver then runs its products
+in bf16 (gemm.h ReducedProducts).  The thresholds are lowered to 0 here so that the tiny test shapes take that
+path for every product; a spy on the extension proves that every call asked for them (nothing silently stays
+float32).
 """
 
 from __future__ import annotations
@@ -75,19 +76,22 @@ def all_bf16():
 
 @pytest.fixture
 def spy(monkeypatch):
-    """The dtype of xp in every forward / backward call the op makes to the extension."""
-    seen: list[tuple[str, torch.dtype]] = []
-    real = generic_ops._ext
+    """For every forward / inference / backward call made to the extension (by the op or directly): whether it
+    asked for bf16 products."""
+    seen: list[tuple[str, bool]] = []
+    real = load_generic()
 
     class Spy:
         def __getattr__(self, attr: str):
-            fn = getattr(real(), attr)
+            fn = getattr(real, attr)
             kind = attr.rsplit("_", 1)[-1]
-            if kind not in ("forward", "backward"):
+            if kind not in ("forward", "infer", "backward"):
                 return fn
-            return lambda *a: seen.append((kind, a[0 if kind == "forward" else 2].dtype)) or fn(*a)
+            bit = generic_ops.BF16_PRODUCTS_BIT
+            return lambda *a: seen.append((kind, bool(a[7 if kind == "backward" else 6] & bit))) or fn(*a)
 
     monkeypatch.setattr(generic_ops, "_ext", Spy)
+    monkeypatch.setattr(generic_registry, "load_generic", Spy)
     return seen
 
 
@@ -118,21 +122,21 @@ def test_bf16_products_within_tolerance_of_float32(name: str, all_bf16, spy, no_
     want = _run(mod, x, autocast=False)
     spy.clear()
     got = _run(mod, x, autocast=True)
-    # a rule without a product keeps xp in float32 (bf16 would only round it)
-    xp_dtype = torch.float32 if name in NO_PRODUCT else torch.bfloat16
-    assert set(spy) == {("forward", xp_dtype), ("backward", xp_dtype)}
+    # a rule without a product has nothing to run in bf16 (IndRNN's diagonal is read by its element-wise rule)
+    bf16 = name not in NO_PRODUCT
+    assert set(spy) == {("forward", bf16), ("backward", bf16)}
     assert got[0].dtype == torch.float32  # the states and outputs stay float32
     n_states = 1 + len(mod.state_names)
     for a, b in zip(got[:n_states], want):  # outputs and states against float32 without autocast
         assert _relative(a, b) <= TOLERANCE
     spy.clear()
-    _products(False)  # the same autocast (the same bf16 projection) with float32 products: xp arrives in float32
+    _products(False)  # the same autocast (the same bf16 projection) with float32 products
     fp32_products = _run(mod, x, autocast=True)
-    assert set(spy) == {("forward", torch.float32), ("backward", torch.float32)}
+    assert set(spy) == {("forward", False), ("backward", False)}
     for a, b in zip(got, fp32_products):  # every output, state and gradient: what the bf16 products change
         assert _relative(a, b) <= TOLERANCE
     same = all(torch.equal(a, b) for a, b in zip(got, fp32_products))
-    # xp holds the same bf16-rounded values either way: only a product can make the two differ
+    # xp is the same bf16 projection either way: only a product can make the two differ
     assert same == (name in NO_PRODUCT), "bf16 products changed nothing" if same else "no product, yet it differs"
 
 
@@ -165,13 +169,13 @@ def test_bf16_products_at_extreme_inputs(name: str, scale: str, all_bf16, restor
 
 @pytest.mark.parametrize("name", ["gru", "slstm"])
 def test_float32_products_without_native_bf16(name: str, spy, monkeypatch) -> None:
-    """On a CPU without native bf16 GEMMs xp is cast to float32 (the driver computes in float32): the same
-    numbers as with the bf16 products switched off."""
+    """On a CPU without native bf16 GEMMs the products stay float32: the same numbers as with the bf16 products
+    switched off."""
     mod = _module(name)
     x = torch.randn(T, B, I)
     monkeypatch.setattr(generic_ops, "native_bf16", lambda: False)
     got = _run(mod, x, autocast=True)
-    assert set(spy) == {("forward", torch.float32), ("backward", torch.float32)}
+    assert set(spy) == {("forward", False), ("backward", False)}
     monkeypatch.setattr(generic_ops, "BF16_PRODUCTS", False)
     for a, b in zip(got, _run(mod, x, autocast=True)):
         assert torch.equal(a, b)
@@ -182,28 +186,30 @@ def test_fp16_autocast_keeps_float32_products(spy) -> None:
     mod = _module("gru")
     with torch.autocast("cpu", torch.float16):
         mod(torch.randn(T, B, I))
-    assert set(spy) == {("forward", torch.float32)}
+    assert set(spy) == {("forward", False)}
 
 
 @needs_bf16
 @pytest.mark.parametrize("name", ["gru", "peephole"])
 def test_default_thresholds_keep_small_products_in_float32(name: str, spy, restore_products) -> None:
     """At the default thresholds (gemm.h kReducedStep / kReducedOnce) a tiny layer's products stay float32: the
-    numbers are those of float32 products although xp arrived in bf16."""
+    numbers are those of float32 products although the call asked for bf16 products."""
     mod = _module(name)
     x = torch.randn(T, B, I)
     got = _run(mod, x, autocast=True)
-    assert ("forward", torch.bfloat16) in spy
+    assert ("forward", True) in spy
     _products(False)
     for a, b in zip(got, _run(mod, x, autocast=True)):
         assert torch.equal(a, b)
 
 
 @needs_bf16
-@pytest.mark.parametrize("name", ["gru", "lstmp", "slstm_2heads"])
-def test_opcheck_with_bf16_xp(name: str, all_bf16) -> None:
-    """The op's fake implementations agree with the real ones when xp is bf16 and the rest float32: outputs and
-    states float32, the gradient of xp bf16."""
+@pytest.mark.parametrize("xp_dtype", [torch.bfloat16, torch.float32], ids=["xp_bf16", "xp_fp32"])
+@pytest.mark.parametrize("name", ["gru", "lstmp", "slstm_2heads", "mut1"])
+def test_opcheck_with_bf16_products(name: str, xp_dtype: torch.dtype, all_bf16) -> None:
+    """The op's fake implementations agree with the real ones for a bf16-products call (xp bf16 as autocast's
+    projection makes it, or float32 as MUT1's mixed projection does; the rest float32): outputs, states and
+    gradients float32 but the gradient of xp, in xp's dtype."""
     mod = _module(name)
     cell = mod.cell
     rule = generic_registry.driver_for(cell)
@@ -213,9 +219,10 @@ def test_opcheck_with_bf16_xp(name: str, all_bf16) -> None:
     e = x.new_empty(0) if e is None else e
     s0 = cell.driver_state([0.5 * torch.randn(B, n) for n in cell.state_sizes()])
     off = x.new_empty(0)
-    xp16 = xp.detach().bfloat16().requires_grad_()
-    args = (generic_ops.cell_spec(cell, rule), heads, opt, xp16, w.detach().requires_grad_(), e.detach(),
-            s0.requires_grad_(), LENGTHS, off, off, x, off, [p[n].detach() for n in generic_ops.param_names(cell)])
+    opt |= generic_ops.BF16_PRODUCTS_BIT
+    args = (generic_ops.cell_spec(cell, rule), heads, opt, xp.detach().to(xp_dtype).requires_grad_(),
+            w.detach().requires_grad_(), e.detach(), s0.requires_grad_(), LENGTHS, off, off, x, off,
+            [p[n].detach() for n in generic_ops.param_names(cell)])
     torch.library.opcheck(generic_ops.driver_forward, args)
     plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     out, s_t, states, saved, fresh = generic_ops.driver_forward(*plain)
@@ -224,7 +231,23 @@ def test_opcheck_with_bf16_xp(name: str, all_bf16) -> None:
              off, off, states, saved, fresh, off)
     torch.library.opcheck(generic_ops.driver_backward, bargs)
     dxp, ds0, dw, _ = generic_ops.driver_backward(*bargs)
-    assert dxp.dtype == torch.bfloat16 and ds0.dtype == dw.dtype == torch.float32
+    assert dxp.dtype == xp_dtype and dw.dtype == ds0.dtype == torch.float32
+
+
+def test_the_bit_and_mixed_dtypes() -> None:
+    """Python's bit is the extension's; a call with dtypes the driver cannot take names the argument and what it
+    got."""
+    ext = load_generic()
+    assert generic_ops.BF16_PRODUCTS_BIT == ext.BF16_PRODUCTS
+    mod = _module("gru")
+    xp, w, _, heads, opt = mod.cell.driver_inputs(torch.randn(T, B, I), mod.layer_params(0, 0))
+    xp, w = xp.detach().double(), w.detach().double()
+    s0 = torch.zeros(B, H, dtype=torch.float64)
+    off = torch.empty(0)
+    with pytest.raises(RuntimeError, match="xp: expected the states' dtype, or bfloat16 / float16 with float32"):
+        ext.gru_forward(xp.bfloat16(), s0, w, off, off, heads, opt, off, off)
+    with pytest.raises(RuntimeError, match="opt: bf16 products need float32 states, got Double"):
+        ext.gru_forward(xp, s0, w, off, off, heads, opt | generic_ops.BF16_PRODUCTS_BIT, off, off)
 
 
 @needs_bf16
@@ -245,3 +268,21 @@ def test_compile_fullgraph_under_autocast_equals_eager(all_bf16, no_reference) -
     g_got = torch.autograd.grad(got.sum(), x)[0]
     g_want = torch.autograd.grad(want.sum(), x)[0]
     torch.testing.assert_close(g_got, g_want, atol=2e-2, rtol=2e-2)
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["gru", "mut1", "sru"])
+def test_inference_under_autocast_takes_the_inference_entry(name: str, all_bf16, spy) -> None:
+    """Without autograd an autocast call casts as the op would and runs the inference entry (two state rows,
+    no saved blocks): the same outputs and states as the op's forward."""
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        got = mod(x, lengths=LENGTHS)
+    assert set(spy) == {("infer", name not in NO_PRODUCT)}
+    spy.clear()
+    with torch.autocast("cpu", torch.bfloat16):
+        want = mod(x.clone().requires_grad_(), lengths=LENGTHS)
+    assert {kind for kind, _ in spy} == {"forward"}
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert torch.equal(a, b)

@@ -213,7 +213,8 @@ def backend_used(mod: Recurrent, x: torch.Tensor) -> str:
     """Name of the backend that ``backend="auto"`` picks for layer 0 of ``mod`` on input ``x`` (T, B, I), with
     the module's options (recurrent dropout, zoneout, weight drop, recording) as its training calls have them.
     On CUDA a plain LSTM/GRU/RNN stack runs torch.nn's own op instead of any backend: ``"cudnn"``; so does it
-    under CPU autocast (an autocast row): ``"aten"``."""
+    under CPU autocast (an autocast row): ``"aten"``.  The C++ driver under bf16 CPU autocast with its products
+    in bf16 (generic_ops.py): ``"cpp:bf16"``."""
     from rnnlab.backends import LayerCall, aten_stack, select_backend
 
     if not _is_recording(mod) and not mod.check_finite and aten_stack.aten_mode(mod) is not None:
@@ -228,7 +229,15 @@ def backend_used(mod: Recurrent, x: torch.Tensor) -> str:
     call = LayerCall(cell=mod.cell, params=mod.layer_params(0, 0), x=x,
                      state=mod.cell.init_state(B, dtype=x.dtype, device=x.device), rec_mask=rec_mask,
                      zoneout=mod.zoneout, training=mod.training, record=_is_recording(mod))
-    return select_backend(call).name
+    name = select_backend(call).name
+    if name == "cpp" and getattr(mod, "bench_autocast", None) == torch.bfloat16 and x.device.type == "cpu":
+        from rnnlab.backends.cpp import generic_ops
+
+        with torch.no_grad(), _autocast(mod, x):  # what the op's autocast rule asks for (generic_ops.py)
+            xp, w, _, _, opt = mod.cell.driver_inputs(x, call.params)
+            if generic_ops.autocast_inputs(opt, xp, w, [])[0] & generic_ops.BF16_PRODUCTS_BIT:
+                return "cpp:bf16"  # the driver's products in bf16
+    return name
 
 
 def bench_shape(cell: str, T: int, B: int, H: int, repeats: int, device: str = "cpu") -> list[dict[str, object]]:

@@ -75,3 +75,13 @@ def plain_eager(x: Tensor) -> bool:
     tracing, where only registered ops (with fake and batching rules) may run."""
     return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record a call on these tensors (grad mode on and one of them requires grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a plain loop: this runs on every layer call
+        if t.requires_grad:
+            return True
+    return False

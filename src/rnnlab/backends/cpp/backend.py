@@ -47,7 +47,7 @@ import os
 import torch
 from torch import Tensor
 
-from rnnlab.backends.base import LayerCall, LayerResult, plain_eager
+from rnnlab.backends.base import LayerCall, LayerResult, needs_grad, plain_eager
 from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.backends.cpp.generic_loader import generic_failed
 from rnnlab.backends.threads import CallThreads, step_work
@@ -66,16 +66,6 @@ _ONEDNN_MIN_B_TRAIN = 16
 _ONEDNN_MAX_H_TRAIN = 512
 _ONEDNN_MIN_TB = 256  # below it the primitive's per-call setup costs more than our kernel (B=1, T=50: 1.13x)
 _NO_LENGTHS = torch.empty(0, dtype=torch.int64)  # "every sequence is full"; read-only, shared by all calls
-
-
-def _needs_grad(*tensors: Tensor) -> bool:
-    """Whether autograd must record the layer call."""
-    if not torch.is_grad_enabled():
-        return False
-    for t in tensors:
-        if t.requires_grad:
-            return True
-    return False
 
 
 def _cast_all(parts: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -193,7 +183,7 @@ class CppBackend:
                 and _plain_lstm(cell) and torch._C._get_mkldnn_enabled()):  # type: ignore[arg-type]
             return None
         h0, c0, w_hh = call.state[0], call.state[1], p["weight_hh"]
-        train = _needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
+        train = needs_grad(x, h0, c0, p["weight_ih"], w_hh, p["bias_ih"], p["bias_hh"])
         if not ((ONEDNN_LSTM_TRAINING and x.shape[1] >= _ONEDNN_MIN_B_TRAIN and cell.hidden_size <= _ONEDNN_MAX_H_TRAIN)
                 if train else ONEDNN_LSTM_INFERENCE):
             return None

@@ -273,14 +273,24 @@ inline Sizes sizes_of(int64_t opt) {
 template <typename T>
 inline const T* E_ptr(const Tensor& e) { return e.numel() > 0 ? e.data_ptr<T>() : nullptr; }
 
-// A call whose projected input arrives in bfloat16 (bf16 autocast) with float32 states: its products run in bf16
-// (gemm.h ReducedProducts) and xp is read as float32.  Any other dtype of xp must be the states' own.
-inline bool reduced_call(const Tensor& xp, const Tensor& states) {
-  if (xp.scalar_type() == states.scalar_type()) return false;
-  TORCH_CHECK(xp.scalar_type() == at::kBFloat16 && states.scalar_type() == at::kFloat,
-              "xp: expected the states' dtype, or bfloat16 with float32 states (bf16 products), got ",
-              xp.scalar_type(), " with ", states.scalar_type(), " states");
-  return true;
+// The option word of a call: the cell's own bits, plus this one, which the op's autocast rule sets (generic_ops.py)
+// to run the products in bf16 with float32 accumulation (gemm.h ReducedProducts; float32 states only).
+constexpr int64_t kBf16Products = int64_t(1) << 62;
+
+// The cell's own option bits of a call's option word.
+inline int64_t cell_opt(int64_t opt) { return opt & ~kBf16Products; }
+
+// Checks one call's dtypes and returns whether its products run in bf16.  Under autocast (generic_ops.py) xp may
+// be bf16 / fp16 with float32 states (the driver reads it as float32); everything else is in the states' dtype.
+inline bool bf16_products(int64_t opt, const Tensor& xp, const Tensor& states) {
+  const auto s = states.scalar_type();
+  const bool f32 = s == at::kFloat;
+  TORCH_CHECK(xp.scalar_type() == s || (f32 && (xp.scalar_type() == at::kBFloat16 || xp.scalar_type() == at::kHalf)),
+              "xp: expected the states' dtype, or bfloat16 / float16 with float32 states, got ", xp.scalar_type(),
+              " with ", s, " states");
+  const bool on = (opt & kBf16Products) != 0;
+  TORCH_CHECK(!on || f32, "opt: bf16 products need float32 states, got ", s);
+  return on;
 }
 
 // The recurrent product of one call: weights rearranged and buffers allocated once, then per step
@@ -508,18 +518,18 @@ struct SplitProducts {
 // With an output projection (proj_bit) the state rows, out, rec_mask and keep are as proj_bit says.
 // keep_all false (infer below): only the last two state rows and one step's saved / fresh rows are kept, in
 // place of all of them; states then holds s_T at row T % 2 and saved / fresh are scratch.
-// xp in bfloat16 (bf16 autocast, generic_ops.py) with everything else float32: the products run in bf16
-// (gemm.h ReducedProducts), the rules, states and returned tensors stay float32.
+// Under autocast (generic_ops.py) xp may be bf16 / fp16 with float32 states, read as float32, and the option word
+// may ask for bf16 products (bf16_products): the rules, states and returned tensors stay float32.
 template <class Cell>
 std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Tensor& w, const Tensor& e_in,
-                                const Tensor& lengths, int64_t heads, int64_t opt, const Tensor& rec_mask,
+                                const Tensor& lengths, int64_t heads, int64_t call_opt, const Tensor& rec_mask,
                                 const Tensor& keep_in, bool keep_all) {
+  const int64_t opt = cell_opt(call_opt);
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A;
   constexpr int64_t DROP = drop_state<Cell>::value;
   TORCH_CHECK(xp_in.dim() == 3, "xp: expected (T, B, X*H), got ", xp_in.sizes());
-  const bool reduced = reduced_call(xp_in, s0);
-  rnnlab_gemm::ReducedProducts products(reduced);
+  rnnlab_gemm::ReducedProducts products(bf16_products(call_opt, xp_in, s0));
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
   const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
   const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
@@ -532,7 +542,7 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
   TORCH_CHECK(!zoned || (keep_in.size(0) == T && Z <= S &&
                          (L.proj ? keep_in.size(1) == B : keep_in.size(2) == B && keep_in.size(3) == H)),
               "keep: expected (T, Z <= S, B, H)");
-  auto xp = reduced ? xp_in.to(at::kFloat).contiguous() : xp_in.contiguous();
+  auto xp = xp_in.to(s0.scalar_type()).contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
@@ -702,21 +712,21 @@ std::vector<Tensor> infer(const Tensor& xp, const Tensor& s0, const Tensor& w, c
 // or empty.  Returns dxp (T, B, X*H), ds0 (B, S*H), dw (like w; empty for None), de (E, H).
 template <class Cell>
 std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Tensor& xp_in, const Tensor& w,
-                             const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t opt,
+                             const Tensor& e_in, const Tensor& lengths, int64_t heads, int64_t call_opt,
                              const Tensor& rec_mask, const Tensor& keep_in, const Tensor& states,
                              const Tensor& saved, const Tensor& fresh, const Tensor& dstates_in) {
+  const int64_t opt = cell_opt(call_opt);
   const Sizes z = sizes_of<Cell>(opt);
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   constexpr int64_t DROP = drop_state<Cell>::value;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
-  const bool reduced = reduced_call(xp_in, states);
-  rnnlab_gemm::ReducedProducts products(reduced);
+  rnnlab_gemm::ReducedProducts products(bf16_products(call_opt, xp_in, states));
   const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
   const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
   const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
   const bool zoned = Z > 0;
   TORCH_CHECK(!zoned || (fresh.dim() == 3 && fresh.size(0) == T), "fresh: expected forward's (T, B, S*H)");
-  auto xp = reduced ? xp_in.to(at::kFloat).contiguous() : xp_in.contiguous();
+  auto xp = xp_in.to(states.scalar_type()).contiguous();
   auto e = e_in.contiguous();
   auto opts = xp.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
@@ -949,7 +959,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     }
   }
   auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)
-  return {reduced ? dxp.to(xp_in.scalar_type()) : dxp, ds1, dw, de};  // dxp in xp's dtype
+  return {dxp.to(xp_in.scalar_type()), ds1, dw, de};  // dxp in xp's dtype
 }
 
 }  // namespace rnnlab_generic

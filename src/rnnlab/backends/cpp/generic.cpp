@@ -14,6 +14,7 @@
 #include "cells/sru.h"
 
 // <name>_forward(xp, s0, w, e, lengths, heads, opt, rec_mask, keep) -> [out, states, saved, fresh]
+//   opt: the cell's option word, plus BF16_PRODUCTS (driver.h kBf16Products) for bf16 products
 // <name>_infer(the same) -> [out, s_T]: without the states, saved and fresh rows only backward and recording read
 // <name>_backward(dout, dsT, xp, w, e, lengths, heads, opt, rec_mask, keep, states, saved, fresh, dstates)
 //   -> [dxp, ds0, dw, de]     (rec_mask / keep: empty = off; driver.h's forward says what they mean)
@@ -29,13 +30,14 @@
   m.def(                                                                                      \
       #name "_sizes",                                                                         \
       [](int64_t opt) {                                                                       \
-        const auto z = rnnlab_generic::sizes_of<rnnlab_generic::Cell>(opt);                   \
+        const auto z = rnnlab_generic::sizes_of<rnnlab_generic::Cell>(rnnlab_generic::cell_opt(opt)); \
         return std::vector<int64_t>{z.X, z.G, z.S, z.A, z.E,                                  \
                                     rnnlab_generic::proj_bit<rnnlab_generic::Cell>::value};   \
       },                                                                                      \
       pybind11::arg("opt") = 0)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("BF16_PRODUCTS") = rnnlab_generic::kBf16Products;
   m.def("set_gemm_backend", &rnnlab_gemm::set_gemm_backend);
   m.def("gemm_backend", &rnnlab_gemm::gemm_backend);
   m.def("set_onednn_nn_min_weight", &rnnlab_gemm::set_onednn_nn_min_weight);

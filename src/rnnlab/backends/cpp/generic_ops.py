@@ -19,13 +19,14 @@ The pair has:
   is itself differentiated (grad mode on in backward: ``create_graph=True``, ``torch.func.grad``) the layer is
   recomputed through the rebuilt cell's own step (step_loop.differentiable_loop) and the whole gradient goes to
   x, s0 and the parameters directly instead, so second derivatives are exact;
-- a vmap rule (a loop over the vmapped dimension) and an autocast rule: every floating input is cast to
-  float32 but ``xp``, which under bf16 autocast on a CPU with native bf16 GEMMs (AVX-512 BF16, AMX) goes in
-  bf16 for a rule that forms products, so that the driver's products run in bf16 with float32 accumulation
-  (gemm.h ReducedProducts) while its element-wise rules, states and outputs stay float32 (the recurrence
-  accumulates over every step).  Elsewhere, under fp16 autocast, and for rules without a product (SRU,
-  IndRNN, minGRU / minLSTM), ``xp`` is cast to float32 too and the driver computes in float32.
-  :data:`BF16_PRODUCTS` switches the bf16 products off.
+- a vmap rule (a loop over the vmapped dimension) and an autocast rule: ``xp`` goes on as autocast's
+  projection made it (bf16 / fp16, or float32; the driver reads it as float32), every other floating input in
+  float32, and under bf16 autocast on a CPU with native bf16 GEMMs (AVX-512 BF16, AMX) the option word asks for
+  bf16 products (:data:`BF16_PRODUCTS_BIT`) when the rule forms products: the driver's per-step products and
+  weight gradients then run in bf16 with float32 accumulation (gemm.h ReducedProducts) while its element-wise
+  rules, states and outputs stay float32 (the recurrence accumulates over every step; the weights are read
+  exact).  Elsewhere, under fp16 autocast, and for rules without a product (SRU, IndRNN, minGRU / minLSTM) the
+  driver computes in float32.  :data:`BF16_PRODUCTS` switches the bf16 products off.
 
 ``x``, ``lower`` (the layer below's state rows (T, B, ΣS_k) for a cell that reads them, else empty) and ``params``
 are inputs of the op only for that second-derivative path; the driver does not read them.
@@ -320,6 +321,9 @@ torch.library.register_vmap(driver_backward, _vmap_loop(driver_backward, range(3
 #: under bf16 CPU autocast, run the driver's products in bf16 where the CPU has native bf16 GEMMs (module
 #: docstring); False: float32 products (benchmarks compare both in one process)
 BF16_PRODUCTS = True
+#: the bit of a call's option word that asks the driver for bf16 products (driver.h kBf16Products; the
+#: extension's ``BF16_PRODUCTS``); the cell's own option bits are all below it
+BF16_PRODUCTS_BIT = 1 << 62
 _AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 _autocast_lib = torch.library.Library("rnnlab", "IMPL")
 
@@ -337,34 +341,42 @@ def products_dtype() -> torch.dtype:
     return torch.float32
 
 
-def _up(value, dtype: torch.dtype):
+def autocast_cast(value, dtype: torch.dtype = torch.float32):
     """``value`` (a tensor or a list of them) with its reduced-precision / float32 floating tensors in ``dtype``
     (float64 stays: autocast leaves it alone)."""
     if isinstance(value, (list, tuple)):
-        return [_up(v, dtype) for v in value]
+        return [autocast_cast(v, dtype) for v in value]
     if isinstance(value, Tensor) and value.is_floating_point() and value.dtype != torch.float64:
         return value.to(dtype)
     return value
 
 
-def _autocast_rule(op, xp_index: int):
-    """The AutocastCPU kernel of ``op``: floating inputs to float32, ``xp`` (argument ``xp_index``) to
-    :func:`products_dtype` when the rule forms products (its recurrent weight ``w``, the next argument, is a
-    matrix; a rule without one, or with IndRNN's diagonal, keeps xp's precision), then ``op`` with autocast off."""
-
-    def kernel(_keyset, *args):
-        products = products_dtype() if args[xp_index + 1].dim() == 2 else torch.float32
-        cast = [_up(a, products if i == xp_index else torch.float32) for i, a in enumerate(args)]
-        with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
-            return op(*cast)
-
-    return kernel
+def autocast_inputs(opt: int, xp: Tensor, w: Tensor, rest: list) -> tuple[int, Tensor, Tensor, list]:
+    """The forward op's option word and tensors as its autocast rule passes them on: xp as it comes (bf16 / fp16
+    from autocast's projection, or float32; the driver reads it as float32 and keeps it at that size for
+    backward), every other floating tensor in float32, and the option word asking for bf16 products
+    (:data:`BF16_PRODUCTS_BIT`) under bf16 autocast where :func:`products_dtype` says so and the rule forms
+    products (its recurrent weight ``w`` is a matrix: not SRU, minGRU / minLSTM or IndRNN's diagonal)."""
+    if w.dim() == 2 and products_dtype() == torch.bfloat16:
+        opt |= BF16_PRODUCTS_BIT
+    return opt, xp, autocast_cast(w), autocast_cast(rest)
 
 
-_autocast_lib.impl("driver_forward", _autocast_rule(torch.ops.rnnlab.driver_forward.default, 3), "AutocastCPU",
-                   with_keyset=True)
-_autocast_lib.impl("driver_backward", _autocast_rule(torch.ops.rnnlab.driver_backward.default, 5), "AutocastCPU",
-                   with_keyset=True)
+def _forward_autocast(_keyset, spec, heads, opt, xp, w, *rest):
+    opt, xp, w, rest = autocast_inputs(opt, xp, w, list(rest))
+    with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+        return torch.ops.rnnlab.driver_forward.default(spec, heads, opt, xp, w, *rest)
+
+
+def _backward_autocast(_keyset, kernel, heads, opt, dout, ds_t, xp, *rest):
+    # xp keeps the dtype the forward had (a saved tensor); opt already says what the forward's products were
+    with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
+        return torch.ops.rnnlab.driver_backward.default(kernel, heads, opt, autocast_cast(dout), autocast_cast(ds_t),
+                                                        xp, *autocast_cast(list(rest)))
+
+
+_autocast_lib.impl("driver_forward", _forward_autocast, "AutocastCPU", with_keyset=True)
+_autocast_lib.impl("driver_backward", _backward_autocast, "AutocastCPU", with_keyset=True)
 
 
 # --- the eager and torch.func entry points ----------------------------------------------------------------

@@ -19,7 +19,8 @@ its recorded gates (the names and values its step emits) from the driver's resul
 Where it runs (:func:`run`): in plain eager mode the extension directly, through
 :class:`~rnnlab.backends.cpp.generic_ops.DriverFunction` when something needs a gradient; under torch.compile /
 export, autocast and torch.func transforms the registered op ``torch.ops.rnnlab.driver_forward``
-(generic_ops.py), which carries the same autograd formula.  Jit tracing (the legacy ONNX exporter) gets
+(generic_ops.py), which carries the same autograd formula and autocast rule (an eager inference call under
+autocast casts as that rule does and calls the extension's inference entry directly).  Jit tracing (the legacy ONNX exporter) gets
 an error (build with backend='reference').  When a gradient must itself be
 differentiated (``create_graph=True``) it is recomputed through the cell's own PyTorch step
 (:func:`rnnlab.backends.step_loop.differentiable_loop`).
@@ -30,10 +31,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnlab.backends.base import LayerCall
+from rnnlab.backends.base import LayerCall, needs_grad, plain_eager
 from rnnlab.backends.cpp.generic_loader import generic_failed, load_generic
-from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, cell_spec, driver_forward,
-                                             param_names)
+from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, autocast_inputs, cell_spec,
+                                             driver_forward, param_names)
 from rnnlab.backends.step_loop import _ZONEOUT_STATES, zoneout_keep
 from rnnlab.cells.base import RecurrentCell, State
 
@@ -86,9 +87,8 @@ def draw_keep(widths: tuple[int, ...], T: int, B: int, rate: float, training: bo
 
 
 def _plain(x: Tensor) -> bool:
-    """Plain eager mode: the extension is called directly (else the registered op)."""
-    return (type(x) is Tensor and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
+    """Plain eager mode without autocast: the extension is called directly (else the registered op)."""
+    return plain_eager(x) and not torch.is_autocast_enabled("cpu")
 
 
 def kernel_name(cell: RecurrentCell, lower: bool) -> str | None:
@@ -155,8 +155,14 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
     if zoneout:
         keep = draw_keep(sizes[:zoned_parts(cell)], T, B, zoneout, training, x)
     params = [p[n] for n in _names(cell)]
+    if (not (record or want_states) and torch.is_autocast_enabled("cpu") and plain_eager(x)
+            and not needs_grad(x, s0, *params)):
+        # inference under CPU autocast: the op's own casts (generic_ops.py), then the inference entry directly
+        opt, xp, w, (e, s0, mask, keep) = autocast_inputs(opt, xp, w, [e, s0, mask, keep])
+        out, s_t = getattr(load_generic(), f"{name}_infer")(xp, s0, w, e, lengths, heads, opt, mask, keep)
+        return out, cell.from_driver_state(s_t), None, {}
     if _plain(x) and xp.dtype in _DTYPES:
-        if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, s0, *params)):
+        if not needs_grad(x, s0, *params):
             # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
             if not (record or want_states):  # nor anything else reads the steps' states and saved blocks
                 out, s_t = getattr(load_generic(), f"{name}_infer")(xp, s0, w, e, lengths, heads, opt, mask, keep)
