@@ -181,7 +181,8 @@ def test_autocast_rows_run_everything_under_autocast_and_report_the_ratio(monkey
 
 @pytest.mark.parametrize("spec, expected", [("lstm:autocast=bf16", "aten"), ("gru:autocast=bf16", "aten"),
                                             ("lstm:autocast=fp16", "cpp"), ("peephole:autocast=bf16", "cpp:bf16"),
-                                            ("sru:autocast=bf16", "cpp"), ("lstm", "cpp")])
+                                            ("sru:autocast=bf16", "cpp"), ("lstm", "cpp"),
+                                            ("gru:autocast=bf16,backend=cpp", "cpp:bf16")])
 def test_autocast_rows_name_the_route_that_ran(spec, expected, monkeypatch):
     """bf16 CPU autocast sends a plain stack to torch.nn's op ("aten"); fp16 and other cells keep the driver,
     with its products in bf16 under bf16 autocast where the CPU has native bf16 GEMMs ("cpp:bf16"; SRU forms no
@@ -196,3 +197,11 @@ def test_autocast_rows_name_the_route_that_ran(spec, expected, monkeypatch):
     assert backend_used(mod, torch.randn(5, 2, 8)) == expected
     monkeypatch.setattr(generic_ops, "native_bf16", lambda: False)
     assert backend_used(mod, torch.randn(5, 2, 8)) == expected.replace(":bf16", "")
+
+
+def test_a_spec_may_choose_the_backend_but_the_eager_peer_stays_reference():
+    from rnnlab.bench import _ours
+
+    assert _ours("gru:backend=cpp", 8, "auto", "cpu").backend == "cpp"
+    assert _ours("gru:backend=cpp", 8, "reference", "cpu").backend == "reference"
+    assert _ours("gru", 8, "auto", "cpu").backend == "auto"

@@ -199,7 +199,12 @@ def _infer_fn(mod: nn.Module, x: torch.Tensor) -> Callable[[], object]:
 
 
 def _ours(spec: str, H: int, backend: str, device: str = "cpu") -> nn.Module:
+    """rnnlab's module for a cell spec; ``backend`` "auto" yields to the spec's own ``backend=`` (a peer built
+    with "reference" keeps it)."""
     name, options, record = parse_cell_spec(spec)
+    chosen = options.pop("backend", None)
+    if chosen is not None and backend == "auto":
+        backend = str(chosen)
     autocast = options.pop("autocast", None)
     if autocast is not None and autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"cells: autocast must be one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r} in {spec!r}")

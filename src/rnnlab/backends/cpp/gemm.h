@@ -18,7 +18,8 @@
 // primitive with the weight reordered ONCE per call (mkldnn::_reorder_linear_weight, then
 // mkldnn::_linear_pointwise per step, both looked up through the c10 dispatcher); smaller ones to ATen mm,
 // tiny ones (below kSmallGemm) to the inline loops, where a library call's microseconds of dispatch would
-// dominate.  float64, a torch build without the mkldnn ops, or set_gemm_backend("aten") use ATen throughout.
+// dominate.  float64, a torch build without the mkldnn ops, or set_gemm_backend("aten") use ATen throughout (and
+// leave the bf16 products below off).
 // Not taken: oneDNN for the big once-per-call GEMMs (input projection, dx, weight gradients): there MKL was
 // as fast or faster (oneDNN/MKL 1.06-1.13 forward, 1.03-1.37 dx, 1.19-1.65 dW at T*B = 960-6400, H 256-1024,
 // packing included).
