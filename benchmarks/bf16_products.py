@@ -15,6 +15,10 @@ multiply-adds in bf16 (``set_reduced_min_macs``, default 0: all of them) against
 float32 (the once-per-call weight gradients keep their default, gemm.h's kReducedOnce), at small shapes: where
 bf16 stops paying for its conversions and calls (gemm.h's kReducedStep).
 
+``--compare storage``: a model stored in bf16 (``.to(torch.bfloat16)``), whose projection and products run in
+bf16 (``backend.py``), against the same model on the float32 route it took before (everything cast up, float32
+products: ``BF16_PRODUCTS = False``) and against the float32 model, all without autocast.
+
 Every module is built with ``backend="cpp"`` so that the plain LSTM / GRU run the driver too (under autocast a
 default-backend plain stack runs torch.nn's own op instead: ``backends/aten_stack.py``).
 
@@ -79,6 +83,24 @@ def three_ways(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) 
             "bf16_vs_fp32_products": ms["bf16"] / ms["fp32_products"], "bf16_vs_fp32": ms["bf16"] / ms["fp32"]}
 
 
+def storage(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) -> dict[str, object]:
+    """A bf16 model with bf16 products, the same model on the float32 route, the float32 model: ms and ratios."""
+    T, B, H = shape
+    torch.manual_seed(0)
+    fp32 = rnnlab.Recurrent(cell, H, H, backend="cpp")
+    bf16 = rnnlab.Recurrent(cell, H, H, backend="cpp").to(torch.bfloat16)
+    x = torch.randn(T, B, H, requires_grad=mode == "train")
+    x16 = x.detach().bfloat16().requires_grad_(mode == "train")
+    try:
+        ms = alternate({"bf16": (_products(True), _call(bf16, x16, mode, False)),
+                        "bf16_fp32_route": (_products(False), _call(bf16, x16, mode, False)),
+                        "fp32": (_products(True), _call(fp32, x, mode, False))}, repeats)
+    finally:
+        generic_ops.BF16_PRODUCTS = True
+    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, **{f"{k}_ms": v for k, v in ms.items()},
+            "bf16_vs_fp32_route": ms["bf16"] / ms["bf16_fp32_route"], "bf16_vs_fp32": ms["bf16"] / ms["fp32"]}
+
+
 def threshold(cell: str, shape: tuple[int, int, int], repeats: int, min_macs: int) -> dict[str, object]:
     """Autocast training with every per-step product of at least ``min_macs`` in bf16 against all of them in
     float32."""
@@ -101,7 +123,7 @@ def threshold(cell: str, shape: tuple[int, int, int], repeats: int, min_macs: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compare", choices=["three_ways", "threshold"], default="three_ways")
+    ap.add_argument("--compare", choices=["three_ways", "storage", "threshold"], default="three_ways")
     ap.add_argument("--cells", nargs="+", default=CELLS)
     ap.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     ap.add_argument("--repeats", type=int, default=7)
@@ -117,17 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compare: {args.compare}, threads: {torch.get_num_threads()}")
     rows = []
     shapes = [tuple(int(v) for v in a.split(",")) for a in args.shapes] if args.shapes else None
-    if args.compare == "three_ways":
-        print(f"{'cell':10}{'T,B,H':>14}{'mode':>7}{'bf16 ms':>10}{'fp32 prod ms':>14}{'fp32 ms':>10}"
-              f"{'bf16/fp32 prod':>16}{'bf16/fp32':>11}")
+    if args.compare in ("three_ways", "storage"):
+        middle = "fp32 prod" if args.compare == "three_ways" else "fp32 route"
+        print(f"{'cell':10}{'T,B,H':>14}{'mode':>7}{'bf16 ms':>10}{middle + ' ms':>14}{'fp32 ms':>10}"
+              f"{'bf16/' + middle:>17}{'bf16/fp32':>11}")
+        measure = three_ways if args.compare == "three_ways" else storage
+        key = "fp32_products" if args.compare == "three_ways" else "bf16_fp32_route"
         for cell in args.cells:
             for shape in shapes or SHAPES:
                 for mode in args.modes:
-                    row = three_ways(cell, shape, mode, args.repeats)
+                    row = measure(cell, shape, mode, args.repeats)
                     rows.append(row)
+                    ratio = row["bf16_vs_fp32_products" if args.compare == "three_ways" else "bf16_vs_fp32_route"]
                     print(f"{cell:10}{','.join(map(str, shape)):>14}{mode:>7}{row['bf16_ms']:>10.2f}"
-                          f"{row['fp32_products_ms']:>14.2f}{row['fp32_ms']:>10.2f}"
-                          f"{row['bf16_vs_fp32_products']:>16.3f}{row['bf16_vs_fp32']:>11.3f}", flush=True)
+                          f"{row[key + '_ms']:>14.2f}{row['fp32_ms']:>10.2f}"
+                          f"{ratio:>17.3f}{row['bf16_vs_fp32']:>11.3f}", flush=True)
     else:
         print(f"{'cell':10}{'T,B,H':>14}{'bf16 step ms':>13}{'fp32 step ms':>13}{'ratio':>8}")
         for cell in args.cells:

@@ -74,11 +74,23 @@ def all_bf16():
     ext.set_reduced_min_macs(*before)
 
 
+class Calls(list):
+    """(kind, bf16 products asked for) per extension call; ``xp``: the dtype of each call's xp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.xp: list[torch.dtype] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.xp.clear()
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """For every forward / inference / backward call made to the extension (by the op or directly): whether it
-    asked for bf16 products."""
-    seen: list[tuple[str, bool]] = []
+    asked for bf16 products (and, in ``.xp``, the dtype of its xp)."""
+    seen = Calls()
     real = load_generic()
 
     class Spy:
@@ -88,7 +100,12 @@ def spy(monkeypatch):
             if kind not in ("forward", "infer", "backward"):
                 return fn
             bit = generic_ops.BF16_PRODUCTS_BIT
-            return lambda *a: seen.append((kind, bool(a[7 if kind == "backward" else 6] & bit))) or fn(*a)
+
+            def call(*a):
+                seen.append((kind, bool(a[7 if kind == "backward" else 6] & bit)))
+                seen.xp.append(a[2 if kind == "backward" else 0].dtype)
+                return fn(*a)
+            return call
 
     monkeypatch.setattr(generic_ops, "_ext", Spy)
     monkeypatch.setattr(generic_registry, "load_generic", Spy)
@@ -286,3 +303,26 @@ def test_inference_under_autocast_takes_the_inference_entry(name: str, all_bf16,
     assert {kind for kind, _ in spy} == {"forward"}
     for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
         assert torch.equal(a, b)
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["gru", "peephole", "depth_gated_2layers", "lstmp", "sru"])
+def test_a_bf16_model_keeps_its_projection_and_products_in_bf16(name: str, all_bf16, spy, no_reference,
+                                                                  restore_products) -> None:
+    """A model stored in bf16: its projection runs in bf16 and asks for bf16 products (a rule that forms any),
+    states float32; outputs and gradients within bf16 tolerance of the float32 model with the same weights."""
+    mod = _module(name).to(torch.bfloat16).train()
+    ref = _module(name).train()
+    ref.load_state_dict({k: v.float() for k, v in mod.state_dict().items()})
+    x = torch.randn(T, B, I)
+    got = _run(mod, x.bfloat16(), autocast=False)
+    assert got[0].dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got)
+    products = name not in NO_PRODUCT
+    assert set(spy) == {("forward", products), ("backward", products)} and set(spy.xp) == {torch.bfloat16}
+    want = _run(ref, x, autocast=False)
+    for a, b in zip(got, want):
+        assert _relative(a, b) <= TOLERANCE
+    spy.clear()
+    _products(False)  # the float32 route of a bf16 model: everything cast up, float32 products
+    _run(mod, x.bfloat16(), autocast=False)
+    assert set(spy) == {("forward", False), ("backward", False)} and set(spy.xp) == {torch.float32}

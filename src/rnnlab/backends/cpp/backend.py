@@ -6,9 +6,11 @@ projection, Greff's full gate recurrence through its product from another state 
 Elman, MUT1-3, the layer-normalised LSTM and GRU, the clockwork RNN, minGRU / minLSTM (the sequential scan),
 IndRNN, SRU, sLSTM, the depth-gated LSTM (its upper layers read the layer below's c through their own rule);
 with recording, recurrent dropout, zoneout and every step's state (what a layer above reads); on float32 /
-float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced precision): those compute in float32,
-weights, inputs and states cast up per call and the results cast back, so the recurrence accumulates in float32
-as under autocast (the driver's saved tensors are float32).  Everything else (minGRU/minLSTM's log-space scan,
+float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced precision): their states and
+element-wise rules are float32, states cast up per call and the results cast back, so the recurrence
+accumulates in float32 as under autocast (the driver's saved states are float32).  A bf16 model on a CPU with
+native bf16 GEMMs keeps its input projection and the driver's products in bf16 (float32 accumulation,
+generic_ops.bf16_storage_products); otherwise, and for fp16, weights and inputs are cast up too.  Everything else (minGRU/minLSTM's log-space scan,
 subclasses that change the math) goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the
 environment switches it off.
 
@@ -48,7 +50,7 @@ import torch
 from torch import Tensor
 
 from rnnlab.backends.base import LayerCall, LayerResult, needs_grad, plain_eager
-from rnnlab.backends.cpp import generic_registry  # cells on the generic driver (driver.h)
+from rnnlab.backends.cpp import generic_ops, generic_registry  # cells on the generic driver (driver.h)
 from rnnlab.backends.cpp.generic_loader import generic_failed
 from rnnlab.backends.threads import CallThreads, step_work
 from rnnlab.cells.base import RecurrentCell
@@ -72,13 +74,14 @@ def _cast_all(parts: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ..
     return tuple(t.to(dtype) for t in parts)
 
 
-def _in_float32(call: LayerCall) -> LayerCall:
-    """The call with every floating tensor cast up to float32 (a reduced-precision model's layer)."""
+def _in_float32(call: LayerCall, inputs: bool = True) -> LayerCall:
+    """The call with every floating tensor cast up to float32 (a reduced-precision model's layer); with
+    ``inputs`` False the input, the parameters and the layer below stay (bf16 products: generic_registry.run)."""
     up = functools.partial(_cast_all, dtype=torch.float32)
-    return dataclasses.replace(
-        call, x=call.x.float(), params={k: v.float() for k, v in call.params.items()}, state=up(call.state),
-        lower=None if call.lower is None else up(call.lower),
-        rec_mask=None if call.rec_mask is None else call.rec_mask.float())
+    rest = dict(x=call.x.float(), params={k: v.float() for k, v in call.params.items()},
+                lower=None if call.lower is None else up(call.lower)) if inputs else {}
+    return dataclasses.replace(call, state=up(call.state),
+                               rec_mask=None if call.rec_mask is None else call.rec_mask.float(), **rest)
 
 
 def _onednn_ok(x: Tensor) -> bool:
@@ -140,10 +143,13 @@ class CppBackend:
             threads.cover_backward((result.output, *result.state))
         return result
 
-    def _run(self, call: LayerCall) -> LayerResult:
+    def _run(self, call: LayerCall, bf16_products: bool = False) -> LayerResult:
         store = call.x.dtype
-        if store in _REDUCED:  # computed in float32, returned in the storage dtype (autograd casts the grads)
-            res = self._run(_in_float32(call))
+        if store in _REDUCED and not bf16_products:
+            # computed in float32, returned in the storage dtype (autograd casts the grads); a bf16 model on a CPU
+            # with native bf16 GEMMs keeps its projection and the driver's products in bf16
+            bf16 = store == torch.bfloat16 and generic_ops.bf16_storage_products()
+            res = self._run(_in_float32(call, inputs=not bf16), bf16_products=bf16)
             cast = functools.partial(_cast_all, dtype=store)
             states = None if res.states is None else cast(res.states)
             return LayerResult(res.output.to(store), cast(res.state), states,
@@ -162,7 +168,7 @@ class CppBackend:
                 lower = tuple(reverse_within_lengths(s, lengths) for s in lower)
             out, state, states, records = generic_registry.run(cell, p, x, call.state, lens, call.rec_mask,
                                                                call.zoneout, call.training, call.record, lower,
-                                                               call.want_states)
+                                                               call.want_states, bf16_products)
         if call.reverse:
             out = reverse_within_lengths(out, lengths)
             records = {k: reverse_within_lengths(v, lengths) for k, v in records.items()}

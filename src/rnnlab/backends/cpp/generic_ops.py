@@ -351,15 +351,27 @@ def autocast_cast(value, dtype: torch.dtype = torch.float32):
     return value
 
 
-def autocast_inputs(opt: int, xp: Tensor, w: Tensor, rest: list) -> tuple[int, Tensor, Tensor, list]:
-    """The forward op's option word and tensors as its autocast rule passes them on: xp as it comes (bf16 / fp16
-    from autocast's projection, or float32; the driver reads it as float32 and keeps it at that size for
-    backward), every other floating tensor in float32, and the option word asking for bf16 products
-    (:data:`BF16_PRODUCTS_BIT`) under bf16 autocast where :func:`products_dtype` says so and the rule forms
-    products (its recurrent weight ``w`` is a matrix: not SRU, minGRU / minLSTM or IndRNN's diagonal)."""
-    if w.dim() == 2 and products_dtype() == torch.bfloat16:
+def reduced_inputs(opt: int, xp: Tensor, w: Tensor, rest: list, bf16: bool) -> tuple[int, Tensor, Tensor, list]:
+    """A call's option word and tensors for the driver with xp in reduced precision: xp as it comes (bf16 / fp16,
+    or float32; the driver reads it as float32 and keeps it at that size for backward), every other floating
+    tensor in float32, and with ``bf16`` the option word asking for bf16 products (:data:`BF16_PRODUCTS_BIT`)
+    when the rule forms products (its recurrent weight ``w`` is a matrix: not SRU, minGRU / minLSTM or IndRNN's
+    diagonal)."""
+    if bf16 and w.dim() == 2:
         opt |= BF16_PRODUCTS_BIT
     return opt, xp, autocast_cast(w), autocast_cast(rest)
+
+
+def autocast_inputs(opt: int, xp: Tensor, w: Tensor, rest: list) -> tuple[int, Tensor, Tensor, list]:
+    """The forward op's option word and tensors as its autocast rule passes them on (:func:`reduced_inputs`, bf16
+    products where :func:`products_dtype` says so)."""
+    return reduced_inputs(opt, xp, w, rest, products_dtype() == torch.bfloat16)
+
+
+def bf16_storage_products() -> bool:
+    """A model stored in bf16 runs its projection in bf16 and the driver's products in bf16 (backend.py): on a CPU
+    with native bf16 GEMMs, unless :data:`BF16_PRODUCTS` is off."""
+    return BF16_PRODUCTS and native_bf16()
 
 
 def _forward_autocast(_keyset, spec, heads, opt, xp, w, *rest):

@@ -34,7 +34,7 @@ from torch import Tensor
 from rnnlab.backends.base import LayerCall, needs_grad, plain_eager
 from rnnlab.backends.cpp.generic_loader import generic_failed, load_generic
 from rnnlab.backends.cpp.generic_ops import (DriverFuncFunction, DriverFunction, autocast_inputs, cell_spec,
-                                             driver_forward, param_names)
+                                             driver_forward, param_names, reduced_inputs)
 from rnnlab.backends.step_loop import _ZONEOUT_STATES, zoneout_keep
 from rnnlab.cells.base import RecurrentCell, State
 
@@ -128,12 +128,15 @@ def _names(cell: RecurrentCell) -> tuple[str, ...]:
 
 def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_mask: Tensor | None = None,
         zoneout: float = 0.0, training: bool = False, record: bool = False, lower: State | None = None,
-        want_states: bool = False) -> tuple[Tensor, State, State | None, dict[str, Tensor]]:
+        want_states: bool = False, bf16_products: bool = False
+        ) -> tuple[Tensor, State, State | None, dict[str, Tensor]]:
     """One layer, one direction: x (T, B, I) in processing order, state as the cell's, lengths (B,) int64 or
     empty, rec_mask (B, H) or None, zoneout the keep probability, lower the layer below's states (T, B, S_k)
     each in processing order or None.  Returns the outputs (T, B, H), the final state, with ``want_states``
     every step's state (T, B, S_k) each in processing order (differentiable: the driver takes their gradients),
-    and with ``record`` the recorded gates (T, B, H) each, zero at padded steps."""
+    and with ``record`` the recorded gates (T, B, H) each, zero at padded steps.  ``bf16_products``: x, p and
+    lower are a bf16 model's (state and rec_mask float32): the projection runs in bf16 and the driver's products
+    in bf16 (generic_ops.reduced_inputs), its states and outputs in float32."""
     if torch.jit.is_tracing():
         # torch.jit.trace, what torch.onnx.export(dynamo=False) runs: the ONNX exporter has no rule for the op
         raise RuntimeError(ONNX_ERROR)
@@ -146,14 +149,16 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
         xp, w, e, heads, opt = cell.driver_lower_inputs(x, p, below)  # type: ignore[attr-defined]
     if e is None:
         e = x.new_empty(0)
+    if bf16_products:
+        opt, xp, w, (e,) = reduced_inputs(opt, xp, w, [e], True)
     sizes = cell.state_sizes()
     s0 = cell.driver_state(state)  # (B, S*H)
     T, B = x.shape[0], x.shape[1]
-    off = x.new_empty(0)  # rec_mask / keep "off"
+    off = s0.new_empty(0)  # rec_mask / keep "off"
     mask = off if rec_mask is None else rec_mask
     keep = off
-    if zoneout:
-        keep = draw_keep(sizes[:zoned_parts(cell)], T, B, zoneout, training, x)
+    if zoneout:  # in the states' dtype (float32 for a bf16 model, as its reference run draws after casting up)
+        keep = draw_keep(sizes[:zoned_parts(cell)], T, B, zoneout, training, s0)
     params = [p[n] for n in _names(cell)]
     if (not (record or want_states) and torch.is_autocast_enabled("cpu") and plain_eager(x)
             and not needs_grad(x, s0, *params)):
@@ -161,7 +166,7 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
         opt, xp, w, (e, s0, mask, keep) = autocast_inputs(opt, xp, w, [e, s0, mask, keep])
         out, s_t = getattr(load_generic(), f"{name}_infer")(xp, s0, w, e, lengths, heads, opt, mask, keep)
         return out, cell.from_driver_state(s_t), None, {}
-    if _plain(x) and xp.dtype in _DTYPES:
+    if _plain(x) and (xp.dtype in _DTYPES or bf16_products):
         if not needs_grad(x, s0, *params):
             # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
             if not (record or want_states):  # nor anything else reads the steps' states and saved blocks
