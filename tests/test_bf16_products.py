@@ -198,12 +198,25 @@ def test_float32_products_without_native_bf16(name: str, spy, monkeypatch) -> No
         assert torch.equal(a, b)
 
 
-@needs_bf16
-def test_fp16_autocast_keeps_float32_products(spy) -> None:
-    mod = _module("gru")
+@pytest.mark.parametrize("name", ["gru", "peephole", "slstm"])
+def test_fp16_autocast_keeps_float32_products(name: str, spy) -> None:
+    """fp16 autocast: xp arrives in fp16 (read one step at a time as float32), the products stay float32; outputs,
+    states and gradients within fp16 tolerance of float32."""
+    mod = _module(name)
+    x = torch.randn(T, B, I)
+    want = _run(mod, x, autocast=False)
+    spy.clear()
+    mod.zero_grad()
+    xg = x.clone().requires_grad_()
     with torch.autocast("cpu", torch.float16):
-        mod(torch.randn(T, B, I))
-    assert set(spy) == {("forward", False)}
+        out, hn = mod(xg, lengths=LENGTHS)
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    ((out.float() * weight).sum() + sum(s.float().sum() for n, s in zip(mod.state_names, hn) if n != "n")).backward()
+    got = [out, *hn, xg.grad, *(p.grad for p in mod.parameters() if p.grad is not None)]
+    assert set(spy) == {("forward", False), ("backward", False)} and set(spy.xp) == {torch.float16}
+    for a, b in zip(got, want):
+        assert _relative(a, b) <= 1e-2
 
 
 @needs_bf16

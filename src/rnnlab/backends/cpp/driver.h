@@ -293,6 +293,33 @@ inline bool bf16_products(int64_t opt, const Tensor& xp, const Tensor& states) {
   return on;
 }
 
+// The projected input as the rules read it, one step at a time: xp itself in the states' dtype, or (bf16 / fp16
+// under autocast) each step converted into one buffer that stays in cache.  Converting all of a bf16 xp up front
+// (a fresh float32 copy of T*B*X*H) cost a fifth of a peephole LSTM call at (T, B, H) = (50, 128, 512).
+template <typename T>
+struct StepInput {
+  Tensor xp, buf;
+  int64_t row;  // entries per step, B*X*H
+
+  StepInput(const Tensor& xp_in, const at::TensorOptions& opts) : xp(xp_in.contiguous()) {
+    row = xp.size(0) > 0 ? xp.numel() / xp.size(0) : 0;
+    if (xp.scalar_type() != opts.dtype()) buf = at::empty({row}, opts);
+  }
+  // step t's rows (B, X*H), valid until the next call
+  const T* at(int64_t t) {
+    if (!buf.defined()) return xp.data_ptr<T>() + t * row;
+    T* b = buf.data_ptr<T>();
+    if constexpr (std::is_same<T, float>::value) {
+      if (xp.scalar_type() == at::kBFloat16) {
+        rnnlab_gemm::from_bf16(b, reinterpret_cast<const uint16_t*>(xp.data_ptr<at::BFloat16>()) + t * row, row, false);
+        return b;
+      }
+    }
+    buf.copy_(xp.select(0, t).reshape({row}));
+    return b;
+  }
+};
+
 // The recurrent product of one call: weights rearranged and buffers allocated once, then per step
 // hh (B, G*H) = R(h_{t-1}) and, backward, dh_{t-1} += R^T(dhh).  h is block 0 of the (B, S*H) state rows.
 template <Rec R, typename T>
@@ -542,9 +569,8 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
   TORCH_CHECK(!zoned || (keep_in.size(0) == T && Z <= S &&
                          (L.proj ? keep_in.size(1) == B : keep_in.size(2) == B && keep_in.size(3) == H)),
               "keep: expected (T, Z <= S, B, H)");
-  auto xp = xp_in.to(s0.scalar_type()).contiguous();
   auto e = e_in.contiguous();
-  auto opts = xp.options();
+  auto opts = s0.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
   // out and saved: every row is written below (a padded row's with zeros), so no zero fill first (with one,
@@ -575,8 +601,9 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
   TORCH_CHECK(!(parted && L.proj), "a part product and an output projection together are not supported");
   if (parted) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(s0.scalar_type(), "rnnlab_generic_forward", [&] {
     using T_ = scalar_t;
+    StepInput<T_> xin(xp_in, opts);
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
     const T_* kp = zoned ? keep.template data_ptr<T_>() : nullptr;
@@ -615,7 +642,7 @@ std::vector<Tensor> run_forward(const Tensor& xp_in, const Tensor& s0, const Ten
         hhp = rec.forward(hdp, hld);
         if (part.on) part.add(const_cast<T_*>(hhp), sp);  // hh is the recurrence's own buffer
       }
-      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
+      const T_* xt = xin.at(t);
       T_* at_ = A > 0 ? saved.template data_ptr<T_>() + ts * B * A * H : nullptr;
       T_* ot = out.template data_ptr<T_>() + t * B * HW;
       T_* ft = zoned ? fresh.template data_ptr<T_>() + ts * B * SW : nullptr;
@@ -720,20 +747,28 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   const int64_t X = z.X, G = z.G, S = z.S, A = z.A, E = z.E;
   constexpr int64_t DROP = drop_state<Cell>::value;
   const int64_t T = xp_in.size(0), B = xp_in.size(1), H = xp_in.size(2) / X;
-  rnnlab_gemm::ReducedProducts products(bf16_products(call_opt, xp_in, states));
+  const bool reduced = bf16_products(call_opt, xp_in, states);
+  rnnlab_gemm::ReducedProducts products(reduced);
   const Layout L(opt, proj_bit<Cell>::value, w, keep_in, G, S, H);
   const int64_t SW = L.SW, HW = L.HW, HO = L.HO, P = L.P, Z = L.Z;
   const bool masked = rec_mask.defined() && rec_mask.numel() > 0;
   const bool zoned = Z > 0;
   TORCH_CHECK(!zoned || (fresh.dim() == 3 && fresh.size(0) == T), "fresh: expected forward's (T, B, S*H)");
-  auto xp = xp_in.to(states.scalar_type()).contiguous();
   auto e = e_in.contiguous();
-  auto opts = xp.options();
+  auto opts = states.options();
   auto mask = masked ? rec_mask.to(opts).contiguous() : Tensor();
   auto keep = zoned ? keep_in.to(opts).contiguous() : Tensor();
   auto fr_all = zoned ? fresh.contiguous() : Tensor();
+  TORCH_CHECK(!dout_in.defined() || (dout_in.dim() == 3 && dout_in.size(0) == T && dout_in.size(1) == B &&
+                                      dout_in.size(2) == HW && dout_in.scalar_type() == opts.dtype()),
+              "dout: expected (T, B, H) = (", T, ", ", B, ", ", HW, ") in the states' dtype, got ", dout_in.sizes(), " ",
+              dout_in.scalar_type());
+  TORCH_CHECK(!dsT.defined() || (dsT.dim() == 2 && dsT.size(0) == B && dsT.size(1) == SW &&
+                                  dsT.scalar_type() == opts.dtype()),
+              "dsT: expected (B, S*H) = (", B, ", ", SW, ") in the states' dtype, got ", dsT.sizes(), " ",
+              dsT.scalar_type());
   auto dout = dout_in.defined() ? dout_in.contiguous() : at::zeros({T, B, HW}, opts);
-  auto dxp = big_empty(xp.sizes(), opts);
+  auto dxp = big_empty(xp_in.sizes(), opts);
   constexpr bool same = dhh_is_dxp<Cell>::value;
   // dhh_all, dq_all, dp_all: every row is written below (a padded row's with zeros), so no zero fill first
   auto dhh_all = same ? dxp : big_empty({T, B, G * H}, opts);
@@ -765,8 +800,9 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto dmb = L.proj ? at::empty({B, H}, opts) : Tensor();
   if (opt & part_rec_bit<Cell>::value) wrec = w.narrow(0, 0, G * H);
   const auto len = row_lengths(lengths, T, B);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "rnnlab_generic_backward", [&] {
     using T_ = scalar_t;
+    StepInput<T_> xin(xp_in, opts);
     const T_* ep = E_ptr<T_>(e);
     const T_* mp = masked ? mask.template data_ptr<T_>() : nullptr;
     const T_* kp = zoned ? keep.template data_ptr<T_>() : nullptr;
@@ -779,7 +815,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     PartProduct<Cell, T_> part(opt, w, B, H, G, SW);
     const int64_t c0 = L.proj ? 1 : 0;
     for (int64_t t = T - 1; t >= 0; --t) {
-      const T_* xt = xp.template data_ptr<T_>() + t * B * X * H;
+      const T_* xt = xin.at(t);
       const T_* sp = states.template data_ptr<T_>() + t * B * SW;
       // the cell's own new state: before zoneout's blend when there is one
       const T_* sn = zoned ? fr_all.template data_ptr<T_>() + t * B * SW : sp + B * SW;
@@ -914,16 +950,21 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     }
   });
   if (stepwise) ds1.add_(dstates[0]);  // row 0 is s0 itself
+  Tensor dxp_out = dxp.to(xp_in.scalar_type());  // dxp in xp's dtype
+  // the weight gradients read dhh: for a cell whose dhh is dxp, when they run in bf16, the bf16 dxp just made
+  // (the products would convert dxp to bf16 again)
+  const bool bf16_dw = reduced && T * B * G * H * L.HW >= rnnlab_gemm::reduced_min_macs()[1];
+  const Tensor dhh_w = same && bf16_dw && dxp_out.scalar_type() == at::kBFloat16 ? dxp_out : dhh_all;
   Tensor dw = at::zeros_like(w);
   if constexpr (SPLIT) {
     if (T > 0) {  // one product over all T*B rows per weight block: [dW_map; dW_rest; dW_2]
       auto hp = states.narrow(0, 0, T).narrow(2, 0, H).reshape({T * B, H});  // every h_{t-1}
       auto m_all = masked ? mask.repeat({T, 1}) : Tensor();                 // (T*B, H)
-      auto dhh2 = dhh_all.view({T * B, G * H});
+      auto dhh2 = dhh_w.view({T * B, G * H});
       std::vector<Tensor> parts;
       if constexpr (M > 0) {
         auto pm_all = at::empty({T * B, H}, opts);
-        AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnlab_generic_map", [&] {
+        AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "rnnlab_generic_map", [&] {
           const scalar_t* h = hp.template data_ptr<scalar_t>();
           scalar_t* o = pm_all.template data_ptr<scalar_t>();
           for (int64_t i = 0; i < T * B * H; ++i) o[i] = Cell::map(h[i]);
@@ -943,13 +984,13 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     if (T > 0) {
       auto hp = states.narrow(0, 0, T).narrow(2, HO, HW);  // every h_{t-1}, (T, B, HW)
       if (dm.defined()) hp = hp * mask;                   // what the product read: h_{t-1} ⊙ m
-      dw = recurrent_weight_grad<Cell::REC>(dhh_all.view({T * B, G * H}), hp.reshape({T * B, HW}), wrec, G,
+      dw = recurrent_weight_grad<Cell::REC>(dhh_w.view({T * B, G * H}), hp.reshape({T * B, HW}), wrec, G,
                                             heads);
       if constexpr (part_rec_bit<Cell>::value != 0) {
         if (opt & part_rec_bit<Cell>::value) {  // [dW; dW_p viewed (K*K*H, H)]
           const PartRec pr = Cell::part_rec(opt);
           auto a = states.narrow(0, 0, T).narrow(2, pr.from * H, pr.K * H).reshape({T * B, pr.K * H});
-          dw = at::cat({dw, PartProduct<Cell, float>::grad(pr, H, dhh_all.view({T * B, G * H}), a)}, 0);
+          dw = at::cat({dw, PartProduct<Cell, float>::grad(pr, H, dhh_w.view({T * B, G * H}), a)}, 0);
         }
       }
       if (L.proj) {  // dW_r = Σ dL/dhᵀ m over all T*B rows (the cell's own m: zoneout never mixes it)
@@ -959,7 +1000,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
     }
   }
   auto de = E > 0 ? de_rows.view({B, E, H}).sum(0) : at::zeros({E, H}, opts);  // (E, H)
-  return {dxp.to(xp_in.scalar_type()), ds1, dw, de};  // dxp in xp's dtype
+  return {dxp_out, ds1, dw, de};
 }
 
 }  // namespace rnnlab_generic

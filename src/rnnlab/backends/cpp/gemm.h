@@ -241,17 +241,24 @@ inline void from_bf16(float* __restrict dst, const uint16_t* __restrict src, int
   }
 }
 
-// a (M, K) @ b (K, N) for the once-per-call products (weight gradients over all T*B rows): in bf16 with float32
-// accumulation under a ReducedProducts guard, else as given.
+// An operand of a once-per-call product: float32, or bf16 already (a bf16 copy the driver made anyway).
+inline bool f32_or_bf16(const Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+
+inline bool reduced_once(const Tensor& a, const Tensor& b) {
+  return t_reduced && f32_or_bf16(a) && f32_or_bf16(b) && a.size(0) * a.size(1) * b.size(1) >= g_reduced_once.load();
+}
+
+// a (M, K) @ b (K, N) for the once-per-call products (weight gradients over all T*B rows), b in the states' dtype:
+// in bf16 with float32 accumulation under a ReducedProducts guard, else in b's dtype.
 inline Tensor mm(const Tensor& a, const Tensor& b) {
-  if (!reduced_for(a.scalar_type(), a.size(0) * a.size(1) * b.size(1), g_reduced_once)) return at::mm(a, b);
+  if (!reduced_once(a, b)) return at::mm(a.to(b.scalar_type()), b);
   return at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);
 }
 
 // out (M, N) = a (M, K) @ b (K, N), the same selection as mm.
 inline void mm_out(Tensor& out, const Tensor& a, const Tensor& b) {
-  if (!reduced_for(a.scalar_type(), a.size(0) * a.size(1) * b.size(1), g_reduced_once)) {
-    at::mm_out(out, a, b);
+  if (!reduced_once(a, b)) {
+    at::mm_out(out, a.to(b.scalar_type()), b);
     return;
   }
   out.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
