@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +39,7 @@ import rnnlab
 from rnnlab.backends.cpp import generic_ops
 from rnnlab.backends.cpp.generic_loader import load_generic
 
-from interleave import alternate  # benchmarks/interleave.py
+from interleave import alternate, write_report  # benchmarks/interleave.py
 
 SHAPES: list[tuple[int, int, int]] = [(200, 16, 128), (100, 64, 256), (50, 128, 512), (20, 32, 1024)]
 SMALL_SHAPES: list[tuple[int, int, int]] = [(100, 8, 64), (100, 4, 128), (200, 16, 128), (100, 32, 128),
@@ -67,38 +66,47 @@ def _products(on: bool) -> Callable[[], None]:
     return switch
 
 
-def three_ways(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) -> dict[str, object]:
-    """bf16 products, float32 products (both under autocast) and plain float32: ms and ratios."""
+def _measure(cell: str, shape: tuple[int, int, int], mode: str, repeats: int,
+             variants: Callable[[int, torch.Tensor], dict]) -> dict[str, object]:
+    """One row: the variants ``variants(H, x)`` makes for an input x (T, B, H), alternated; ms per variant."""
     T, B, H = shape
     torch.manual_seed(0)
-    mod = rnnlab.Recurrent(cell, H, H, backend="cpp")
     x = torch.randn(T, B, H, requires_grad=mode == "train")
     try:
-        ms = alternate({"bf16": (_products(True), _call(mod, x, mode, True)),
-                        "fp32_products": (_products(False), _call(mod, x, mode, True)),
-                        "fp32": (_products(True), _call(mod, x, mode, False))}, repeats)
+        ms = alternate(variants(H, x), repeats)
     finally:
         generic_ops.BF16_PRODUCTS = True
-    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, **{f"{k}_ms": v for k, v in ms.items()},
-            "bf16_vs_fp32_products": ms["bf16"] / ms["fp32_products"], "bf16_vs_fp32": ms["bf16"] / ms["fp32"]}
+    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, **{f"{k}_ms": v for k, v in ms.items()}}
+
+
+def three_ways(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) -> dict[str, object]:
+    """bf16 products, float32 products (both under autocast) and plain float32: ms and ratios."""
+
+    def variants(H: int, x: torch.Tensor) -> dict:
+        mod = rnnlab.Recurrent(cell, H, H, backend="cpp")
+        return {"bf16": (_products(True), _call(mod, x, mode, True)),
+                "fp32_products": (_products(False), _call(mod, x, mode, True)),
+                "fp32": (_products(True), _call(mod, x, mode, False))}
+
+    row = _measure(cell, shape, mode, repeats, variants)
+    return {**row, "bf16_vs_fp32_products": row["bf16_ms"] / row["fp32_products_ms"],
+            "bf16_vs_fp32": row["bf16_ms"] / row["fp32_ms"]}
 
 
 def storage(cell: str, shape: tuple[int, int, int], mode: str, repeats: int) -> dict[str, object]:
     """A bf16 model with bf16 products, the same model on the float32 route, the float32 model: ms and ratios."""
-    T, B, H = shape
-    torch.manual_seed(0)
-    fp32 = rnnlab.Recurrent(cell, H, H, backend="cpp")
-    bf16 = rnnlab.Recurrent(cell, H, H, backend="cpp").to(torch.bfloat16)
-    x = torch.randn(T, B, H, requires_grad=mode == "train")
-    x16 = x.detach().bfloat16().requires_grad_(mode == "train")
-    try:
-        ms = alternate({"bf16": (_products(True), _call(bf16, x16, mode, False)),
-                        "bf16_fp32_route": (_products(False), _call(bf16, x16, mode, False)),
-                        "fp32": (_products(True), _call(fp32, x, mode, False))}, repeats)
-    finally:
-        generic_ops.BF16_PRODUCTS = True
-    return {"cell": cell, "T": T, "B": B, "H": H, "mode": mode, **{f"{k}_ms": v for k, v in ms.items()},
-            "bf16_vs_fp32_route": ms["bf16"] / ms["bf16_fp32_route"], "bf16_vs_fp32": ms["bf16"] / ms["fp32"]}
+
+    def variants(H: int, x: torch.Tensor) -> dict:
+        fp32 = rnnlab.Recurrent(cell, H, H, backend="cpp")
+        bf16 = rnnlab.Recurrent(cell, H, H, backend="cpp").to(torch.bfloat16)
+        x16 = x.detach().bfloat16().requires_grad_(mode == "train")
+        return {"bf16": (_products(True), _call(bf16, x16, mode, False)),
+                "bf16_fp32_route": (_products(False), _call(bf16, x16, mode, False)),
+                "fp32": (_products(True), _call(fp32, x, mode, False))}
+
+    row = _measure(cell, shape, mode, repeats, variants)
+    return {**row, "bf16_vs_fp32_route": row["bf16_ms"] / row["bf16_fp32_route_ms"],
+            "bf16_vs_fp32": row["bf16_ms"] / row["fp32_ms"]}
 
 
 def threshold(cell: str, shape: tuple[int, int, int], repeats: int, min_macs: int) -> dict[str, object]:
@@ -168,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "once": load_generic().reduced_min_macs()[1]},
                                "torch": torch.__version__},
                   "rows": rows}
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(args.out)
+        write_report(args.out, report)
     return 0
 
 

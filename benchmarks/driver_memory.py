@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +28,7 @@ import rnnlab
 from rnnlab.backends.cpp import generic_registry
 from rnnlab.backends.cpp.generic_loader import load_generic
 
-from interleave import alternate  # benchmarks/interleave.py
+from interleave import alternate, write_report  # benchmarks/interleave.py
 
 SHAPES: list[tuple[int, int, int]] = [(200, 16, 128), (100, 64, 256), (50, 128, 512), (20, 32, 1024)]
 CELLS = ["gru", "peephole", "slstm", "mut1", "ln_gru", "indrnn"]
@@ -133,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"settings": {"compare": args.compare, "on": on_off[0], "off": on_off[1], "thp_mode": _thp_mode(),
                                "threads": torch.get_num_threads(), "repeats": args.repeats,
                                "torch": torch.__version__}, "rows": rows}
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(args.out)
+        write_report(args.out, report)
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Interleaved timing for the benchmark scripts: several variants of one call, alternated inside every repeat."""
+"""What the benchmark scripts share: interleaved timing of a call's variants, and an atomic JSON report."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 #: a timed block lasts about this long (seconds): small calls are repeated, large ones run once
@@ -36,3 +38,10 @@ def alternate(variants: dict[str, tuple[Callable[[], None], Callable[[], None]]]
                 call()
             times[name].append((time.perf_counter() - t0) / n * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def write_report(path: Path, report: dict) -> None:
+    """``report`` as indented JSON at ``path``, written to a temporary file first (a killed run leaves the old one)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
