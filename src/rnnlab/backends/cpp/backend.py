@@ -10,8 +10,9 @@ float64 CPU tensors, and bfloat16 / float16 ones (a model stored in reduced prec
 element-wise rules are float32, states cast up per call and the results cast back, so the recurrence
 accumulates in float32 as under autocast (the driver's saved states are float32).  A bf16 model on a CPU with
 native bf16 GEMMs keeps its input projection and the driver's products in bf16 (float32 accumulation,
-generic_ops.bf16_storage_products); otherwise, and for fp16, weights and inputs are cast up too.  Everything else (minGRU/minLSTM's log-space scan,
-subclasses that change the math) goes to the next backend (the reference).  ``RNNLAB_BACKEND=reference`` in the
+generic_ops.bf16_storage_products); otherwise, and for fp16, weights and inputs are cast up too.  Everything
+else (minGRU/minLSTM's log-space scan, subclasses that change the math) goes to the next backend (the
+reference).  ``RNNLAB_BACKEND=reference`` in the
 environment switches it off.
 
 Per-step products of fp32 weights go to oneDNN (weights reordered once per call) when large, to ATen/MKL

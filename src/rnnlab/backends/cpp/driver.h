@@ -761,8 +761,8 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   auto fr_all = zoned ? fresh.contiguous() : Tensor();
   TORCH_CHECK(!dout_in.defined() || (dout_in.dim() == 3 && dout_in.size(0) == T && dout_in.size(1) == B &&
                                       dout_in.size(2) == HW && dout_in.scalar_type() == opts.dtype()),
-              "dout: expected (T, B, H) = (", T, ", ", B, ", ", HW, ") in the states' dtype, got ", dout_in.sizes(), " ",
-              dout_in.scalar_type());
+              "dout: expected (T, B, H) = (", T, ", ", B, ", ", HW, ") in the states' dtype, got ", dout_in.sizes(),
+              " ", dout_in.scalar_type());
   TORCH_CHECK(!dsT.defined() || (dsT.dim() == 2 && dsT.size(0) == B && dsT.size(1) == SW &&
                                   dsT.scalar_type() == opts.dtype()),
               "dsT: expected (B, S*H) = (", B, ", ", SW, ") in the states' dtype, got ", dsT.sizes(), " ",

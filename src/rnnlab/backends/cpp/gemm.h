@@ -170,9 +170,9 @@ inline Tensor onednn_linear(const Tensor& a, const Tensor& packed) {  // a (M, K
 // thread, the per-step products of at least kReducedStep multiply-adds (Lin below) and the once-per-call weight
 // gradients of at least kReducedOnce (mm below) take bf16 operands with float32 accumulation in oneDNN, results
 // converted back to float32; the element-wise rules, the states and the recurrence stay float32.  The driver
-// sets it for a call whose projected input xp arrives in bf16.  A lone product on the 2-core Zen 5 dev machine
-// (AVX-512 BF16), oneDNN bf16 / fp32, 2 threads: (B, H, gates) (128, 512, 3) 0.18-0.30, (64, 256, 4) 0.34-0.51,
-// (16, 128, 4) 0.85-1.15; weight gradients over T*B = 6400 rows 0.33-0.40 (conversions included).  The
+// sets it for a call whose option word asks for it (driver.h kBf16Products).  A lone product on the 2-core Zen 5
+// dev machine (AVX-512 BF16), oneDNN bf16 / fp32, 2 threads: (B, H, gates) (128, 512, 3) 0.18-0.30, (64, 256, 4)
+// 0.34-0.51, (16, 128, 4) 0.85-1.15; weight gradients over T*B = 6400 rows 0.33-0.40 (conversions included).  The
 // thresholds, from whole autocast training steps with the per-step products in bf16 / in float32
 // (benchmarks/bf16_products.py --compare threshold, medians of 5), per-step multiply-adds in brackets:
 //   GRU       (T, B, H) (200, 16, 128) [0.8 M] 1.23, (100, 8, 256) [1.6 M] 1.14, (100, 16, 256) [3.1 M] 0.98,

@@ -20,8 +20,8 @@ Where it runs (:func:`run`): in plain eager mode the extension directly, through
 :class:`~rnnlab.backends.cpp.generic_ops.DriverFunction` when something needs a gradient; under torch.compile /
 export, autocast and torch.func transforms the registered op ``torch.ops.rnnlab.driver_forward``
 (generic_ops.py), which carries the same autograd formula and autocast rule (an eager inference call under
-autocast casts as that rule does and calls the extension's inference entry directly).  Jit tracing (the legacy ONNX exporter) gets
-an error (build with backend='reference').  When a gradient must itself be
+autocast casts as that rule does and calls the extension's inference entry directly).  Jit tracing (the legacy
+ONNX exporter) gets an error (build with backend='reference').  When a gradient must itself be
 differentiated (``create_graph=True``) it is recomputed through the cell's own PyTorch step
 (:func:`rnnlab.backends.step_loop.differentiable_loop`).
 """
