@@ -953,7 +953,7 @@ std::vector<Tensor> backward(const Tensor& dout_in, const Tensor& dsT, const Ten
   Tensor dxp_out = dxp.to(xp_in.scalar_type());  // dxp in xp's dtype
   // the weight gradients read dhh: for a cell whose dhh is dxp, when they run in bf16, the bf16 dxp just made
   // (the products would convert dxp to bf16 again)
-  const bool bf16_dw = reduced && T * B * G * H * L.HW >= rnnlab_gemm::reduced_min_macs()[1];
+  const bool bf16_dw = reduced && T * B * G * H * L.HW >= rnnlab_gemm::g_reduced_once.load();
   const Tensor dhh_w = same && bf16_dw && dxp_out.scalar_type() == at::kBFloat16 ? dxp_out : dhh_all;
   Tensor dw = at::zeros_like(w);
   if constexpr (SPLIT) {

@@ -160,13 +160,14 @@ def run(cell: RecurrentCell, p, x: Tensor, state: State, lengths: Tensor, rec_ma
     if zoneout:  # in the states' dtype (float32 for a bf16 model, as its reference run draws after casting up)
         keep = draw_keep(sizes[:zoned_parts(cell)], T, B, zoneout, training, s0)
     params = [p[n] for n in _names(cell)]
-    if (not (record or want_states) and torch.is_autocast_enabled("cpu") and plain_eager(x)
-            and not needs_grad(x, s0, *params)):
-        # inference under CPU autocast: the op's own casts (generic_ops.py), then the inference entry directly
-        opt, xp, w, (e, s0, mask, keep) = autocast_inputs(opt, xp, w, [e, s0, mask, keep])
-        out, s_t = getattr(load_generic(), f"{name}_infer")(xp, s0, w, e, lengths, heads, opt, mask, keep)
-        return out, cell.from_driver_state(s_t), None, {}
-    if _plain(x) and (xp.dtype in _DTYPES or bf16_products):
+    direct = plain_eager(x)  # the extension called directly, else the registered op
+    if direct and torch.is_autocast_enabled("cpu"):
+        # an inference call (nothing for autograd, recording or a layer above) casts as the op's autocast rule
+        # does (generic_ops.py) and takes the inference entry below; any other goes through the op and its rule
+        direct = not (record or want_states or needs_grad(x, s0, *params))
+        if direct:
+            opt, xp, w, (e, s0, mask, keep) = autocast_inputs(opt, xp, w, [e, s0, mask, keep])
+    if direct:
         if not needs_grad(x, s0, *params):
             # nothing to differentiate: the extension directly (the Function's bookkeeping is most of a small call)
             if not (record or want_states):  # nor anything else reads the steps' states and saved blocks
